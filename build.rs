@@ -1,0 +1,27 @@
+//! Compiles `proto/` with protox (no protoc needed) and generates tonic code.
+//!
+//! The descriptor set for reflection is the compiler's own encoding: encoding
+//! the decoded set again would drop custom options such as `google.api.http`.
+
+use std::{env, fs, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let files = [
+        "proto/intune/runstates/v1/resources.proto",
+        "proto/intune/runstates/v1/service.proto",
+    ];
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(files)?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out.join("runstates_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(compiler.file_descriptor_set())?;
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! Translation between the gRPC API and Graph: resource names, enums,
+//! timestamps, update masks and whole resources. Pure functions only.
+
+pub mod datetime;
+pub mod mask;
+pub mod names;
+pub mod resources;
+pub mod run_state;
+
+/// A problem with one field of a request, reported as a `BadRequest` field
+/// violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field path, e.g. `script_user_state.run_state`.
+    pub field: String,
+    /// What is wrong and what is expected.
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}

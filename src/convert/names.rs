@@ -1,0 +1,519 @@
+//! Resource names: Graph paths relative to `/deviceManagement`.
+//!
+//! A name can only be turned into a Graph URL path through these types, whose
+//! parsers accept nothing but the known collection words and ids of 1 to 256
+//! characters from `[A-Za-z0-9._:@-]` (never `.` or `..`). Ids are
+//! percent-encoded in the path anyway.
+
+use std::fmt;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// Everything but RFC 3986 unreserved characters is encoded in a segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The longest id accepted.
+pub const MAX_ID_LEN: usize = 256;
+
+const USER_STATES: &str = "userRunStates";
+const DEVICE_STATES: &str = "deviceRunStates";
+
+/// The four kinds of Intune script that hold run states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScriptKind {
+    /// Windows PowerShell scripts.
+    DeviceManagement,
+    /// macOS shell scripts.
+    Shell,
+    /// macOS custom attribute scripts.
+    CustomAttributeShell,
+    /// Compliance scripts: device run states only.
+    Compliance,
+}
+
+impl ScriptKind {
+    /// The kinds whose scripts hold user and device run states.
+    pub const WITH_USER_STATES: [ScriptKind; 3] = [
+        ScriptKind::DeviceManagement,
+        ScriptKind::Shell,
+        ScriptKind::CustomAttributeShell,
+    ];
+
+    /// The Graph collection word, e.g. `deviceShellScripts`.
+    pub fn collection(self) -> &'static str {
+        match self {
+            ScriptKind::DeviceManagement => "deviceManagementScripts",
+            ScriptKind::Shell => "deviceShellScripts",
+            ScriptKind::CustomAttributeShell => "deviceCustomAttributeShellScripts",
+            ScriptKind::Compliance => "deviceComplianceScripts",
+        }
+    }
+
+    pub fn from_collection(word: &str) -> Option<Self> {
+        [
+            ScriptKind::DeviceManagement,
+            ScriptKind::Shell,
+            ScriptKind::CustomAttributeShell,
+            ScriptKind::Compliance,
+        ]
+        .into_iter()
+        .find(|k| k.collection() == word)
+    }
+}
+
+/// A validated id segment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Id(String);
+
+impl Id {
+    /// Checks an id: 1 to 256 characters from `[A-Za-z0-9._:@-]`, not `.` or `..`.
+    pub fn parse(id: &str) -> Result<Id, String> {
+        if id.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if id.len() > MAX_ID_LEN {
+            return Err(format!("must be at most {MAX_ID_LEN} characters"));
+        }
+        if id == "." || id == ".." {
+            return Err("must not be `.` or `..`".into());
+        }
+        if let Some(bad) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "._:@-".contains(*c)))
+        {
+            return Err(format!(
+                "must use only A-Z, a-z, 0-9 and `._:@-` (found {bad:?})"
+            ));
+        }
+        Ok(Id(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn encoded(&self) -> impl fmt::Display + '_ {
+        utf8_percent_encode(&self.0, SEGMENT)
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A script: `{scripts}/{script}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptName {
+    pub kind: ScriptKind,
+    pub id: Id,
+}
+
+/// A user run state: `{scripts}/{script}/userRunStates/{state}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserStateName {
+    pub script: ScriptName,
+    pub id: Id,
+}
+
+/// Where device run states live: a script or a user run state of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceStateParent {
+    Script(ScriptName),
+    UserState(UserStateName),
+}
+
+/// A device run state of a device-management, shell or custom-attribute script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStateName {
+    pub parent: DeviceStateParent,
+    pub id: Id,
+}
+
+/// A device run state of a compliance script:
+/// `deviceComplianceScripts/{script}/deviceRunStates/{state}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComplianceStateName {
+    pub script: ScriptName,
+    pub id: Id,
+}
+
+/// What every validated name offers: its canonical text and its Graph path.
+pub trait ResourcePath: fmt::Display {
+    /// The percent-encoded Graph path relative to `/deviceManagement/`.
+    fn graph_path(&self) -> String;
+}
+
+/// A parent under which states are created.
+pub trait Parent: ResourcePath {
+    /// The collection word the children live in.
+    const CHILDREN: &'static str;
+
+    /// The encoded Graph path of the child collection.
+    fn collection_path(&self) -> String {
+        format!("{}/{}", self.graph_path(), Self::CHILDREN)
+    }
+
+    /// The canonical name of a child with the given id.
+    fn child_name(&self, id: &str) -> String {
+        format!("{self}/{}/{id}", Self::CHILDREN)
+    }
+
+    /// The encoded Graph path of a child with the given id.
+    fn child_path(&self, id: &Id) -> String {
+        format!("{}/{}", self.collection_path(), id.encoded())
+    }
+}
+
+const SCRIPT_WORDS: &str =
+    "`deviceManagementScripts`, `deviceShellScripts` or `deviceCustomAttributeShellScripts`";
+
+fn id_at(segments: &[&str], at: usize, what: &str) -> Result<Id, String> {
+    Id::parse(segments[at]).map_err(|why| format!("the {what} id {why}"))
+}
+
+fn script_at(segments: &[&str], kinds: &[ScriptKind], shape: &str) -> Result<ScriptName, String> {
+    let kind = ScriptKind::from_collection(segments[0])
+        .filter(|k| kinds.contains(k))
+        .ok_or_else(|| format!("must look like `{shape}`; the first segment is not {}", kinds_text(kinds)))?;
+    Ok(ScriptName {
+        kind,
+        id: id_at(segments, 1, "script")?,
+    })
+}
+
+fn kinds_text(kinds: &[ScriptKind]) -> &'static str {
+    if kinds == [ScriptKind::Compliance] {
+        "`deviceComplianceScripts`"
+    } else {
+        SCRIPT_WORDS
+    }
+}
+
+fn expect_word(segments: &[&str], at: usize, word: &str, shape: &str) -> Result<(), String> {
+    if segments[at] == word {
+        Ok(())
+    } else {
+        Err(format!("must look like `{shape}`; segment {} must be `{word}`", at + 1))
+    }
+}
+
+fn split<'a>(name: &'a str, shape: &str, lens: &[usize]) -> Result<Vec<&'a str>, String> {
+    if name.is_empty() {
+        return Err(format!("is required and must look like `{shape}`"));
+    }
+    // Bounds the work done on hostile input before splitting.
+    if name.len() > 6 * (MAX_ID_LEN + 40) {
+        return Err(format!("is too long; it must look like `{shape}`"));
+    }
+    let segments: Vec<&str> = name.split('/').collect();
+    if !lens.contains(&segments.len()) {
+        return Err(format!("must look like `{shape}`"));
+    }
+    Ok(segments)
+}
+
+impl ScriptName {
+    const SHAPE: &'static str = "{scripts}/{script}";
+
+    /// Parses a script of one of the three kinds that hold user states.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let s = split(name, Self::SHAPE, &[2])?;
+        script_at(&s, &ScriptKind::WITH_USER_STATES, Self::SHAPE)
+    }
+
+    /// Parses `deviceComplianceScripts/{script}`.
+    pub fn parse_compliance(name: &str) -> Result<Self, String> {
+        const SHAPE: &str = "deviceComplianceScripts/{script}";
+        let s = split(name, SHAPE, &[2])?;
+        script_at(&s, &[ScriptKind::Compliance], SHAPE)
+    }
+}
+
+impl fmt::Display for ScriptName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.collection(), self.id)
+    }
+}
+
+impl ResourcePath for ScriptName {
+    fn graph_path(&self) -> String {
+        format!("{}/{}", self.kind.collection(), self.id.encoded())
+    }
+}
+
+impl UserStateName {
+    const SHAPE: &'static str = "{scripts}/{script}/userRunStates/{state}";
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let s = split(name, Self::SHAPE, &[4])?;
+        Self::from_segments(&s)
+    }
+
+    fn from_segments(s: &[&str]) -> Result<Self, String> {
+        let script = script_at(s, &ScriptKind::WITH_USER_STATES, Self::SHAPE)?;
+        expect_word(s, 2, USER_STATES, Self::SHAPE)?;
+        Ok(UserStateName {
+            script,
+            id: id_at(s, 3, "user state")?,
+        })
+    }
+}
+
+impl fmt::Display for UserStateName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{USER_STATES}/{}", self.script, self.id)
+    }
+}
+
+impl ResourcePath for UserStateName {
+    fn graph_path(&self) -> String {
+        format!("{}/{USER_STATES}/{}", self.script.graph_path(), self.id.encoded())
+    }
+}
+
+impl DeviceStateParent {
+    const SHAPE: &'static str =
+        "{scripts}/{script}` or `{scripts}/{script}/userRunStates/{user_state}";
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let s = split(name, Self::SHAPE, &[2, 4])?;
+        if s.len() == 2 {
+            Ok(Self::Script(script_at(&s, &ScriptKind::WITH_USER_STATES, Self::SHAPE)?))
+        } else {
+            Ok(Self::UserState(UserStateName::from_segments(&s)?))
+        }
+    }
+}
+
+impl fmt::Display for DeviceStateParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Script(s) => s.fmt(f),
+            Self::UserState(u) => u.fmt(f),
+        }
+    }
+}
+
+impl ResourcePath for DeviceStateParent {
+    fn graph_path(&self) -> String {
+        match self {
+            Self::Script(s) => s.graph_path(),
+            Self::UserState(u) => u.graph_path(),
+        }
+    }
+}
+
+impl DeviceStateName {
+    const SHAPE: &'static str = "{scripts}/{script}/deviceRunStates/{state}` or `{scripts}/{script}/userRunStates/{user_state}/deviceRunStates/{state}";
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let s = split(name, Self::SHAPE, &[4, 6])?;
+        let parent = if s.len() == 4 {
+            DeviceStateParent::Script(script_at(&s, &ScriptKind::WITH_USER_STATES, Self::SHAPE)?)
+        } else {
+            let script = script_at(&s, &ScriptKind::WITH_USER_STATES, Self::SHAPE)?;
+            expect_word(&s, 2, USER_STATES, Self::SHAPE)?;
+            DeviceStateParent::UserState(UserStateName {
+                script,
+                id: id_at(&s, 3, "user state")?,
+            })
+        };
+        expect_word(&s, s.len() - 2, DEVICE_STATES, Self::SHAPE)?;
+        Ok(DeviceStateName {
+            parent,
+            id: id_at(&s, s.len() - 1, "device state")?,
+        })
+    }
+}
+
+impl fmt::Display for DeviceStateName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{DEVICE_STATES}/{}", self.parent, self.id)
+    }
+}
+
+impl ResourcePath for DeviceStateName {
+    fn graph_path(&self) -> String {
+        format!("{}/{DEVICE_STATES}/{}", self.parent.graph_path(), self.id.encoded())
+    }
+}
+
+impl ComplianceStateName {
+    const SHAPE: &'static str = "deviceComplianceScripts/{script}/deviceRunStates/{state}";
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let s = split(name, Self::SHAPE, &[4])?;
+        let script = script_at(&s, &[ScriptKind::Compliance], Self::SHAPE)?;
+        expect_word(&s, 2, DEVICE_STATES, Self::SHAPE)?;
+        Ok(ComplianceStateName {
+            script,
+            id: id_at(&s, 3, "device state")?,
+        })
+    }
+}
+
+impl fmt::Display for ComplianceStateName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{DEVICE_STATES}/{}", self.script, self.id)
+    }
+}
+
+impl ResourcePath for ComplianceStateName {
+    fn graph_path(&self) -> String {
+        format!("{}/{DEVICE_STATES}/{}", self.script.graph_path(), self.id.encoded())
+    }
+}
+
+/// Parent of user states (a script).
+impl Parent for ScriptName {
+    const CHILDREN: &'static str = USER_STATES;
+}
+
+/// Parent of device states (a script or a user state).
+impl Parent for DeviceStateParent {
+    const CHILDREN: &'static str = DEVICE_STATES;
+}
+
+/// Parent of compliance device states, wrapped to pick the child collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComplianceScriptName(pub ScriptName);
+
+impl ComplianceScriptName {
+    pub fn parse(name: &str) -> Result<Self, String> {
+        ScriptName::parse_compliance(name).map(Self)
+    }
+}
+
+impl fmt::Display for ComplianceScriptName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl ResourcePath for ComplianceScriptName {
+    fn graph_path(&self) -> String {
+        self.0.graph_path()
+    }
+}
+
+impl Parent for ComplianceScriptName {
+    const CHILDREN: &'static str = DEVICE_STATES;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ids_of_the_allowed_alphabet() {
+        for id in ["a", "A-z_0.9", "d5a29103-9103-d5a2-0391-a2d50391a2d5", "user@contoso.com", "a:b", "...", &"x".repeat(256)] {
+            assert!(Id::parse(id).is_ok(), "{id}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_ids() {
+        for id in ["", ".", "..", "a/b", "a b", "a%2F", "a?b", "a#b", "a\\b", "é", "a\0", &"x".repeat(257), "\u{202e}"] {
+            assert!(Id::parse(id).is_err(), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn parses_user_state_names_of_each_kind() {
+        for kind in ScriptKind::WITH_USER_STATES {
+            let text = format!("{}/s-1/userRunStates/u:1", kind.collection());
+            let name = UserStateName::parse(&text).unwrap();
+            assert_eq!(name.script.kind, kind);
+            assert_eq!(name.to_string(), text);
+            assert_eq!(name.graph_path(), format!("{}/s-1/userRunStates/u%3A1", kind.collection()));
+        }
+    }
+
+    #[test]
+    fn parses_device_state_names_and_parents() {
+        let flat = DeviceStateName::parse("deviceShellScripts/s/deviceRunStates/d").unwrap();
+        assert!(matches!(flat.parent, DeviceStateParent::Script(_)));
+        let nested =
+            DeviceStateName::parse("deviceManagementScripts/s/userRunStates/u/deviceRunStates/d@x").unwrap();
+        assert!(matches!(nested.parent, DeviceStateParent::UserState(_)));
+        assert_eq!(
+            nested.graph_path(),
+            "deviceManagementScripts/s/userRunStates/u/deviceRunStates/d%40x"
+        );
+        let parent = DeviceStateParent::parse("deviceCustomAttributeShellScripts/s/userRunStates/u").unwrap();
+        assert_eq!(
+            parent.collection_path(),
+            "deviceCustomAttributeShellScripts/s/userRunStates/u/deviceRunStates"
+        );
+        assert_eq!(
+            parent.child_name("d"),
+            "deviceCustomAttributeShellScripts/s/userRunStates/u/deviceRunStates/d"
+        );
+    }
+
+    #[test]
+    fn parses_compliance_names() {
+        let n = ComplianceStateName::parse("deviceComplianceScripts/c/deviceRunStates/d").unwrap();
+        assert_eq!(n.to_string(), "deviceComplianceScripts/c/deviceRunStates/d");
+        let p = ComplianceScriptName::parse("deviceComplianceScripts/c").unwrap();
+        assert_eq!(p.collection_path(), "deviceComplianceScripts/c/deviceRunStates");
+    }
+
+    #[test]
+    fn refuses_bad_shapes() {
+        let users = [
+            "",
+            "deviceManagementScripts/s/userRunStates",
+            "deviceManagementScripts/s/userRunStates/",
+            "deviceManagementScripts/s/userRunStates/u/",
+            "/deviceManagementScripts/s/userRunStates/u",
+            "deviceComplianceScripts/s/userRunStates/u",
+            "deviceHealthScripts/s/userRunStates/u",
+            "deviceManagementScripts/s/deviceRunStates/u",
+            "deviceManagementScripts/../userRunStates/u",
+            "deviceManagementScripts/s/userRunStates/..",
+            "deviceManagementScripts/s/userRunStates/.",
+            "deviceManagementScripts//userRunStates/u",
+            "deviceManagementScripts/s/userRunStates/u?x=1",
+            "deviceManagementScripts/s/userRunStates/u%2F..",
+            "DeviceManagementScripts/s/userRunStates/u",
+            "deviceManagementScripts/s/userRunStates/u/deviceRunStates/d",
+        ];
+        for n in users {
+            assert!(UserStateName::parse(n).is_err(), "{n}");
+        }
+        let parents = [
+            "deviceComplianceScripts/s",
+            "deviceManagementScripts",
+            "deviceManagementScripts/s/userRunStates",
+            "deviceManagementScripts/s/deviceRunStates/d",
+            "deviceManagementScripts/s/x/u",
+        ];
+        for n in parents {
+            assert!(DeviceStateParent::parse(n).is_err(), "{n}");
+        }
+        let devices = [
+            "deviceManagementScripts/s/deviceRunStates",
+            "deviceManagementScripts/s/userRunStates/d",
+            "deviceManagementScripts/s/userRunStates/u/userRunStates/d",
+            "deviceManagementScripts/s/deviceRunStates/u/deviceRunStates/d",
+            "deviceComplianceScripts/s/deviceRunStates/d",
+        ];
+        for n in devices {
+            assert!(DeviceStateName::parse(n).is_err(), "{n}");
+        }
+        for n in ["deviceManagementScripts/s/deviceRunStates/d", "deviceComplianceScripts/s/userRunStates/d", "deviceComplianceScripts/s"] {
+            assert!(ComplianceStateName::parse(n).is_err(), "{n}");
+        }
+        for n in ["deviceManagementScripts/s", "deviceComplianceScripts", "deviceComplianceScripts/.."] {
+            assert!(ComplianceScriptName::parse(n).is_err(), "{n}");
+        }
+        assert!(UserStateName::parse(&"a/".repeat(5000)).is_err());
+    }
+}

@@ -1,0 +1,332 @@
+//! An in-memory stand-in for the Graph beta run-state API, for trying the
+//! gateway with no tenant and for tests.
+//!
+//! It serves the four script collections' `userRunStates`, `deviceRunStates`
+//! and nested device states with POST, GET, PATCH and DELETE, behaving like
+//! Graph per `graph-notes.md`: GUID ids, 201 with `@odata.context`, strict
+//! bodies (unknown properties, wrong types, bad enum names and dates are
+//! Graph-shaped 400s), timestamps stored as instants and returned in UTC with 7
+//! digits, bearer token required. Tests steer it through [`Emulator`]: chosen
+//! error answers ([`Fault`]), PATCH answered 204, added latency, and a record
+//! of every request it saw. The same controls are served over HTTP under
+//! `/_emulator/` (see [`routes`]).
+
+mod entities;
+mod routes;
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// How many requests are kept for [`Emulator::requests`].
+const RECORD_LIMIT: usize = 10_000;
+
+/// A handle on an emulator's state; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Emulator {
+    state: Arc<State>,
+}
+
+#[derive(Default)]
+struct State {
+    store: Mutex<entities::Store>,
+    faults: Mutex<Vec<Fault>>,
+    recorded: Mutex<VecDeque<Recorded>>,
+    count: AtomicU64,
+    patch_no_content: AtomicBool,
+    latency_us: AtomicU64,
+    record_bodies: AtomicBool,
+}
+
+/// A request the emulator received.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query as sent (still percent-encoded).
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    /// The body, as text.
+    pub body: String,
+}
+
+impl Recorded {
+    /// The first value of a header (names are lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_default()
+    }
+}
+
+/// A chosen answer for matching requests, instead of (or after) the real one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Fault {
+    /// Only this method (e.g. `POST`); any when empty.
+    pub method: Option<String>,
+    /// Only paths containing this text; any when empty.
+    pub path_contains: Option<String>,
+    /// The HTTP status to answer.
+    pub status: u16,
+    /// Graph's error code (may be empty).
+    pub code: String,
+    pub message: String,
+    /// A raw body instead of Graph's JSON error (an HTML page, say).
+    pub raw_body: Option<String>,
+    pub content_type: Option<String>,
+    pub retry_after: Option<String>,
+    /// How many requests it answers; every one until cleared when `None`.
+    pub times: Option<u32>,
+    /// Apply the request first, then answer with the fault (a write whose
+    /// answer was lost).
+    pub after_apply: bool,
+}
+
+impl Fault {
+    /// A Graph-shaped error answer with the given status.
+    pub fn status(status: u16) -> Self {
+        Fault {
+            status,
+            message: format!("Emulated error {status}"),
+            ..Default::default()
+        }
+    }
+
+    /// The error Graph gives for a route its metadata lists but it does not serve.
+    pub fn unserved_route(method: &str) -> Self {
+        Fault {
+            method: Some(method.to_owned()),
+            status: 400,
+            code: "No method match route template".into(),
+            message: format!(
+                "No OData route exists that match template ~/singleton/navigation/key/navigation/key with http verb {method} for request."
+            ),
+            ..Default::default()
+        }
+    }
+
+    pub fn method(mut self, method: &str) -> Self {
+        self.method = Some(method.to_owned());
+        self
+    }
+
+    pub fn path_contains(mut self, text: &str) -> Self {
+        self.path_contains = Some(text.to_owned());
+        self
+    }
+
+    pub fn code(mut self, code: &str) -> Self {
+        self.code = code.to_owned();
+        self
+    }
+
+    pub fn message(mut self, message: &str) -> Self {
+        self.message = message.to_owned();
+        self
+    }
+
+    pub fn raw_body(mut self, content_type: &str, body: &str) -> Self {
+        self.content_type = Some(content_type.to_owned());
+        self.raw_body = Some(body.to_owned());
+        self
+    }
+
+    pub fn retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.to_owned());
+        self
+    }
+
+    pub fn times(mut self, n: u32) -> Self {
+        self.times = Some(n);
+        self
+    }
+
+    pub fn after_apply(mut self) -> Self {
+        self.after_apply = true;
+        self
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        self.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self.path_contains.as_deref().is_none_or(|p| path.contains(p))
+    }
+}
+
+/// An emulator serving on a socket.
+pub struct RunningEmulator {
+    addr: SocketAddr,
+    emulator: Emulator,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningEmulator {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The Graph base URL to give the gateway, e.g. `http://127.0.0.1:PORT/beta`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/beta", self.addr)
+    }
+
+    pub fn emulator(&self) -> &Emulator {
+        &self.emulator
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Emulator {
+    pub fn new() -> Self {
+        let e = Self::default();
+        e.state.record_bodies.store(true, Ordering::Relaxed);
+        e
+    }
+
+    /// The HTTP routes, for serving or for calling in-process.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.clone())
+    }
+
+    /// Serves on `addr` (use port 0 for any free port) until stopped or dropped.
+    pub async fn spawn(&self, addr: SocketAddr) -> std::io::Result<RunningEmulator> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = self.router();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the Graph emulator stopped");
+            }
+        });
+        Ok(RunningEmulator {
+            addr,
+            emulator: self.clone(),
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Adds a fault; the first matching fault answers.
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.state.faults).push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        lock(&self.state.faults).clear();
+    }
+
+    /// Answer PATCH with 204 and no body (as the live service often does).
+    pub fn set_patch_no_content(&self, on: bool) {
+        self.state.patch_no_content.store(on, Ordering::Relaxed);
+    }
+
+    /// Delay every answer (a slow upstream).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state
+            .latency_us
+            .store(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Keep request bodies and headers in the record (on by default; off for
+    /// benchmarks, where only the count is kept).
+    pub fn set_recording(&self, on: bool) {
+        self.state.record_bodies.store(on, Ordering::Relaxed);
+    }
+
+    /// The requests received, oldest first (the last 10 000).
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state.recorded).iter().cloned().collect()
+    }
+
+    /// How many requests were received in all (control routes excluded).
+    pub fn request_count(&self) -> u64 {
+        self.state.count.load(Ordering::Relaxed)
+    }
+
+    /// Forgets recorded requests and the count.
+    pub fn clear_requests(&self) {
+        lock(&self.state.recorded).clear();
+        self.state.count.store(0, Ordering::Relaxed);
+    }
+
+    fn record(&self, method: &str, path: &str, headers: &http::HeaderMap, body: &Bytes) {
+        self.state.count.fetch_add(1, Ordering::Relaxed);
+        if !self.state.record_bodies.load(Ordering::Relaxed) {
+            return;
+        }
+        let entry = Recorded {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
+            body: String::from_utf8_lossy(body).into_owned(),
+        };
+        let mut recorded = lock(&self.state.recorded);
+        if recorded.len() >= RECORD_LIMIT {
+            recorded.pop_front();
+        }
+        recorded.push_back(entry);
+    }
+
+    /// The first matching fault, counting it down.
+    fn take_fault(&self, method: &str, path: &str) -> Option<Fault> {
+        let mut faults = lock(&self.state.faults);
+        let at = faults.iter().position(|f| f.matches(method, path))?;
+        let fault = faults[at].clone();
+        if let Some(n) = &mut faults[at].times {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                faults.remove(at);
+            }
+        }
+        Some(fault)
+    }
+
+    fn latency(&self) -> Option<Duration> {
+        match self.state.latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+}
+
+/// Locks a mutex, recovering from a poisoned one (the data stays usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

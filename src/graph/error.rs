@@ -1,0 +1,157 @@
+//! What can go wrong when calling Graph.
+
+use std::time::Duration;
+
+use http::{HeaderMap, Method, StatusCode};
+
+use super::model::ErrorBody;
+
+/// A failed Graph call.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// Graph (or a proxy in front of it) answered with an error status.
+    #[error("{}", .0.message)]
+    Status(Box<StatusError>),
+    /// Graph could not be reached, or the connection failed mid-call.
+    #[error("could not reach Graph: {message}")]
+    Unavailable {
+        message: String,
+        /// Whether the request may have reached Graph.
+        maybe_sent: bool,
+    },
+    /// The caller's deadline passed before Graph answered.
+    #[error("Graph did not answer before the deadline")]
+    Timeout,
+    /// Graph answered success with a body the gateway cannot read.
+    #[error("Graph sent a response the gateway cannot read: {0}")]
+    InvalidResponse(String),
+}
+
+/// An error status from Graph, with what Graph said about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusError {
+    pub method: Method,
+    pub status: StatusCode,
+    /// Graph's error code; may be empty.
+    pub code: String,
+    pub message: String,
+    /// Graph's `request-id` (header, else `innerError`).
+    pub request_id: Option<String>,
+    /// The `client-request-id` the gateway sent.
+    pub client_request_id: String,
+    /// `Retry-After`, in seconds.
+    pub retry_after: Option<Duration>,
+    /// The Graph host, e.g. `graph.microsoft.com`.
+    pub host: String,
+    /// A POST was sent again after an answer that left it unknown whether the
+    /// first one was applied (so a 409 may be our own first write).
+    pub after_ambiguous_retry: bool,
+}
+
+/// Longest `Retry-After` taken at face value.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+impl StatusError {
+    /// Reads an error response. Never fails: a body that is not Graph's JSON
+    /// (an HTML page from a proxy, say) gives a message built from the status.
+    pub fn from_response(
+        method: Method,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        client_request_id: String,
+        host: &str,
+    ) -> Self {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
+        let reason = status.canonical_reason().unwrap_or("");
+        let (code, message, inner_request_id) = match parsed {
+            Some(ErrorBody { error }) => (
+                error.code.unwrap_or_default(),
+                error.message.filter(|m| !m.is_empty()),
+                error.inner_error.request_id,
+            ),
+            None => {
+                let kind = header("content-type").unwrap_or_else(|| "no content type".into());
+                let what = if body.is_empty() { "an empty body".to_owned() } else { format!("a non-JSON body ({kind})") };
+                (String::new(), Some(format!("Graph answered HTTP {} {reason} with {what}", status.as_u16())), None)
+            }
+        };
+        StatusError {
+            method,
+            status,
+            code,
+            message: message.unwrap_or_else(|| format!("Graph answered HTTP {} {reason}", status.as_u16())),
+            request_id: header("request-id").or(inner_request_id),
+            client_request_id,
+            retry_after: header("retry-after").as_deref().and_then(parse_retry_after),
+            host: host.to_owned(),
+            after_ambiguous_retry: false,
+        }
+    }
+}
+
+/// `Retry-After` in delta-seconds (the form Graph sends); other forms are ignored.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(status: u16, headers: &[(&'static str, &str)], body: &str) -> StatusError {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, v.parse().unwrap());
+        }
+        StatusError::from_response(
+            Method::POST,
+            StatusCode::from_u16(status).unwrap(),
+            &map,
+            body.as_bytes(),
+            "c".into(),
+            "graph.microsoft.com",
+        )
+    }
+
+    #[test]
+    fn reads_graph_error_bodies() {
+        let e = read(
+            404,
+            &[("request-id", "hdr")],
+            r#"{"error":{"code":"ResourceNotFound","message":"gone","innerError":{"request-id":"inner","date":"2026-11-22T10:00:00"}}}"#,
+        );
+        assert_eq!((e.code.as_str(), e.message.as_str()), ("ResourceNotFound", "gone"));
+        assert_eq!(e.request_id.as_deref(), Some("hdr"));
+        let e = read(400, &[], r#"{"error":{"code":"","message":"","innerError":{"request-id":"inner"}}}"#);
+        assert_eq!(e.code, "");
+        assert_eq!(e.message, "Graph answered HTTP 400 Bad Request");
+        assert_eq!(e.request_id.as_deref(), Some("inner"));
+    }
+
+    #[test]
+    fn survives_non_json_bodies() {
+        let e = read(502, &[("content-type", "text/html")], "<html><body>Bad gateway</body></html>");
+        assert_eq!(e.code, "");
+        assert_eq!(e.message, "Graph answered HTTP 502 Bad Gateway with a non-JSON body (text/html)");
+        let e = read(503, &[], "");
+        assert!(e.message.contains("an empty body"));
+        let e = read(500, &[], r#"{"error": "a string"}"#);
+        assert!(e.message.contains("non-JSON"), "{}", e.message);
+    }
+
+    #[test]
+    fn reads_retry_after_seconds_only() {
+        assert_eq!(read(429, &[("retry-after", "7")], "").retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(read(429, &[("retry-after", "Wed, 21 Oct 2026 07:28:00 GMT")], "").retry_after, None);
+        assert_eq!(read(429, &[("retry-after", "99999999")], "").retry_after, Some(MAX_RETRY_AFTER));
+        assert_eq!(read(429, &[], "").retry_after, None);
+    }
+}

@@ -1,0 +1,11 @@
+//! The Microsoft Graph client and Graph's JSON model. Nothing here knows about
+//! protobuf or gRPC.
+
+mod client;
+mod error;
+pub mod model;
+mod retry;
+
+pub use client::{Call, GraphClient, Reply};
+pub use error::{GraphError, StatusError};
+pub use retry::RetryPolicy;

@@ -1,0 +1,262 @@
+//! The three shapes every RPC takes (create, update, get), written once for
+//! all resources.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::StatusCode;
+use prost_types::FieldMask;
+use tonic::{Response, Status, metadata::MetadataMap};
+
+use super::{RunStateApi, context, idempotency::Refused, status};
+use crate::convert::{
+    FieldViolation,
+    mask::{self, Selection},
+    names::{Id, Parent, ResourcePath},
+    resources::Resource,
+};
+use crate::graph::{Call, GraphError};
+
+/// The fields of a create request, before validation.
+pub(super) struct Create<'a, P, R> {
+    pub rpc: &'static str,
+    pub parent: Result<P, String>,
+    pub resource: Option<R>,
+    /// The name of the request's `*_id` field.
+    pub id_field: &'static str,
+    pub id: &'a str,
+    pub request_id: &'a str,
+    /// A hash of the whole request, to spot a reused request id.
+    pub fingerprint: u64,
+}
+
+/// Hashes a request message (for request ids).
+pub(super) fn fingerprint(message: &impl prost::Message) -> u64 {
+    let mut h = DefaultHasher::new();
+    message.encode_to_vec().hash(&mut h);
+    h.finish()
+}
+
+/// Collects field violations; nothing reaches Graph while there is one.
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|why| self.0.push(FieldViolation::new(field, why))).ok()
+    }
+
+    fn extend<T>(&mut self, result: Result<T, Vec<FieldViolation>>) -> Option<T> {
+        result.map_err(|errs| self.0.extend(errs)).ok()
+    }
+
+    fn required<R>(&mut self, field: &str, value: Option<R>) -> Option<R> {
+        if value.is_none() {
+            self.0.push(FieldViolation::new(field, "is required"));
+        }
+        value
+    }
+
+    fn request_id(&mut self, text: &str) -> Option<uuid::Uuid> {
+        if text.is_empty() {
+            return None;
+        }
+        self.check(
+            "request_id",
+            uuid::Uuid::try_parse(text).map_err(|_| "must be a UUID, e.g. 3f1c2a9e-5b7d-4c1e-9a2b-8d4e6f0a1b2c".to_owned()),
+        )
+    }
+
+    fn finish(self) -> Result<(), Status> {
+        if self.0.is_empty() { Ok(()) } else { Err(status::invalid_argument(self.0)) }
+    }
+}
+
+/// A response carrying Graph's request id in `graph-request-id` metadata.
+fn respond<T>(message: T, graph_request_id: Option<String>) -> Response<T> {
+    let mut response = Response::new(message);
+    if let Some(value) = graph_request_id.and_then(|id| id.parse().ok()) {
+        response.metadata_mut().insert(status::GRAPH_REQUEST_ID, value);
+    }
+    response
+}
+
+fn internal(message: impl Into<String>) -> Status {
+    Status::internal(message)
+}
+
+impl RunStateApi {
+    fn deadline(&self, metadata: &MetadataMap) -> tokio::time::Instant {
+        let timeout: Duration = context::grpc_timeout(metadata).unwrap_or(self.default_timeout);
+        tokio::time::Instant::now() + timeout
+    }
+
+    fn graph_status(&self, error: GraphError) -> Status {
+        status::from_graph(error, self.graph.host())
+    }
+
+    /// Runs `work` but gives up at `deadline` with DEADLINE_EXCEEDED.
+    async fn within<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(self.graph_status(GraphError::Timeout)))
+    }
+
+    /// POST `{parent}/{children}`; returns the created resource.
+    pub(super) async fn create<P: Parent, R: Resource>(
+        &self,
+        metadata: &MetadataMap,
+        c: Create<'_, P, R>,
+    ) -> Result<Response<R>, Status> {
+        let mut v = Violations::default();
+        let parent = v.check("parent", c.parent);
+        let id = if c.id.is_empty() { None } else { v.check(c.id_field, Id::parse(c.id)) };
+        let request_id = v.request_id(c.request_id);
+        let resource = v.required(R::FIELD, c.resource);
+        let body = resource.and_then(|r| v.extend(r.to_graph(&Selection::Create)));
+        v.finish()?;
+        let (Some(parent), Some(mut body)) = (parent, body) else {
+            return Err(internal("validation left no value"));
+        };
+        let authorization = context::authorization(metadata, self.token.as_ref())?;
+        let call = Call { authorization: &authorization, deadline: self.deadline(metadata) };
+        if let Some(id) = &id {
+            R::set_graph_id(&mut body, id.as_str().to_owned());
+        }
+
+        let work = || self.create_in_graph::<P, R>(&parent, &body, &call, id.as_ref());
+        let (resource, graph_request_id) = match request_id {
+            None => self.within(call.deadline, work()).await?,
+            Some(key) => {
+                let encoded = || async {
+                    let (r, rid) = work().await?;
+                    Ok::<_, Status>((Bytes::from(r.encode_to_vec()), rid))
+                };
+                let outcome = self.within(call.deadline, async {
+                    match self.request_ids.run(c.rpc, key, c.fingerprint, encoded).await {
+                        Ok(result) => result,
+                        Err(Refused::Reused) => Err(status::invalid_argument(vec![FieldViolation::new(
+                            "request_id",
+                            "was already used with a different request",
+                        )])),
+                    }
+                })
+                .await?;
+                let resource = R::decode(outcome.0).map_err(|e| internal(format!("cached response: {e}")))?;
+                (resource, outcome.1)
+            }
+        };
+        Ok(respond(resource, graph_request_id))
+    }
+
+    async fn create_in_graph<P: Parent, R: Resource>(
+        &self,
+        parent: &P,
+        body: &R::Graph,
+        call: &Call<'_>,
+        chosen: Option<&Id>,
+    ) -> Result<(R, Option<String>), Status> {
+        let collection = parent.collection_path();
+        let reply = match self.graph.create::<_, R::Graph>(&collection, body, call, chosen.is_some()).await {
+            Ok(reply) => reply,
+            // A retried POST met its own first copy: read that back.
+            Err(GraphError::Status(e)) if e.status == StatusCode::CONFLICT && e.after_ambiguous_retry => {
+                let Some(id) = chosen else {
+                    return Err(self.graph_status(GraphError::Status(e)));
+                };
+                let reply = self
+                    .graph
+                    .get::<R::Graph>(&parent.child_path(id), call)
+                    .await
+                    .map_err(|e| self.graph_status(e))?;
+                return Ok((R::from_graph(reply.value, parent.child_name(id.as_str())), reply.request_id));
+            }
+            Err(e) => return Err(self.graph_status(e)),
+        };
+        let mut value = reply.value;
+        let id = match (R::graph_id(&value), chosen) {
+            (Some(id), _) => Id::parse(id).map_err(|why| internal(format!("Graph returned an id that {why}")))?,
+            (None, Some(id)) => {
+                R::set_graph_id(&mut value, id.as_str().to_owned());
+                id.clone()
+            }
+            (None, None) => return Err(internal("Graph's answer to the create has no id")),
+        };
+        Ok((R::from_graph(value, parent.child_name(id.as_str())), reply.request_id))
+    }
+
+    /// PATCH `{name}` with the masked fields; returns the stored resource.
+    pub(super) async fn update<N: ResourcePath, R: Resource>(
+        &self,
+        metadata: &MetadataMap,
+        resource: Option<R>,
+        parse: fn(&str) -> Result<N, String>,
+        update_mask: Option<FieldMask>,
+    ) -> Result<Response<R>, Status> {
+        let mut v = Violations::default();
+        let Some(resource) = v.required(R::FIELD, resource) else {
+            return Err(v.finish().err().unwrap_or_else(|| internal("no resource")));
+        };
+        let name = v.check(&format!("{}.name", R::FIELD), parse(resource.name()));
+        let selection = v.extend(mask::resolve(update_mask.as_ref(), R::WRITABLE, |f| resource.is_populated(f)));
+        let body = selection.and_then(|s| v.extend(resource.to_graph(&s)));
+        v.finish()?;
+        let (Some(name), Some(body)) = (name, body) else {
+            return Err(internal("validation left no value"));
+        };
+        let authorization = context::authorization(metadata, self.token.as_ref())?;
+        let call = Call { authorization: &authorization, deadline: self.deadline(metadata) };
+
+        self.within(call.deadline, async {
+            let path = name.graph_path();
+            let patched = self
+                .graph
+                .update::<_, R::Graph>(&path, &body, &call)
+                .await
+                .map_err(|e| self.graph_status(e))?;
+            let (value, request_id) = match patched.value {
+                Some(value) => (value, patched.request_id),
+                // 204: Graph stored it but sent nothing back, so read it.
+                None => {
+                    let got = self.graph.get::<R::Graph>(&path, &call).await.map_err(|e| self.graph_status(e))?;
+                    (got.value, patched.request_id.or(got.request_id))
+                }
+            };
+            Ok(respond(R::from_graph(value, name.to_string()), request_id))
+        })
+        .await
+    }
+
+    /// GET `{name}`.
+    pub(super) async fn get<N: ResourcePath, R: Resource>(
+        &self,
+        metadata: &MetadataMap,
+        name: &str,
+        parse: fn(&str) -> Result<N, String>,
+    ) -> Result<Response<R>, Status> {
+        let mut v = Violations::default();
+        let name = v.check("name", parse(name));
+        v.finish()?;
+        let Some(name) = name else {
+            return Err(internal("validation left no value"));
+        };
+        let authorization = context::authorization(metadata, self.token.as_ref())?;
+        let call = Call { authorization: &authorization, deadline: self.deadline(metadata) };
+        self.within(call.deadline, async {
+            let got = self
+                .graph
+                .get::<R::Graph>(&name.graph_path(), &call)
+                .await
+                .map_err(|e| self.graph_status(e))?;
+            Ok(respond(R::from_graph(got.value, name.to_string()), got.request_id))
+        })
+        .await
+    }
+}

@@ -1,0 +1,204 @@
+//! Graph errors and bad requests → gRPC statuses with rich details.
+//!
+//! The one table from Graph HTTP statuses to gRPC codes is [`code_for`]; the
+//! README's error table is this function in prose.
+
+use std::{collections::HashMap, time::Duration};
+
+use http::{Method, StatusCode};
+use tonic::{Code, Status, metadata::MetadataMap};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::convert::FieldViolation;
+use crate::graph::{GraphError, StatusError};
+
+/// Response metadata key holding Graph's `request-id`.
+pub const GRAPH_REQUEST_ID: &str = "graph-request-id";
+
+/// Graph's error code for a route it lists in metadata but does not serve.
+const UNSERVED_ROUTE: &str = "No method match route template";
+
+/// Suggested wait after a 429 that came without `Retry-After`.
+const DEFAULT_THROTTLE_DELAY: Duration = Duration::from_secs(2);
+
+/// The gRPC code for a Graph HTTP error status.
+pub fn code_for(status: StatusCode, method: &Method) -> Code {
+    match status.as_u16() {
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        405 | 501 => Code::Unimplemented,
+        408 => Code::DeadlineExceeded,
+        409 if *method == Method::POST => Code::AlreadyExists,
+        409 => Code::Aborted,
+        412 => Code::FailedPrecondition,
+        429 => Code::ResourceExhausted,
+        500 => Code::Internal,
+        502..=504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// INVALID_ARGUMENT with a `BadRequest` listing every violation.
+pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
+    let message = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let details = ErrorDetails::with_bad_request(
+        violations
+            .into_iter()
+            .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+            .collect::<Vec<_>>(),
+    );
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// The status for a failed Graph call.
+pub fn from_graph(error: GraphError, host: &str) -> Status {
+    match error {
+        GraphError::Status(e) => from_status_error(*e),
+        GraphError::Unavailable { message, .. } => {
+            let details = ErrorDetails::with_error_info("GRAPH_UNREACHABLE", host, HashMap::new());
+            Status::with_error_details(Code::Unavailable, format!("could not reach Graph: {message}"), details)
+        }
+        GraphError::Timeout => {
+            let details = ErrorDetails::with_error_info("GRAPH_TIMEOUT", host, HashMap::new());
+            Status::with_error_details(
+                Code::DeadlineExceeded,
+                "Graph did not answer before the deadline",
+                details,
+            )
+        }
+        GraphError::InvalidResponse(why) => {
+            let details = ErrorDetails::with_error_info("INVALID_GRAPH_RESPONSE", host, HashMap::new());
+            Status::with_error_details(
+                Code::Internal,
+                format!("Graph sent a response the gateway cannot read: {why}"),
+                details,
+            )
+        }
+    }
+}
+
+fn from_status_error(e: StatusError) -> Status {
+    let unserved = e.code.trim().eq_ignore_ascii_case(UNSERVED_ROUTE);
+    let code = if unserved { Code::Unimplemented } else { code_for(e.status, &e.method) };
+    let message = if unserved {
+        format!("Graph does not serve this route ({} {}): {}", e.method, e.status.as_u16(), e.message)
+    } else {
+        e.message
+    };
+    let reason = if e.code.is_empty() { format!("HTTP_{}", e.status.as_u16()) } else { e.code };
+
+    let mut info = HashMap::from([
+        ("http_status".to_owned(), e.status.as_u16().to_string()),
+        ("client_request_id".to_owned(), e.client_request_id.clone()),
+    ]);
+    if let Some(id) = &e.request_id {
+        info.insert("request_id".to_owned(), id.clone());
+    }
+    let mut details = ErrorDetails::with_error_info(reason, e.host, info);
+    details.set_request_info(
+        e.request_id.clone().unwrap_or_else(|| e.client_request_id.clone()),
+        format!("client-request-id={}", e.client_request_id),
+    );
+    if e.status == StatusCode::TOO_MANY_REQUESTS {
+        details.set_retry_info(Some(e.retry_after.unwrap_or(DEFAULT_THROTTLE_DELAY)));
+    } else if let Some(delay) = e.retry_after {
+        details.set_retry_info(Some(delay));
+    }
+
+    let mut metadata = MetadataMap::new();
+    if let Some(value) = e.request_id.as_deref().and_then(|id| id.parse().ok()) {
+        metadata.insert(GRAPH_REQUEST_ID, value);
+    }
+    Status::with_error_details_and_metadata(code, message, details, metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_every_status_of_the_table() {
+        let table = [
+            (400, Code::InvalidArgument),
+            (401, Code::Unauthenticated),
+            (403, Code::PermissionDenied),
+            (404, Code::NotFound),
+            (405, Code::Unimplemented),
+            (501, Code::Unimplemented),
+            (412, Code::FailedPrecondition),
+            (429, Code::ResourceExhausted),
+            (500, Code::Internal),
+            (502, Code::Unavailable),
+            (503, Code::Unavailable),
+            (504, Code::Unavailable),
+            (418, Code::Unknown),
+        ];
+        for (status, code) in table {
+            assert_eq!(code_for(StatusCode::from_u16(status).unwrap(), &Method::PATCH), code, "{status}");
+        }
+        assert_eq!(code_for(StatusCode::CONFLICT, &Method::POST), Code::AlreadyExists);
+        assert_eq!(code_for(StatusCode::CONFLICT, &Method::PATCH), Code::Aborted);
+    }
+
+    fn error(status: u16, code: &str, retry_after: Option<u64>) -> StatusError {
+        StatusError {
+            method: Method::POST,
+            status: StatusCode::from_u16(status).unwrap(),
+            code: code.into(),
+            message: "Graph said no".into(),
+            request_id: Some("req-1".into()),
+            client_request_id: "client-1".into(),
+            retry_after: retry_after.map(Duration::from_secs),
+            host: "graph.microsoft.com".into(),
+            after_ambiguous_retry: false,
+        }
+    }
+
+    #[test]
+    fn carries_error_info_request_info_and_retry_info() {
+        let status = from_status_error(error(429, "", None));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "Graph said no");
+        assert_eq!(status.metadata().get(GRAPH_REQUEST_ID).unwrap(), "req-1");
+        let details = status.get_error_details();
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "HTTP_429");
+        assert_eq!(info.domain, "graph.microsoft.com");
+        assert_eq!(info.metadata["http_status"], "429");
+        assert_eq!(info.metadata["request_id"], "req-1");
+        assert_eq!(details.retry_info().unwrap().retry_delay, Some(DEFAULT_THROTTLE_DELAY));
+        assert_eq!(details.request_info().unwrap().request_id, "req-1");
+
+        let status = from_status_error(error(429, "TooManyRequests", Some(9)));
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "TooManyRequests");
+        assert_eq!(details.retry_info().unwrap().retry_delay, Some(Duration::from_secs(9)));
+        assert!(from_status_error(error(404, "x", None)).get_error_details().retry_info().is_none());
+    }
+
+    #[test]
+    fn unserved_routes_are_unimplemented() {
+        let status = from_status_error(error(400, "No method match route template", None));
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert!(status.message().starts_with("Graph does not serve this route"), "{}", status.message());
+    }
+
+    #[test]
+    fn bad_requests_list_every_violation() {
+        let status = invalid_argument(vec![
+            FieldViolation::new("parent", "is required"),
+            FieldViolation::new("request_id", "must be a UUID"),
+        ]);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "parent: is required; request_id: must be a UUID");
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), 2);
+        assert_eq!(bad.field_violations[1].field, "request_id");
+    }
+}

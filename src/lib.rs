@@ -1,0 +1,34 @@
+//! runstate-gateway: a gRPC gateway that records Intune script run states in
+//! Microsoft Graph (beta).
+//!
+//! # Layout
+//!
+//! A gRPC call enters in [`grpc`], whose handlers (one file per resource) check
+//! the caller's token and deadline. [`convert`] validates resource names and
+//! translates the proto resource into Graph's JSON model (enums, timestamps,
+//! update masks, nulls); it is the only module that knows both sides. The call
+//! goes out through [`graph`], the Graph client (retries, errors, request ids),
+//! which knows nothing of protobuf. Graph's answer comes back the same way, and
+//! [`grpc::status`] turns a Graph error into a gRPC status with rich details.
+//!
+//! [`emulator`] is an in-memory stand-in for Graph, used by `--emulator`, the
+//! `emulator` subcommand and the tests. [`config`] holds the command line,
+//! [`startup`] wires the server together, [`telemetry`] sets up logging.
+//! [`pb`] is the code generated from `proto/` by `build.rs`.
+
+pub mod config;
+pub mod convert;
+pub mod emulator;
+pub mod graph;
+pub mod grpc;
+pub mod startup;
+pub mod telemetry;
+
+/// Code generated from `proto/intune/runstates/v1`.
+pub mod pb {
+    tonic::include_proto!("intune.runstates.v1");
+
+    /// The encoded descriptor set of `proto/` (with imports), for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/runstates_descriptor.bin"));
+}

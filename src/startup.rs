@@ -1,0 +1,159 @@
+//! Wires the gateway together. Order: (1) the embedded emulator, when asked
+//! for, so Graph's URL is known; (2) the Graph client; (3) the listening
+//! socket, so tests can bind port 0 and read the port; (4) the gRPC services.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tonic::transport::{Server, server::TcpIncoming};
+
+use crate::config::{EmulatorArgs, ServeArgs};
+use crate::emulator::{Emulator, RunningEmulator};
+use crate::graph::{GraphClient, RetryPolicy};
+use crate::grpc::{RunStateApi, context};
+use crate::pb::{self, run_state_service_server::RunStateServiceServer};
+
+/// The token the gateway sends to its embedded emulator when given none.
+const EMULATOR_TOKEN: &str = "emulator-token";
+
+/// A built gateway, bound to its port but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    api: RunStateApi,
+    args: ServeArgs,
+    emulator: Option<RunningEmulator>,
+}
+
+impl Application {
+    pub async fn build(args: &ServeArgs) -> anyhow::Result<Self> {
+        let mut graph_url = args.graph_url.clone();
+        let mut token = args.graph_token.clone();
+        let emulator = if args.emulator {
+            let running = Emulator::new()
+                .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await
+                .context("cannot start the embedded Graph emulator")?;
+            graph_url = running.base_url();
+            token.get_or_insert_with(|| crate::config::Secret::new(EMULATOR_TOKEN));
+            tracing::info!(url = %graph_url, "embedded Graph emulator started");
+            Some(running)
+        } else {
+            None
+        };
+
+        let retry = RetryPolicy {
+            max_retries: args.graph_max_retries,
+            ..RetryPolicy::default()
+        };
+        let graph = GraphClient::new(&graph_url, retry).map_err(|e| anyhow::anyhow!("--graph-url: {e}"))?;
+        let token = token
+            .map(|t| context::bearer(t.expose()))
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("--graph-token: not a valid header value"))?;
+        let api = RunStateApi::new(graph, token, args.request_timeout);
+
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            api,
+            args: args.clone(),
+            emulator,
+        })
+    }
+
+    /// The address the gRPC server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The embedded emulator, when started with `--emulator`.
+    pub fn emulator(&self) -> Option<&RunningEmulator> {
+        self.emulator.as_ref()
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<RunStateServiceServer<RunStateApi>>()
+            .await;
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let service = RunStateServiceServer::new(self.api)
+            .max_decoding_message_size(self.args.max_request_bytes)
+            .max_encoding_message_size(4 << 20);
+
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        tracing::info!(addr = %self.local_addr, "runstate-gateway listening");
+        Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .load_shed(true)
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                self.args.max_concurrent_requests,
+            ))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .context("the gRPC server failed")?;
+        if let Some(emulator) = self.emulator {
+            emulator.stop().await;
+        }
+        tracing::info!("runstate-gateway stopped");
+        Ok(())
+    }
+}
+
+/// Runs the emulator alone until Ctrl-C or SIGTERM.
+pub async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<()> {
+    let running = Emulator::new()
+        .spawn(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(url = %running.base_url(), "Graph emulator listening");
+    shutdown_signal().await;
+    running.stop().await;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
