@@ -89,8 +89,13 @@ fn internal(message: impl Into<String>) -> Status {
 }
 
 impl RunStateApi {
+    /// The caller's deadline, a little early so the gateway answers
+    /// DEADLINE_EXCEEDED with details before tonic's own timer cancels the call.
     fn deadline(&self, metadata: &MetadataMap) -> tokio::time::Instant {
-        let timeout: Duration = context::grpc_timeout(metadata).unwrap_or(self.default_timeout);
+        let timeout = match context::grpc_timeout(metadata) {
+            Some(t) => t.saturating_sub((t / 10).min(Duration::from_millis(20))),
+            None => self.default_timeout,
+        };
         tokio::time::Instant::now() + timeout
     }
 

@@ -1,0 +1,96 @@
+//! Shared test setup: `spawn_app()` returns the gateway, its emulator and a client.
+
+use std::net::SocketAddr;
+
+use runstate_gateway::{
+    config::ServeArgs,
+    emulator::{Emulator, Recorded, RunningEmulator},
+    pb::run_state_service_client::RunStateServiceClient,
+    startup::Application,
+};
+use tokio::sync::oneshot;
+use tonic::{Code, Request, Status, transport::Channel};
+use tonic_types::StatusExt;
+
+pub const TOKEN: &str = "test-static-token";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: RunStateServiceClient<Channel>,
+    pub graph: Emulator,
+    _upstream: Option<RunningEmulator>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A gateway with a static token, in front of a fresh emulator.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&["--graph-token", TOKEN]).await
+}
+
+/// A gateway with extra flags, in front of a fresh emulator.
+pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
+    let graph = Emulator::new();
+    let upstream = graph.spawn(([127, 0, 0, 1], 0).into()).await.expect("emulator starts");
+    let url = upstream.base_url();
+    let mut args = vec!["--listen", "127.0.0.1:0", "--graph-url", url.as_str()];
+    args.extend_from_slice(flags);
+    let mut app = start(&args).await;
+    app.graph = graph;
+    app._upstream = Some(upstream);
+    app
+}
+
+/// A gateway started with exactly these flags (e.g. `--emulator`).
+pub async fn start(args: &[&str]) -> TestApp {
+    let config = ServeArgs::from_args(args).expect("valid flags");
+    let app = Application::build(&config).await.expect("gateway builds");
+    let addr = app.local_addr();
+    let graph = app.emulator().map(|e| e.emulator().clone()).unwrap_or_default();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let client = RunStateServiceClient::connect(format!("http://{addr}")).await.expect("client connects");
+    TestApp { addr, client, graph, _upstream: None, shutdown: Some(tx) }
+}
+
+impl TestApp {
+    /// Requests the emulator received, without the test's own setup calls.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.graph.requests()
+    }
+}
+
+/// A request with the given `authorization` metadata.
+pub fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// Asserts INVALID_ARGUMENT with a `BadRequest` violation on `field`.
+pub fn assert_violation(status: &Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let bad = status.get_details_bad_request().unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
+    assert!(
+        bad.field_violations.iter().any(|v| v.field == field),
+        "no violation on {field}: {:?}",
+        bad.field_violations
+    );
+}
+
+pub fn ts(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos })
+}
+
+pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
+}

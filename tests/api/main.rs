@@ -1,0 +1,15 @@
+//! Integration tests: each starts the real gateway on port 0 against its own
+//! in-process Graph emulator and calls it with the generated tonic client.
+
+mod auth;
+mod compliance_states;
+mod device_states;
+mod errors;
+mod helpers;
+mod idempotency;
+mod readme;
+mod retries;
+mod server;
+mod timestamps;
+mod user_states;
+mod validation;
