@@ -6,7 +6,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// gRPC gateway that records Intune script run states in Microsoft Graph (beta).
 #[derive(Debug, Parser)]
-#[command(name = "runstate-gateway", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "runstate-gateway",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -31,7 +36,11 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Graph base URL (with the API version).
-    #[arg(long, env = "GRAPH_URL", default_value = "https://graph.microsoft.com/beta")]
+    #[arg(
+        long,
+        env = "GRAPH_URL",
+        default_value = "https://graph.microsoft.com/beta"
+    )]
     pub graph_url: String,
 
     /// Static Graph token, used when a caller sends no `authorization` metadata.
@@ -125,7 +134,8 @@ impl ServeArgs {
             #[command(flatten)]
             serve: ServeArgs,
         }
-        let argv = std::iter::once(std::ffi::OsString::from("runstate-gateway")).chain(args.into_iter().map(Into::into));
+        let argv = std::iter::once(std::ffi::OsString::from("runstate-gateway"))
+            .chain(args.into_iter().map(Into::into));
         Only::try_parse_from(argv).map(|o| o.serve)
     }
 }
@@ -133,9 +143,13 @@ impl ServeArgs {
 /// Parses `30s`, `500ms`, `2m`, `1h` or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
     let d = match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
@@ -183,9 +197,11 @@ mod tests {
     fn subcommands_parse() {
         let cli = Cli::try_parse_from(["runstate-gateway", "--emulator"]).unwrap();
         assert!(cli.command.is_none() && cli.serve.emulator);
-        let cli = Cli::try_parse_from(["runstate-gateway", "emulator", "--listen", "127.0.0.1:9"]).unwrap();
+        let cli = Cli::try_parse_from(["runstate-gateway", "emulator", "--listen", "127.0.0.1:9"])
+            .unwrap();
         assert!(matches!(cli.command, Some(Command::Emulator(a)) if a.listen.port() == 9));
-        let cli = Cli::try_parse_from(["runstate-gateway", "serve", "--listen", "127.0.0.1:7"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["runstate-gateway", "serve", "--listen", "127.0.0.1:7"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Serve(a)) if a.listen.port() == 7));
     }
 }

@@ -47,7 +47,8 @@ impl Application {
             max_retries: args.graph_max_retries,
             ..RetryPolicy::default()
         };
-        let graph = GraphClient::new(&graph_url, retry).map_err(|e| anyhow::anyhow!("--graph-url: {e}"))?;
+        let graph =
+            GraphClient::new(&graph_url, retry).map_err(|e| anyhow::anyhow!("--graph-url: {e}"))?;
         let token = token
             .map(|t| context::bearer(t.expose()))
             .transpose()
@@ -90,7 +91,9 @@ impl Application {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
         };
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;

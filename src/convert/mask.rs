@@ -48,7 +48,11 @@ pub fn resolve(
 ) -> Result<Selection, Vec<FieldViolation>> {
     let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
     if paths.is_empty() {
-        let fields: Vec<_> = writable.iter().map(|w| w.proto).filter(|f| populated(f)).collect();
+        let fields: Vec<_> = writable
+            .iter()
+            .map(|w| w.proto)
+            .filter(|f| populated(f))
+            .collect();
         if fields.is_empty() {
             return Err(vec![FieldViolation::new(
                 "update_mask",
@@ -64,7 +68,9 @@ pub fn resolve(
                 "`*` must be the only path",
             )]);
         }
-        return Ok(Selection::Update(writable.iter().map(|w| w.proto).collect()));
+        return Ok(Selection::Update(
+            writable.iter().map(|w| w.proto).collect(),
+        ));
     }
     let mut fields = Vec::with_capacity(paths.len());
     let mut errors = Vec::new();
@@ -81,7 +87,11 @@ pub fn resolve(
                 format!(
                     "unknown field `{}`; updatable fields are {}",
                     path.chars().take(64).collect::<String>(),
-                    writable.iter().map(|w| w.proto).collect::<Vec<_>>().join(", ")
+                    writable
+                        .iter()
+                        .map(|w| w.proto)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )),
         }
@@ -98,12 +108,20 @@ mod tests {
     use super::*;
 
     const FIELDS: &[Writable] = &[
-        Writable { proto: "user_principal_name", graph: "userPrincipalName" },
-        Writable { proto: "success_device_count", graph: "successDeviceCount" },
+        Writable {
+            proto: "user_principal_name",
+            graph: "userPrincipalName",
+        },
+        Writable {
+            proto: "success_device_count",
+            graph: "successDeviceCount",
+        },
     ];
 
     fn mask(paths: &[&str]) -> FieldMask {
-        FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() }
+        FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }
     }
 
     #[test]
@@ -111,27 +129,44 @@ mod tests {
         let s = resolve(None, FIELDS, |f| f == "success_device_count").unwrap();
         assert_eq!(s, Selection::Update(vec!["success_device_count"]));
         let s = resolve(Some(&mask(&[])), FIELDS, |_| true).unwrap();
-        assert_eq!(s, Selection::Update(vec!["user_principal_name", "success_device_count"]));
+        assert_eq!(
+            s,
+            Selection::Update(vec!["user_principal_name", "success_device_count"])
+        );
         assert!(resolve(None, FIELDS, |_| false).is_err());
     }
 
     #[test]
     fn star_means_every_writable_field() {
         let s = resolve(Some(&mask(&["*"])), FIELDS, |_| false).unwrap();
-        assert_eq!(s, Selection::Update(vec!["user_principal_name", "success_device_count"]));
+        assert_eq!(
+            s,
+            Selection::Update(vec!["user_principal_name", "success_device_count"])
+        );
         assert!(resolve(Some(&mask(&["*", "id"])), FIELDS, |_| false).is_err());
     }
 
     #[test]
     fn accepts_proto_and_graph_names_once_each() {
-        let s = resolve(Some(&mask(&["userPrincipalName", "user_principal_name"])), FIELDS, |_| false).unwrap();
+        let s = resolve(
+            Some(&mask(&["userPrincipalName", "user_principal_name"])),
+            FIELDS,
+            |_| false,
+        )
+        .unwrap();
         assert_eq!(s, Selection::Update(vec!["user_principal_name"]));
         assert!(s.has("user_principal_name") && !s.has("success_device_count"));
     }
 
     #[test]
     fn refuses_unknown_and_output_only_paths() {
-        for bad in ["id", "name", "nope", "script_user_state.success_device_count", ""] {
+        for bad in [
+            "id",
+            "name",
+            "nope",
+            "script_user_state.success_device_count",
+            "",
+        ] {
             let errs = resolve(Some(&mask(&[bad])), FIELDS, |_| true).unwrap_err();
             assert_eq!(errs.len(), 1, "{bad}");
             assert_eq!(errs[0].field, "update_mask");

@@ -180,7 +180,12 @@ fn id_at(segments: &[&str], at: usize, what: &str) -> Result<Id, String> {
 fn script_at(segments: &[&str], kinds: &[ScriptKind], shape: &str) -> Result<ScriptName, String> {
     let kind = ScriptKind::from_collection(segments[0])
         .filter(|k| kinds.contains(k))
-        .ok_or_else(|| format!("must look like `{shape}`; the first segment is not {}", kinds_text(kinds)))?;
+        .ok_or_else(|| {
+            format!(
+                "must look like `{shape}`; the first segment is not {}",
+                kinds_text(kinds)
+            )
+        })?;
     Ok(ScriptName {
         kind,
         id: id_at(segments, 1, "script")?,
@@ -199,7 +204,10 @@ fn expect_word(segments: &[&str], at: usize, word: &str, shape: &str) -> Result<
     if segments[at] == word {
         Ok(())
     } else {
-        Err(format!("must look like `{shape}`; segment {} must be `{word}`", at + 1))
+        Err(format!(
+            "must look like `{shape}`; segment {} must be `{word}`",
+            at + 1
+        ))
     }
 }
 
@@ -273,7 +281,11 @@ impl fmt::Display for UserStateName {
 
 impl ResourcePath for UserStateName {
     fn graph_path(&self) -> String {
-        format!("{}/{USER_STATES}/{}", self.script.graph_path(), self.id.encoded())
+        format!(
+            "{}/{USER_STATES}/{}",
+            self.script.graph_path(),
+            self.id.encoded()
+        )
     }
 }
 
@@ -284,7 +296,11 @@ impl DeviceStateParent {
     pub fn parse(name: &str) -> Result<Self, String> {
         let s = split(name, Self::SHAPE, &[2, 4])?;
         if s.len() == 2 {
-            Ok(Self::Script(script_at(&s, &ScriptKind::WITH_USER_STATES, Self::SHAPE)?))
+            Ok(Self::Script(script_at(
+                &s,
+                &ScriptKind::WITH_USER_STATES,
+                Self::SHAPE,
+            )?))
         } else {
             Ok(Self::UserState(UserStateName::from_segments(&s)?))
         }
@@ -340,7 +356,11 @@ impl fmt::Display for DeviceStateName {
 
 impl ResourcePath for DeviceStateName {
     fn graph_path(&self) -> String {
-        format!("{}/{DEVICE_STATES}/{}", self.parent.graph_path(), self.id.encoded())
+        format!(
+            "{}/{DEVICE_STATES}/{}",
+            self.parent.graph_path(),
+            self.id.encoded()
+        )
     }
 }
 
@@ -366,7 +386,11 @@ impl fmt::Display for ComplianceStateName {
 
 impl ResourcePath for ComplianceStateName {
     fn graph_path(&self) -> String {
-        format!("{}/{DEVICE_STATES}/{}", self.script.graph_path(), self.id.encoded())
+        format!(
+            "{}/{DEVICE_STATES}/{}",
+            self.script.graph_path(),
+            self.id.encoded()
+        )
     }
 }
 
@@ -412,14 +436,36 @@ mod tests {
 
     #[test]
     fn accepts_ids_of_the_allowed_alphabet() {
-        for id in ["a", "A-z_0.9", "d5a29103-9103-d5a2-0391-a2d50391a2d5", "user@contoso.com", "a:b", "...", &"x".repeat(256)] {
+        for id in [
+            "a",
+            "A-z_0.9",
+            "d5a29103-9103-d5a2-0391-a2d50391a2d5",
+            "user@contoso.com",
+            "a:b",
+            "...",
+            &"x".repeat(256),
+        ] {
             assert!(Id::parse(id).is_ok(), "{id}");
         }
     }
 
     #[test]
     fn refuses_bad_ids() {
-        for id in ["", ".", "..", "a/b", "a b", "a%2F", "a?b", "a#b", "a\\b", "é", "a\0", &"x".repeat(257), "\u{202e}"] {
+        for id in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "a%2F",
+            "a?b",
+            "a#b",
+            "a\\b",
+            "é",
+            "a\0",
+            &"x".repeat(257),
+            "\u{202e}",
+        ] {
             assert!(Id::parse(id).is_err(), "{id:?}");
         }
     }
@@ -431,7 +477,10 @@ mod tests {
             let name = UserStateName::parse(&text).unwrap();
             assert_eq!(name.script.kind, kind);
             assert_eq!(name.to_string(), text);
-            assert_eq!(name.graph_path(), format!("{}/s-1/userRunStates/u%3A1", kind.collection()));
+            assert_eq!(
+                name.graph_path(),
+                format!("{}/s-1/userRunStates/u%3A1", kind.collection())
+            );
         }
     }
 
@@ -440,13 +489,16 @@ mod tests {
         let flat = DeviceStateName::parse("deviceShellScripts/s/deviceRunStates/d").unwrap();
         assert!(matches!(flat.parent, DeviceStateParent::Script(_)));
         let nested =
-            DeviceStateName::parse("deviceManagementScripts/s/userRunStates/u/deviceRunStates/d@x").unwrap();
+            DeviceStateName::parse("deviceManagementScripts/s/userRunStates/u/deviceRunStates/d@x")
+                .unwrap();
         assert!(matches!(nested.parent, DeviceStateParent::UserState(_)));
         assert_eq!(
             nested.graph_path(),
             "deviceManagementScripts/s/userRunStates/u/deviceRunStates/d%40x"
         );
-        let parent = DeviceStateParent::parse("deviceCustomAttributeShellScripts/s/userRunStates/u").unwrap();
+        let parent =
+            DeviceStateParent::parse("deviceCustomAttributeShellScripts/s/userRunStates/u")
+                .unwrap();
         assert_eq!(
             parent.collection_path(),
             "deviceCustomAttributeShellScripts/s/userRunStates/u/deviceRunStates"
@@ -462,7 +514,10 @@ mod tests {
         let n = ComplianceStateName::parse("deviceComplianceScripts/c/deviceRunStates/d").unwrap();
         assert_eq!(n.to_string(), "deviceComplianceScripts/c/deviceRunStates/d");
         let p = ComplianceScriptName::parse("deviceComplianceScripts/c").unwrap();
-        assert_eq!(p.collection_path(), "deviceComplianceScripts/c/deviceRunStates");
+        assert_eq!(
+            p.collection_path(),
+            "deviceComplianceScripts/c/deviceRunStates"
+        );
     }
 
     #[test]
@@ -508,10 +563,18 @@ mod tests {
         for n in devices {
             assert!(DeviceStateName::parse(n).is_err(), "{n}");
         }
-        for n in ["deviceManagementScripts/s/deviceRunStates/d", "deviceComplianceScripts/s/userRunStates/d", "deviceComplianceScripts/s"] {
+        for n in [
+            "deviceManagementScripts/s/deviceRunStates/d",
+            "deviceComplianceScripts/s/userRunStates/d",
+            "deviceComplianceScripts/s",
+        ] {
             assert!(ComplianceStateName::parse(n).is_err(), "{n}");
         }
-        for n in ["deviceManagementScripts/s", "deviceComplianceScripts", "deviceComplianceScripts/.."] {
+        for n in [
+            "deviceManagementScripts/s",
+            "deviceComplianceScripts",
+            "deviceComplianceScripts/..",
+        ] {
             assert!(ComplianceScriptName::parse(n).is_err(), "{n}");
         }
         assert!(UserStateName::parse(&"a/".repeat(5000)).is_err());

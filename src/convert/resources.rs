@@ -50,16 +50,26 @@ struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     fn new(selection: &'a Selection, prefix: &'static str) -> Self {
-        Self { selection, prefix, errors: Vec::new() }
+        Self {
+            selection,
+            prefix,
+            errors: Vec::new(),
+        }
     }
 
     fn violation(&mut self, field: &str, description: impl Into<String>) {
-        self.errors
-            .push(FieldViolation::new(format!("{}.{field}", self.prefix), description));
+        self.errors.push(FieldViolation::new(
+            format!("{}.{field}", self.prefix),
+            description,
+        ));
     }
 
     fn int(&self, field: &str, value: i32) -> Field<i32> {
-        if self.selection.has(field) { Field::Value(value) } else { Field::Absent }
+        if self.selection.has(field) {
+            Field::Value(value)
+        } else {
+            Field::Absent
+        }
     }
 
     fn string(&self, field: &str, value: Option<String>) -> Field<String> {
@@ -78,7 +88,10 @@ impl<'a> Writer<'a> {
             Ok(Some(name)) => Field::Value(Cow::Borrowed(name)),
             Ok(None) if self.selection.is_create() => Field::Absent,
             Ok(None) => {
-                self.violation(field, "RUN_STATE_UNSPECIFIED cannot be written; Graph's property is not nullable");
+                self.violation(
+                    field,
+                    "RUN_STATE_UNSPECIFIED cannot be written; Graph's property is not nullable",
+                );
                 Field::Absent
             }
             Err(_) => {
@@ -88,7 +101,12 @@ impl<'a> Writer<'a> {
         }
     }
 
-    fn timestamp(&mut self, field: &str, value: Option<Timestamp>, nullable: bool) -> Field<String> {
+    fn timestamp(
+        &mut self,
+        field: &str,
+        value: Option<Timestamp>,
+        nullable: bool,
+    ) -> Field<String> {
         if !self.selection.has(field) {
             return Field::Absent;
         }
@@ -110,7 +128,11 @@ impl<'a> Writer<'a> {
     }
 
     fn finish<T>(self, value: T) -> Result<T, Vec<FieldViolation>> {
-        if self.errors.is_empty() { Ok(value) } else { Err(self.errors) }
+        if self.errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.errors)
+        }
     }
 }
 
@@ -121,7 +143,9 @@ fn read_int(field: Field<i32>) -> i32 {
 fn read_run_state(field: Field<Cow<'static, str>>) -> i32 {
     field
         .into_option()
-        .map_or(pb::RunState::Unspecified, |name| run_state::from_graph(&name)) as i32
+        .map_or(pb::RunState::Unspecified, |name| {
+            run_state::from_graph(&name)
+        }) as i32
 }
 
 fn read_timestamp(field: Field<String>, property: &str) -> Option<Timestamp> {
@@ -146,9 +170,18 @@ impl Resource for pb::ScriptUserState {
     type Graph = g::ScriptUserState;
     const FIELD: &'static str = "script_user_state";
     const WRITABLE: &'static [Writable] = &[
-        Writable { proto: "user_principal_name", graph: "userPrincipalName" },
-        Writable { proto: "success_device_count", graph: "successDeviceCount" },
-        Writable { proto: "error_device_count", graph: "errorDeviceCount" },
+        Writable {
+            proto: "user_principal_name",
+            graph: "userPrincipalName",
+        },
+        Writable {
+            proto: "success_device_count",
+            graph: "successDeviceCount",
+        },
+        Writable {
+            proto: "error_device_count",
+            graph: "errorDeviceCount",
+        },
     ];
 
     fn name(&self) -> &str {
@@ -199,11 +232,26 @@ impl Resource for pb::ScriptDeviceState {
     type Graph = g::ScriptDeviceState;
     const FIELD: &'static str = "script_device_state";
     const WRITABLE: &'static [Writable] = &[
-        Writable { proto: "run_state", graph: "runState" },
-        Writable { proto: "result_message", graph: "resultMessage" },
-        Writable { proto: "last_state_update_date_time", graph: "lastStateUpdateDateTime" },
-        Writable { proto: "error_code", graph: "errorCode" },
-        Writable { proto: "error_description", graph: "errorDescription" },
+        Writable {
+            proto: "run_state",
+            graph: "runState",
+        },
+        Writable {
+            proto: "result_message",
+            graph: "resultMessage",
+        },
+        Writable {
+            proto: "last_state_update_date_time",
+            graph: "lastStateUpdateDateTime",
+        },
+        Writable {
+            proto: "error_code",
+            graph: "errorCode",
+        },
+        Writable {
+            proto: "error_description",
+            graph: "errorDescription",
+        },
     ];
 
     fn name(&self) -> &str {
@@ -267,12 +315,30 @@ impl Resource for pb::ComplianceScriptDeviceState {
     type Graph = g::ComplianceScriptDeviceState;
     const FIELD: &'static str = "compliance_script_device_state";
     const WRITABLE: &'static [Writable] = &[
-        Writable { proto: "detection_state", graph: "detectionState" },
-        Writable { proto: "last_state_update_date_time", graph: "lastStateUpdateDateTime" },
-        Writable { proto: "expected_state_update_date_time", graph: "expectedStateUpdateDateTime" },
-        Writable { proto: "last_sync_date_time", graph: "lastSyncDateTime" },
-        Writable { proto: "script_output", graph: "scriptOutput" },
-        Writable { proto: "script_error", graph: "scriptError" },
+        Writable {
+            proto: "detection_state",
+            graph: "detectionState",
+        },
+        Writable {
+            proto: "last_state_update_date_time",
+            graph: "lastStateUpdateDateTime",
+        },
+        Writable {
+            proto: "expected_state_update_date_time",
+            graph: "expectedStateUpdateDateTime",
+        },
+        Writable {
+            proto: "last_sync_date_time",
+            graph: "lastSyncDateTime",
+        },
+        Writable {
+            proto: "script_output",
+            graph: "scriptOutput",
+        },
+        Writable {
+            proto: "script_error",
+            graph: "scriptError",
+        },
     ];
 
     fn name(&self) -> &str {
@@ -310,7 +376,11 @@ impl Resource for pb::ComplianceScriptDeviceState {
                 self.expected_state_update_date_time,
                 true,
             ),
-            last_sync_date_time: w.timestamp("last_sync_date_time", self.last_sync_date_time, false),
+            last_sync_date_time: w.timestamp(
+                "last_sync_date_time",
+                self.last_sync_date_time,
+                false,
+            ),
             script_output: w.string("script_output", self.script_output),
             script_error: w.string("script_error", self.script_error),
         };
@@ -436,10 +506,20 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            body(r, &update(&["expected_state_update_date_time", "script_error", "detection_state"])),
+            body(
+                r,
+                &update(&[
+                    "expected_state_update_date_time",
+                    "script_error",
+                    "detection_state"
+                ])
+            ),
             json!({"detectionState": "fail", "expectedStateUpdateDateTime": null, "scriptError": null})
         );
-        let u = pb::ScriptUserState { success_device_count: 0, ..Default::default() };
+        let u = pb::ScriptUserState {
+            success_device_count: 0,
+            ..Default::default()
+        };
         assert_eq!(
             body(u, &update(&["success_device_count", "user_principal_name"])),
             json!({"successDeviceCount": 0, "userPrincipalName": null})
@@ -454,7 +534,10 @@ mod tests {
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["script_device_state.run_state", "script_device_state.last_state_update_date_time"]
+            [
+                "script_device_state.run_state",
+                "script_device_state.last_state_update_date_time"
+            ]
         );
     }
 
@@ -468,13 +551,19 @@ mod tests {
         let errs = r.to_graph(&Selection::Create).unwrap_err();
         assert_eq!(errs.len(), 2);
         assert_eq!(errs[0].field, "script_device_state.run_state");
-        assert_eq!(errs[1].field, "script_device_state.last_state_update_date_time");
+        assert_eq!(
+            errs[1].field,
+            "script_device_state.last_state_update_date_time"
+        );
         let r = pb::ComplianceScriptDeviceState {
             last_sync_date_time: ts(-62_135_596_801, 0),
             ..Default::default()
         };
         let errs = r.to_graph(&Selection::Create).unwrap_err();
-        assert_eq!(errs[0].field, "compliance_script_device_state.last_sync_date_time");
+        assert_eq!(
+            errs[0].field,
+            "compliance_script_device_state.last_sync_date_time"
+        );
     }
 
     #[test]
@@ -490,7 +579,10 @@ mod tests {
         let r = pb::ComplianceScriptDeviceState::from_graph(g, "n".into());
         assert_eq!(r.id, "7bd39c86");
         assert_eq!(r.detection_state, pb::RunState::Success as i32);
-        assert_eq!(r.last_state_update_date_time, ts(1_483_257_778, 441_804_500));
+        assert_eq!(
+            r.last_state_update_date_time,
+            ts(1_483_257_778, 441_804_500)
+        );
         assert_eq!(r.expected_state_update_date_time, None);
         assert_eq!(r.last_sync_date_time, ts(-62_135_596_800, 0));
         assert_eq!(r.script_output.as_deref(), Some("Script Output value"));

@@ -26,7 +26,10 @@ pub fn from_graph(name: &str) -> RunState {
         "pending" => RunState::Pending,
         "notApplicable" => RunState::NotApplicable,
         other => {
-            tracing::warn!(run_state = other, "Graph sent a runState this gateway does not know; returning RUN_STATE_UNSPECIFIED");
+            tracing::warn!(
+                run_state = other,
+                "Graph sent a runState this gateway does not know; returning RUN_STATE_UNSPECIFIED"
+            );
             RunState::Unspecified
         }
     }
@@ -60,7 +63,13 @@ mod tests {
 
     #[test]
     fn unknown_names_do_not_fail() {
-        for name in ["unknownFutureValue", "Success", "", "script_error", "SUCCESS"] {
+        for name in [
+            "unknownFutureValue",
+            "Success",
+            "",
+            "script_error",
+            "SUCCESS",
+        ] {
             assert_eq!(from_graph(name), RunState::Unspecified, "{name}");
         }
     }

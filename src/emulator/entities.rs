@@ -19,34 +19,52 @@ pub struct GraphFailure {
 
 impl GraphFailure {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: 400, code: "BadRequest", message: message.into() }
+        Self {
+            status: 400,
+            code: "BadRequest",
+            message: message.into(),
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self { status: 404, code: "ResourceNotFound", message: message.into() }
+        Self {
+            status: 404,
+            code: "ResourceNotFound",
+            message: message.into(),
+        }
     }
 }
 
 /// Which entity type a collection holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    UserState,
-    DeviceState,
-    ComplianceState,
+    User,
+    Device,
+    Compliance,
 }
 
 impl Kind {
     pub fn odata_type(self) -> &'static str {
         match self {
-            Kind::UserState => USER_STATE_TYPE,
-            Kind::DeviceState => DEVICE_STATE_TYPE,
-            Kind::ComplianceState => COMPLIANCE_STATE_TYPE,
+            Kind::User => USER_STATE_TYPE,
+            Kind::Device => DEVICE_STATE_TYPE,
+            Kind::Compliance => COMPLIANCE_STATE_TYPE,
         }
     }
 }
 
-const RUN_STATES: [&str; 6] = ["unknown", "success", "fail", "scriptError", "pending", "notApplicable"];
-const NEVER: Instant = Instant { seconds: MIN_SECONDS, nanos: 0 };
+const RUN_STATES: [&str; 6] = [
+    "unknown",
+    "success",
+    "fail",
+    "scriptError",
+    "pending",
+    "notApplicable",
+];
+const NEVER: Instant = Instant {
+    seconds: MIN_SECONDS,
+    nanos: 0,
+};
 
 /// A stored entity.
 #[derive(Debug, Clone, Serialize)]
@@ -162,9 +180,8 @@ struct ComplianceStateBody {
 }
 
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, GraphFailure> {
-    serde_json::from_slice(body).map_err(|e| {
-        GraphFailure::bad_request(format!("Invalid request body: {e}"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| GraphFailure::bad_request(format!("Invalid request body: {e}")))
 }
 
 fn check_type(odata_type: Option<&str>, kind: Kind) -> Result<(), GraphFailure> {
@@ -206,12 +223,11 @@ fn run_state(field: Field<String>) -> Result<Field<&'static str>, GraphFailure> 
     Ok(match field {
         Field::Absent => Field::Absent,
         Field::Null => Field::Null,
-        Field::Value(name) => Field::Value(
-            RUN_STATES
-                .into_iter()
-                .find(|m| *m == name)
-                .ok_or_else(|| GraphFailure::bad_request(format!("Requested value '{name}' was not found.")))?,
-        ),
+        Field::Value(name) => {
+            Field::Value(RUN_STATES.into_iter().find(|m| *m == name).ok_or_else(|| {
+                GraphFailure::bad_request(format!("Requested value '{name}' was not found."))
+            })?)
+        }
     })
 }
 
@@ -230,16 +246,19 @@ fn date(field: Field<String>) -> Result<Field<Instant>, GraphFailure> {
                 return Err(bad());
             }
             // Graph keeps 100 ns ticks.
-            Field::Value(Instant { seconds: i.seconds, nanos: i.nanos / 100 * 100 })
+            Field::Value(Instant {
+                seconds: i.seconds,
+                nanos: i.nanos / 100 * 100,
+            })
         }
     })
 }
 
 fn new_id(field: Field<String>) -> Result<String, GraphFailure> {
     match field {
-        Field::Value(id) if id.is_empty() || id.len() > 256 || id.contains('/') => {
-            Err(GraphFailure::bad_request(format!("The key value '{id}' is not valid.")))
-        }
+        Field::Value(id) if id.is_empty() || id.len() > 256 || id.contains('/') => Err(
+            GraphFailure::bad_request(format!("The key value '{id}' is not valid.")),
+        ),
         Field::Value(id) => Ok(id),
         _ => Ok(uuid::Uuid::new_v4().to_string()),
     }
@@ -247,8 +266,12 @@ fn new_id(field: Field<String>) -> Result<String, GraphFailure> {
 
 fn check_same_id(field: Field<String>, id: &str) -> Result<(), GraphFailure> {
     match field {
-        Field::Value(v) if v != id => Err(GraphFailure::bad_request("The key property 'id' cannot be changed.")),
-        Field::Null => Err(GraphFailure::bad_request("The key property 'id' cannot be changed.")),
+        Field::Value(v) if v != id => Err(GraphFailure::bad_request(
+            "The key property 'id' cannot be changed.",
+        )),
+        Field::Null => Err(GraphFailure::bad_request(
+            "The key property 'id' cannot be changed.",
+        )),
         _ => Ok(()),
     }
 }
@@ -257,7 +280,7 @@ impl Entity {
     /// A new entity of `kind` from a POST body.
     pub fn create(kind: Kind, body: &[u8]) -> Result<Entity, GraphFailure> {
         match kind {
-            Kind::UserState => {
+            Kind::User => {
                 let b: UserStateBody = parse_body(body)?;
                 check_type(b.odata_type.as_deref(), kind)?;
                 let mut e = UserState {
@@ -266,10 +289,13 @@ impl Entity {
                     error_device_count: 0,
                     user_principal_name: None,
                 };
-                e.apply(UserStateBody { id: Field::Absent, ..b })?;
+                e.apply(UserStateBody {
+                    id: Field::Absent,
+                    ..b
+                })?;
                 Ok(Entity::User(e))
             }
-            Kind::DeviceState => {
+            Kind::Device => {
                 let b: DeviceStateBody = parse_body(body)?;
                 check_type(b.odata_type.as_deref(), kind)?;
                 let mut e = DeviceState {
@@ -280,10 +306,13 @@ impl Entity {
                     error_code: 0,
                     error_description: None,
                 };
-                e.apply(DeviceStateBody { id: Field::Absent, ..b })?;
+                e.apply(DeviceStateBody {
+                    id: Field::Absent,
+                    ..b
+                })?;
                 Ok(Entity::Device(e))
             }
-            Kind::ComplianceState => {
+            Kind::Compliance => {
                 let b: ComplianceStateBody = parse_body(body)?;
                 check_type(b.odata_type.as_deref(), kind)?;
                 let mut e = ComplianceState {
@@ -295,7 +324,10 @@ impl Entity {
                     script_output: None,
                     script_error: None,
                 };
-                e.apply(ComplianceStateBody { id: Field::Absent, ..b })?;
+                e.apply(ComplianceStateBody {
+                    id: Field::Absent,
+                    ..b
+                })?;
                 Ok(Entity::Compliance(e))
             }
         }
@@ -306,21 +338,21 @@ impl Entity {
         match self {
             Entity::User(e) => {
                 let b: UserStateBody = parse_body(body)?;
-                check_type(b.odata_type.as_deref(), Kind::UserState)?;
+                check_type(b.odata_type.as_deref(), Kind::User)?;
                 let mut next = e.clone();
                 next.apply(b)?;
                 *e = next;
             }
             Entity::Device(e) => {
                 let b: DeviceStateBody = parse_body(body)?;
-                check_type(b.odata_type.as_deref(), Kind::DeviceState)?;
+                check_type(b.odata_type.as_deref(), Kind::Device)?;
                 let mut next = e.clone();
                 next.apply(b)?;
                 *e = next;
             }
             Entity::Compliance(e) => {
                 let b: ComplianceStateBody = parse_body(body)?;
-                check_type(b.odata_type.as_deref(), Kind::ComplianceState)?;
+                check_type(b.odata_type.as_deref(), Kind::Compliance)?;
                 let mut next = e.clone();
                 next.apply(b)?;
                 *e = next;
@@ -339,9 +371,9 @@ impl Entity {
 
     pub fn kind(&self) -> Kind {
         match self {
-            Entity::User(_) => Kind::UserState,
-            Entity::Device(_) => Kind::DeviceState,
-            Entity::Compliance(_) => Kind::ComplianceState,
+            Entity::User(_) => Kind::User,
+            Entity::Device(_) => Kind::Device,
+            Entity::Compliance(_) => Kind::Compliance,
         }
     }
 }
@@ -349,8 +381,16 @@ impl Entity {
 impl UserState {
     fn apply(&mut self, b: UserStateBody) -> Result<(), GraphFailure> {
         check_same_id(b.id, &self.id)?;
-        set(&mut self.success_device_count, b.success_device_count, "successDeviceCount")?;
-        set(&mut self.error_device_count, b.error_device_count, "errorDeviceCount")?;
+        set(
+            &mut self.success_device_count,
+            b.success_device_count,
+            "successDeviceCount",
+        )?;
+        set(
+            &mut self.error_device_count,
+            b.error_device_count,
+            "errorDeviceCount",
+        )?;
         set_nullable(&mut self.user_principal_name, b.user_principal_name);
         Ok(())
     }
@@ -361,7 +401,11 @@ impl DeviceState {
         check_same_id(b.id, &self.id)?;
         set(&mut self.run_state, run_state(b.run_state)?, "runState")?;
         set_nullable(&mut self.result_message, b.result_message);
-        set(&mut self.last_state_update_date_time, date(b.last_state_update_date_time)?, "lastStateUpdateDateTime")?;
+        set(
+            &mut self.last_state_update_date_time,
+            date(b.last_state_update_date_time)?,
+            "lastStateUpdateDateTime",
+        )?;
         set(&mut self.error_code, b.error_code, "errorCode")?;
         set_nullable(&mut self.error_description, b.error_description);
         Ok(())
@@ -371,10 +415,25 @@ impl DeviceState {
 impl ComplianceState {
     fn apply(&mut self, b: ComplianceStateBody) -> Result<(), GraphFailure> {
         check_same_id(b.id, &self.id)?;
-        set(&mut self.detection_state, run_state(b.detection_state)?, "detectionState")?;
-        set(&mut self.last_state_update_date_time, date(b.last_state_update_date_time)?, "lastStateUpdateDateTime")?;
-        set_nullable(&mut self.expected_state_update_date_time, date(b.expected_state_update_date_time)?);
-        set(&mut self.last_sync_date_time, date(b.last_sync_date_time)?, "lastSyncDateTime")?;
+        set(
+            &mut self.detection_state,
+            run_state(b.detection_state)?,
+            "detectionState",
+        )?;
+        set(
+            &mut self.last_state_update_date_time,
+            date(b.last_state_update_date_time)?,
+            "lastStateUpdateDateTime",
+        )?;
+        set_nullable(
+            &mut self.expected_state_update_date_time,
+            date(b.expected_state_update_date_time)?,
+        );
+        set(
+            &mut self.last_sync_date_time,
+            date(b.last_sync_date_time)?,
+            "lastSyncDateTime",
+        )?;
         set_nullable(&mut self.script_output, b.script_output);
         set_nullable(&mut self.script_error, b.script_error);
         Ok(())
@@ -446,7 +505,7 @@ mod tests {
     #[test]
     fn stores_instants_and_answers_utc_with_seven_digits() {
         let e = create(
-            Kind::ComplianceState,
+            Kind::Compliance,
             json!({"lastStateUpdateDateTime": "2017-01-01T00:02:58.4418045-08:00",
                    "lastSyncDateTime": "2017-01-01T08:02:49.320597+00:00",
                    "expectedStateUpdateDateTime": "2017-01-01T08:02:49.123456789012Z"}),
@@ -454,7 +513,10 @@ mod tests {
         .unwrap();
         assert_eq!(e["lastStateUpdateDateTime"], "2017-01-01T08:02:58.4418045Z");
         assert_eq!(e["lastSyncDateTime"], "2017-01-01T08:02:49.3205970Z");
-        assert_eq!(e["expectedStateUpdateDateTime"], "2017-01-01T08:02:49.1234567Z");
+        assert_eq!(
+            e["expectedStateUpdateDateTime"],
+            "2017-01-01T08:02:49.1234567Z"
+        );
         assert_eq!(e["detectionState"], "unknown");
         assert_eq!(e["scriptOutput"], serde_json::Value::Null);
     }
@@ -462,19 +524,31 @@ mod tests {
     #[test]
     fn refuses_what_graph_refuses() {
         let bad = [
-            (Kind::UserState, json!({"nope": 1})),
-            (Kind::UserState, json!({"successDeviceCount": "2"})),
-            (Kind::UserState, json!({"successDeviceCount": 2.5})),
-            (Kind::UserState, json!({"successDeviceCount": 3_000_000_000u64})),
-            (Kind::UserState, json!({"successDeviceCount": null})),
-            (Kind::UserState, json!({"@odata.type": "#microsoft.graph.deviceManagementScriptDeviceState"})),
-            (Kind::DeviceState, json!({"runState": "Success"})),
-            (Kind::DeviceState, json!({"runState": "RUN_STATE_SUCCESS"})),
-            (Kind::DeviceState, json!({"lastStateUpdateDateTime": "2017-01-01T00:02:58"})),
-            (Kind::DeviceState, json!({"lastStateUpdateDateTime": "yesterday"})),
-            (Kind::DeviceState, json!({"lastStateUpdateDateTime": null})),
-            (Kind::ComplianceState, json!({"lastSyncDateTime": 5})),
-            (Kind::ComplianceState, json!({"runState": "success"})),
+            (Kind::User, json!({"nope": 1})),
+            (Kind::User, json!({"successDeviceCount": "2"})),
+            (Kind::User, json!({"successDeviceCount": 2.5})),
+            (
+                Kind::User,
+                json!({"successDeviceCount": 3_000_000_000u64}),
+            ),
+            (Kind::User, json!({"successDeviceCount": null})),
+            (
+                Kind::User,
+                json!({"@odata.type": "#microsoft.graph.deviceManagementScriptDeviceState"}),
+            ),
+            (Kind::Device, json!({"runState": "Success"})),
+            (Kind::Device, json!({"runState": "RUN_STATE_SUCCESS"})),
+            (
+                Kind::Device,
+                json!({"lastStateUpdateDateTime": "2017-01-01T00:02:58"}),
+            ),
+            (
+                Kind::Device,
+                json!({"lastStateUpdateDateTime": "yesterday"}),
+            ),
+            (Kind::Device, json!({"lastStateUpdateDateTime": null})),
+            (Kind::Compliance, json!({"lastSyncDateTime": 5})),
+            (Kind::Compliance, json!({"runState": "success"})),
         ];
         for (kind, body) in bad {
             let err = create(kind, body.clone()).unwrap_err();
@@ -485,7 +559,7 @@ mod tests {
     #[test]
     fn accepts_what_real_clients_send() {
         let e = create(
-            Kind::DeviceState,
+            Kind::Device,
             json!({"runState": "scriptError", "lastStateUpdateDateTime": "2017-01-01T00:02:58+00:00",
                    "resultMessage": null, "errorCode": 9}),
         )
@@ -498,18 +572,24 @@ mod tests {
 
     #[test]
     fn patch_is_all_or_nothing() {
-        let mut e = Entity::create(Kind::UserState, br#"{"successDeviceCount": 1}"#).unwrap();
-        assert!(e.patch(br#"{"successDeviceCount": 5, "errorDeviceCount": "x"}"#).is_err());
+        let mut e = Entity::create(Kind::User, br#"{"successDeviceCount": 1}"#).unwrap();
+        assert!(
+            e.patch(br#"{"successDeviceCount": 5, "errorDeviceCount": "x"}"#)
+                .is_err()
+        );
         assert_eq!(serde_json::to_value(&e).unwrap()["successDeviceCount"], 1);
         e.patch(br#"{"userPrincipalName": "a@b"}"#).unwrap();
         e.patch(br#"{"userPrincipalName": null}"#).unwrap();
-        assert_eq!(serde_json::to_value(&e).unwrap()["userPrincipalName"], serde_json::Value::Null);
+        assert_eq!(
+            serde_json::to_value(&e).unwrap()["userPrincipalName"],
+            serde_json::Value::Null
+        );
     }
 
     #[test]
     fn store_lists_direct_children_and_removes_nested_ones() {
         let mut s = Store::default();
-        let e = || Entity::create(Kind::UserState, b"{}").unwrap();
+        let e = || Entity::create(Kind::User, b"{}").unwrap();
         s.insert("a/s/userRunStates/u1".into(), e());
         s.insert("a/s/userRunStates/u1/deviceRunStates/d".into(), e());
         s.insert("a/s/userRunStates/u2".into(), e());

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    Emulator, Fault, lock,
+    Emulator, Fault,
     entities::{Entity, GraphFailure, Kind},
+    lock,
 };
 use crate::convert::{datetime, names::ScriptKind};
 
@@ -75,8 +76,15 @@ async fn settings(State(e): State<Emulator>, Json(s): Json<Settings>) -> StatusC
 /// What a Graph path names.
 #[derive(Debug)]
 enum Target {
-    Collection { kind: Kind, path: String, parent: Option<String> },
-    Item { path: String, collection: String },
+    Collection {
+        kind: Kind,
+        path: String,
+        parent: Option<String>,
+    },
+    Item {
+        path: String,
+        collection: String,
+    },
 }
 
 /// Response headers Graph sends on every answer.
@@ -121,16 +129,25 @@ impl Ids {
     }
 
     fn fault(&self, fault: &Fault) -> Response {
-        let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = match &fault.raw_body {
             Some(raw) => (status, raw.clone()).into_response(),
             None => self.error_parts(fault.status, &fault.code, &fault.message),
         };
         let h = response.headers_mut();
-        if let Some(ct) = fault.content_type.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        if let Some(ct) = fault
+            .content_type
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
             h.insert(header::CONTENT_TYPE, ct);
         }
-        if let Some(ra) = fault.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        if let Some(ra) = fault
+            .retry_after
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
             h.insert(header::RETRY_AFTER, ra);
         }
         self.apply(response)
@@ -141,10 +158,19 @@ fn now() -> datetime::Instant {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    datetime::Instant { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() }
+    datetime::Instant {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos(),
+    }
 }
 
-async fn graph(State(e): State<Emulator>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn graph(
+    State(e): State<Emulator>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     e.record(method.as_str(), path_and_query, &headers, &body);
     let ids = Ids {
@@ -185,7 +211,9 @@ fn handle(e: &Emulator, method: &Method, target: Target, body: &[u8], ids: &Ids)
     let result = match (method, target) {
         (&Method::POST, Target::Collection { kind, path, parent }) => {
             if let Some(parent) = parent.filter(|p| !store.contains(p)) {
-                Err(GraphFailure::not_found(format!("The parent entity '{parent}' does not exist.")))
+                Err(GraphFailure::not_found(format!(
+                    "The parent entity '{parent}' does not exist."
+                )))
             } else {
                 Entity::create(kind, body).and_then(|entity| {
                     let item = format!("{path}/{}", entity.id());
@@ -193,7 +221,10 @@ fn handle(e: &Emulator, method: &Method, target: Target, body: &[u8], ids: &Ids)
                         return Err(GraphFailure {
                             status: 409,
                             code: "Conflict",
-                            message: format!("An entity with the key '{}' already exists.", entity.id()),
+                            message: format!(
+                                "An entity with the key '{}' already exists.",
+                                entity.id()
+                            ),
                         });
                     }
                     let answer = entity_json(&path, &entity);
@@ -204,20 +235,35 @@ fn handle(e: &Emulator, method: &Method, target: Target, body: &[u8], ids: &Ids)
         }
         (&Method::GET, Target::Collection { path, parent, .. }) => {
             if let Some(parent) = parent.filter(|p| !store.contains(p)) {
-                Err(GraphFailure::not_found(format!("The parent entity '{parent}' does not exist.")))
+                Err(GraphFailure::not_found(format!(
+                    "The parent entity '{parent}' does not exist."
+                )))
             } else {
                 let value: Vec<_> = store.list(&path).into_iter().map(Typed::new).collect();
                 Ok(Json(json!({"@odata.context": format!("{CONTEXT_ROOT}{}", context_path(&path)), "value": value})).into_response())
             }
         }
-        (&Method::GET, Target::Item { path, collection, .. }) => store
+        (
+            &Method::GET,
+            Target::Item {
+                path, collection, ..
+            },
+        ) => store
             .get(&path)
             .map(|entity| entity_json(&collection, entity).into_response())
             .ok_or_else(|| missing(&path)),
-        (&Method::PATCH, Target::Item { path, collection, .. }) => match store.get_mut(&path) {
+        (
+            &Method::PATCH,
+            Target::Item {
+                path, collection, ..
+            },
+        ) => match store.get_mut(&path) {
             None => Err(missing(&path)),
             Some(entity) => entity.patch(body).map(|()| {
-                if e.state.patch_no_content.load(std::sync::atomic::Ordering::Relaxed) {
+                if e.state
+                    .patch_no_content
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
                     StatusCode::NO_CONTENT.into_response()
                 } else {
                     entity_json(&collection, entity).into_response()
@@ -231,13 +277,11 @@ fn handle(e: &Emulator, method: &Method, target: Target, body: &[u8], ids: &Ids)
                 Err(missing(&path))
             }
         }
-        (m, _) => {
-            Err(GraphFailure {
-                status: 405,
-                code: "MethodNotAllowed",
-                message: format!("The HTTP method '{m}' is not allowed on this resource."),
-            })
-        }
+        (m, _) => Err(GraphFailure {
+            status: 405,
+            code: "MethodNotAllowed",
+            message: format!("The HTTP method '{m}' is not allowed on this resource."),
+        }),
     };
     drop(store);
     match result {
@@ -263,18 +307,33 @@ struct Typed<'a> {
 
 impl<'a> Typed<'a> {
     fn new(entity: &'a Entity) -> Self {
-        Typed { context: None, odata_type: entity.kind().odata_type(), entity }
+        Typed {
+            context: None,
+            odata_type: entity.kind().odata_type(),
+            entity,
+        }
     }
 }
 
 /// A 200/201 body: `@odata.context`, `@odata.type`, then the entity.
-fn entity_json(collection: &str, entity: &Entity) -> ([(header::HeaderName, HeaderValue); 1], String) {
+fn entity_json(
+    collection: &str,
+    entity: &Entity,
+) -> ([(header::HeaderName, HeaderValue); 1], String) {
     let typed = Typed {
-        context: Some(format!("{CONTEXT_ROOT}{}/$entity", context_path(collection))),
+        context: Some(format!(
+            "{CONTEXT_ROOT}{}/$entity",
+            context_path(collection)
+        )),
         ..Typed::new(entity)
     };
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json;odata.metadata=minimal;odata.streaming=true"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(
+                "application/json;odata.metadata=minimal;odata.streaming=true",
+            ),
+        )],
         serde_json::to_string(&typed).unwrap_or_default(),
     )
 }
@@ -298,7 +357,9 @@ fn context_path(collection: &str) -> String {
 
 fn parse_target(path: &str) -> Result<Target, GraphFailure> {
     let Some(rest) = path.strip_prefix(ROOT) else {
-        return Err(GraphFailure::bad_request(format!("Invalid request: the emulator serves {ROOT}... only.")));
+        return Err(GraphFailure::bad_request(format!(
+            "Invalid request: the emulator serves {ROOT}... only."
+        )));
     };
     let mut segments = Vec::new();
     for raw in rest.split('/') {
@@ -309,32 +370,51 @@ fn parse_target(path: &str) -> Result<Target, GraphFailure> {
             return Err(GraphFailure::bad_request("The request URI is not valid."));
         }
         if s.starts_with('$') {
-            return Err(GraphFailure::bad_request(format!("Resource not found for the segment '{s}'.")));
+            return Err(GraphFailure::bad_request(format!(
+                "Resource not found for the segment '{s}'."
+            )));
         }
         segments.push(s.into_owned());
     }
-    let unknown = |s: &str| GraphFailure::bad_request(format!("Resource not found for the segment '{s}'."));
+    let unknown =
+        |s: &str| GraphFailure::bad_request(format!("Resource not found for the segment '{s}'."));
     let kind = ScriptKind::from_collection(&segments[0]).ok_or_else(|| unknown(&segments[0]))?;
     let compliance = kind == ScriptKind::Compliance;
     if segments.len() < 3 {
-        return Err(GraphFailure::not_found("The emulator serves run states, not scripts."));
+        return Err(GraphFailure::not_found(
+            "The emulator serves run states, not scripts.",
+        ));
     }
     let state_kind = |word: &str| match word {
-        "userRunStates" if !compliance => Ok(Kind::UserState),
-        "deviceRunStates" if compliance => Ok(Kind::ComplianceState),
-        "deviceRunStates" => Ok(Kind::DeviceState),
+        "userRunStates" if !compliance => Ok(Kind::User),
+        "deviceRunStates" if compliance => Ok(Kind::Compliance),
+        "deviceRunStates" => Ok(Kind::Device),
         other => Err(unknown(other)),
     };
     let join = |n: usize| segments[..n].join("/");
     let kind3 = state_kind(&segments[2])?;
     match segments.len() {
-        3 => Ok(Target::Collection { kind: kind3, path: join(3), parent: None }),
-        4 => Ok(Target::Item { path: join(4), collection: join(3) }),
-        5 | 6 if kind3 == Kind::UserState && segments[4] == "deviceRunStates" => {
+        3 => Ok(Target::Collection {
+            kind: kind3,
+            path: join(3),
+            parent: None,
+        }),
+        4 => Ok(Target::Item {
+            path: join(4),
+            collection: join(3),
+        }),
+        5 | 6 if kind3 == Kind::User && segments[4] == "deviceRunStates" => {
             if segments.len() == 5 {
-                Ok(Target::Collection { kind: Kind::DeviceState, path: join(5), parent: Some(join(4)) })
+                Ok(Target::Collection {
+                    kind: Kind::Device,
+                    path: join(5),
+                    parent: Some(join(4)),
+                })
             } else {
-                Ok(Target::Item { path: join(6), collection: join(5) })
+                Ok(Target::Item {
+                    path: join(6),
+                    collection: join(5),
+                })
             }
         }
         _ => Err(unknown(segments.get(4).map_or("", String::as_str))),

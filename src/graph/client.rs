@@ -7,10 +7,7 @@ use http::{HeaderValue, Method, StatusCode, header};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
 
-use super::{
-    GraphError, RetryPolicy, StatusError,
-    retry::Retry,
-};
+use super::{GraphError, RetryPolicy, StatusError, retry::Retry};
 
 /// Largest Graph response body read; run-state entities are a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -51,7 +48,8 @@ struct Raw {
 impl GraphClient {
     /// Builds the client. `base_url` must be an http or https URL.
     pub fn new(base_url: &str, retry: RetryPolicy) -> Result<Self, String> {
-        let url = reqwest::Url::parse(base_url).map_err(|e| format!("{base_url:?} is not a URL: {e}"))?;
+        let url =
+            reqwest::Url::parse(base_url).map_err(|e| format!("{base_url:?} is not a URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
             return Err(format!("{base_url:?} must be an http or https URL"));
         }
@@ -91,7 +89,15 @@ impl GraphClient {
         call: &Call<'_>,
         replayable: bool,
     ) -> Result<Reply<R>, GraphError> {
-        let raw = self.send(Method::POST, collection, Some(encode(body)?), call, replayable).await?;
+        let raw = self
+            .send(
+                Method::POST,
+                collection,
+                Some(encode(body)?),
+                call,
+                replayable,
+            )
+            .await?;
         decode(raw)
     }
 
@@ -102,16 +108,28 @@ impl GraphClient {
         body: &B,
         call: &Call<'_>,
     ) -> Result<Reply<Option<R>>, GraphError> {
-        let raw = self.send(Method::PATCH, item, Some(encode(body)?), call, true).await?;
+        let raw = self
+            .send(Method::PATCH, item, Some(encode(body)?), call, true)
+            .await?;
         if raw.status == StatusCode::NO_CONTENT || raw.body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Reply { value: None, request_id: raw.request_id });
+            return Ok(Reply {
+                value: None,
+                request_id: raw.request_id,
+            });
         }
         let Reply { value, request_id } = decode(raw)?;
-        Ok(Reply { value: Some(value), request_id })
+        Ok(Reply {
+            value: Some(value),
+            request_id,
+        })
     }
 
     /// GETs an entity.
-    pub async fn get<R: DeserializeOwned>(&self, item: &str, call: &Call<'_>) -> Result<Reply<R>, GraphError> {
+    pub async fn get<R: DeserializeOwned>(
+        &self,
+        item: &str,
+        call: &Call<'_>,
+    ) -> Result<Reply<R>, GraphError> {
         let raw = self.send(Method::GET, item, None, call, true).await?;
         decode(raw)
     }
@@ -153,7 +171,13 @@ impl GraphClient {
         unreachable!("the retry loop returns")
     }
 
-    async fn attempt(&self, method: &Method, url: &str, body: Option<Bytes>, call: &Call<'_>) -> Result<Raw, GraphError> {
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &str,
+        body: Option<Bytes>,
+        call: &Call<'_>,
+    ) -> Result<Raw, GraphError> {
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GraphError::Timeout);
@@ -167,15 +191,24 @@ impl GraphClient {
             .header("client-request-id", &client_request_id)
             .header(header::ACCEPT, "application/json");
         if let Some(body) = body {
-            request = request.header(header::CONTENT_TYPE, "application/json").body(body);
+            request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
         }
         let mut response = request.send().await.map_err(transport_error)?;
         let status = response.status();
         let headers = std::mem::take(response.headers_mut());
         let body = read_body(response).await?;
         if status.is_success() {
-            let request_id = headers.get("request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            return Ok(Raw { status, body, request_id });
+            let request_id = headers
+                .get("request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return Ok(Raw {
+                status,
+                body,
+                request_id,
+            });
         }
         Err(GraphError::Status(Box::new(StatusError::from_response(
             method.clone(),
@@ -189,13 +222,20 @@ impl GraphClient {
 }
 
 async fn read_body(mut response: reqwest::Response) -> Result<Bytes, GraphError> {
-    if response.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
-        return Err(GraphError::InvalidResponse("the body is larger than 1 MiB".into()));
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(GraphError::InvalidResponse(
+            "the body is larger than 1 MiB".into(),
+        ));
     }
     let mut buf = BytesMut::new();
     while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
         if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(GraphError::InvalidResponse("the body is larger than 1 MiB".into()));
+            return Err(GraphError::InvalidResponse(
+                "the body is larger than 1 MiB".into(),
+            ));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -230,6 +270,10 @@ fn encode<B: Serialize>(body: &B) -> Result<Bytes, GraphError> {
 }
 
 fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphError> {
-    let value = serde_json::from_slice(&raw.body).map_err(|e| GraphError::InvalidResponse(e.to_string()))?;
-    Ok(Reply { value, request_id: raw.request_id })
+    let value = serde_json::from_slice(&raw.body)
+        .map_err(|e| GraphError::InvalidResponse(e.to_string()))?;
+    Ok(Reply {
+        value,
+        request_id: raw.request_id,
+    })
 }

@@ -78,15 +78,27 @@ impl StatusError {
             ),
             None => {
                 let kind = header("content-type").unwrap_or_else(|| "no content type".into());
-                let what = if body.is_empty() { "an empty body".to_owned() } else { format!("a non-JSON body ({kind})") };
-                (String::new(), Some(format!("Graph answered HTTP {} {reason} with {what}", status.as_u16())), None)
+                let what = if body.is_empty() {
+                    "an empty body".to_owned()
+                } else {
+                    format!("a non-JSON body ({kind})")
+                };
+                (
+                    String::new(),
+                    Some(format!(
+                        "Graph answered HTTP {} {reason} with {what}",
+                        status.as_u16()
+                    )),
+                    None,
+                )
             }
         };
         StatusError {
             method,
             status,
             code,
-            message: message.unwrap_or_else(|| format!("Graph answered HTTP {} {reason}", status.as_u16())),
+            message: message
+                .unwrap_or_else(|| format!("Graph answered HTTP {} {reason}", status.as_u16())),
             request_id: header("request-id").or(inner_request_id),
             client_request_id,
             retry_after: header("retry-after").as_deref().and_then(parse_retry_after),
@@ -128,9 +140,16 @@ mod tests {
             &[("request-id", "hdr")],
             r#"{"error":{"code":"ResourceNotFound","message":"gone","innerError":{"request-id":"inner","date":"2026-11-22T10:00:00"}}}"#,
         );
-        assert_eq!((e.code.as_str(), e.message.as_str()), ("ResourceNotFound", "gone"));
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("ResourceNotFound", "gone")
+        );
         assert_eq!(e.request_id.as_deref(), Some("hdr"));
-        let e = read(400, &[], r#"{"error":{"code":"","message":"","innerError":{"request-id":"inner"}}}"#);
+        let e = read(
+            400,
+            &[],
+            r#"{"error":{"code":"","message":"","innerError":{"request-id":"inner"}}}"#,
+        );
         assert_eq!(e.code, "");
         assert_eq!(e.message, "Graph answered HTTP 400 Bad Request");
         assert_eq!(e.request_id.as_deref(), Some("inner"));
@@ -138,9 +157,16 @@ mod tests {
 
     #[test]
     fn survives_non_json_bodies() {
-        let e = read(502, &[("content-type", "text/html")], "<html><body>Bad gateway</body></html>");
+        let e = read(
+            502,
+            &[("content-type", "text/html")],
+            "<html><body>Bad gateway</body></html>",
+        );
         assert_eq!(e.code, "");
-        assert_eq!(e.message, "Graph answered HTTP 502 Bad Gateway with a non-JSON body (text/html)");
+        assert_eq!(
+            e.message,
+            "Graph answered HTTP 502 Bad Gateway with a non-JSON body (text/html)"
+        );
         let e = read(503, &[], "");
         assert!(e.message.contains("an empty body"));
         let e = read(500, &[], r#"{"error": "a string"}"#);
@@ -149,9 +175,18 @@ mod tests {
 
     #[test]
     fn reads_retry_after_seconds_only() {
-        assert_eq!(read(429, &[("retry-after", "7")], "").retry_after, Some(Duration::from_secs(7)));
-        assert_eq!(read(429, &[("retry-after", "Wed, 21 Oct 2026 07:28:00 GMT")], "").retry_after, None);
-        assert_eq!(read(429, &[("retry-after", "99999999")], "").retry_after, Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            read(429, &[("retry-after", "7")], "").retry_after,
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            read(429, &[("retry-after", "Wed, 21 Oct 2026 07:28:00 GMT")], "").retry_after,
+            None
+        );
+        assert_eq!(
+            read(429, &[("retry-after", "99999999")], "").retry_after,
+            Some(MAX_RETRY_AFTER)
+        );
         assert_eq!(read(429, &[], "").retry_after, None);
     }
 }

@@ -70,7 +70,11 @@ pub const COMPLIANCE_STATE_TYPE: &str = "#microsoft.graph.deviceComplianceScript
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ScriptUserState {
-    #[serde(rename = "@odata.type", skip_serializing_if = "Option::is_none", skip_deserializing)]
+    #[serde(
+        rename = "@odata.type",
+        skip_serializing_if = "Option::is_none",
+        skip_deserializing
+    )]
     pub odata_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Field::is_absent")]
     pub id: Field<String>,
@@ -86,7 +90,11 @@ pub struct ScriptUserState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ScriptDeviceState {
-    #[serde(rename = "@odata.type", skip_serializing_if = "Option::is_none", skip_deserializing)]
+    #[serde(
+        rename = "@odata.type",
+        skip_serializing_if = "Option::is_none",
+        skip_deserializing
+    )]
     pub odata_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Field::is_absent")]
     pub id: Field<String>,
@@ -106,7 +114,11 @@ pub struct ScriptDeviceState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ComplianceScriptDeviceState {
-    #[serde(rename = "@odata.type", skip_serializing_if = "Option::is_none", skip_deserializing)]
+    #[serde(
+        rename = "@odata.type",
+        skip_serializing_if = "Option::is_none",
+        skip_deserializing
+    )]
     pub odata_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Field::is_absent")]
     pub id: Field<String>,
@@ -186,7 +198,10 @@ mod tests {
         let e: ErrorBody = serde_json::from_str(r#"{"error":{"code":"","message":"m"}}"#).unwrap();
         assert_eq!(e.error.code.as_deref(), Some(""));
         assert_eq!(e.error.inner_error.request_id, None);
-        let e: ErrorBody = serde_json::from_str(r#"{"error":{"innerError":{"request-id":"r","date":"2026-11-22T10:00:00"}}}"#).unwrap();
+        let e: ErrorBody = serde_json::from_str(
+            r#"{"error":{"innerError":{"request-id":"r","date":"2026-11-22T10:00:00"}}}"#,
+        )
+        .unwrap();
         assert_eq!(e.error.inner_error.request_id.as_deref(), Some("r"));
     }
 }

@@ -46,18 +46,27 @@ pub(super) enum Retry {
 
 impl RetryPolicy {
     /// Whether and when to retry after `error` on attempt `attempt` (0-based).
-    pub(super) fn decide(&self, attempt: u32, method: &Method, replayable: bool, error: &GraphError) -> Option<Retry> {
+    pub(super) fn decide(
+        &self,
+        attempt: u32,
+        method: &Method,
+        replayable: bool,
+        error: &GraphError,
+    ) -> Option<Retry> {
         if attempt >= self.max_retries {
             return None;
         }
         let idempotent = *method != Method::POST;
         let backoff = self.backoff(attempt);
         match error {
-            GraphError::Status(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
-                Some(Retry::Safe(e.retry_after.map_or(backoff, |r| r.max(backoff / 2))))
-            }
+            GraphError::Status(e) if e.status == StatusCode::TOO_MANY_REQUESTS => Some(
+                Retry::Safe(e.retry_after.map_or(backoff, |r| r.max(backoff / 2))),
+            ),
             GraphError::Status(e)
-                if matches!(e.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT) =>
+                if matches!(
+                    e.status,
+                    StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                ) =>
             {
                 let delay = e.retry_after.unwrap_or(backoff);
                 if idempotent {
@@ -68,9 +77,15 @@ impl RetryPolicy {
                     None
                 }
             }
-            GraphError::Unavailable { maybe_sent: false, .. } => Some(Retry::Safe(backoff)),
-            GraphError::Unavailable { maybe_sent: true, .. } if idempotent => Some(Retry::Safe(backoff)),
-            GraphError::Unavailable { maybe_sent: true, .. } if replayable => Some(Retry::Ambiguous(backoff)),
+            GraphError::Unavailable {
+                maybe_sent: false, ..
+            } => Some(Retry::Safe(backoff)),
+            GraphError::Unavailable {
+                maybe_sent: true, ..
+            } if idempotent => Some(Retry::Safe(backoff)),
+            GraphError::Unavailable {
+                maybe_sent: true, ..
+            } if replayable => Some(Retry::Ambiguous(backoff)),
             _ => None,
         }
     }
@@ -107,15 +122,24 @@ mod tests {
     }
 
     fn unavailable(maybe_sent: bool) -> GraphError {
-        GraphError::Unavailable { message: String::new(), maybe_sent }
+        GraphError::Unavailable {
+            message: String::new(),
+            maybe_sent,
+        }
     }
 
     #[test]
     fn retries_throttling_for_every_method_honouring_retry_after() {
         let p = RetryPolicy::default();
         for m in [Method::POST, Method::PATCH, Method::GET] {
-            assert_eq!(p.decide(0, &m, false, &status(429, Some(3))), Some(Retry::Safe(Duration::from_secs(3))));
-            assert!(matches!(p.decide(0, &m, false, &status(429, None)), Some(Retry::Safe(_))));
+            assert_eq!(
+                p.decide(0, &m, false, &status(429, Some(3))),
+                Some(Retry::Safe(Duration::from_secs(3)))
+            );
+            assert!(matches!(
+                p.decide(0, &m, false, &status(429, None)),
+                Some(Retry::Safe(_))
+            ));
         }
     }
 
@@ -124,17 +148,30 @@ mod tests {
         let p = RetryPolicy::default();
         for e in [status(503, None), status(504, None), unavailable(true)] {
             assert_eq!(p.decide(0, &Method::POST, false, &e), None);
-            assert!(matches!(p.decide(0, &Method::POST, true, &e), Some(Retry::Ambiguous(_))));
-            assert!(matches!(p.decide(0, &Method::PATCH, false, &e), Some(Retry::Safe(_))));
+            assert!(matches!(
+                p.decide(0, &Method::POST, true, &e),
+                Some(Retry::Ambiguous(_))
+            ));
+            assert!(matches!(
+                p.decide(0, &Method::PATCH, false, &e),
+                Some(Retry::Safe(_))
+            ));
         }
-        assert!(matches!(p.decide(0, &Method::POST, false, &unavailable(false)), Some(Retry::Safe(_))));
+        assert!(matches!(
+            p.decide(0, &Method::POST, false, &unavailable(false)),
+            Some(Retry::Safe(_))
+        ));
     }
 
     #[test]
     fn never_retries_other_errors_or_past_the_limit() {
         let p = RetryPolicy::default();
         for code in [400, 401, 403, 404, 409, 412, 500, 502] {
-            assert_eq!(p.decide(0, &Method::GET, true, &status(code, None)), None, "{code}");
+            assert_eq!(
+                p.decide(0, &Method::GET, true, &status(code, None)),
+                None,
+                "{code}"
+            );
         }
         assert_eq!(p.decide(0, &Method::GET, true, &GraphError::Timeout), None);
         assert_eq!(p.decide(3, &Method::GET, true, &status(429, None)), None);

@@ -46,6 +46,7 @@ impl RunStateApi {
         request: Request<pb::GetComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
         let (metadata, _, req) = request.into_parts();
-        self.get(&metadata, &req.name, ComplianceStateName::parse).await
+        self.get(&metadata, &req.name, ComplianceStateName::parse)
+            .await
     }
 }

@@ -7,16 +7,23 @@ use tonic::{Status, metadata::MetadataMap};
 
 /// Where the Graph token comes from, in order: the caller's `authorization`
 /// metadata (needed for delegated-only operations), else the static token.
-pub fn authorization(metadata: &MetadataMap, fallback: Option<&HeaderValue>) -> Result<HeaderValue, Status> {
+pub fn authorization(
+    metadata: &MetadataMap,
+    fallback: Option<&HeaderValue>,
+) -> Result<HeaderValue, Status> {
     if let Some(value) = metadata.get("authorization") {
         let text = value
             .to_str()
             .map_err(|_| Status::unauthenticated("the authorization metadata is not valid ASCII"))?
             .trim();
         if text.is_empty() {
-            return Err(Status::unauthenticated("the authorization metadata is empty"));
+            return Err(Status::unauthenticated(
+                "the authorization metadata is empty",
+            ));
         }
-        return bearer(text).map_err(|_| Status::unauthenticated("the authorization metadata is not a valid header value"));
+        return bearer(text).map_err(|_| {
+            Status::unauthenticated("the authorization metadata is not a valid header value")
+        });
     }
     fallback.cloned().ok_or_else(|| {
         Status::unauthenticated(

@@ -33,8 +33,13 @@ impl RunStateApi {
         request: Request<pb::UpdateScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ScriptDeviceState>, Status> {
         let (metadata, _, req) = request.into_parts();
-        self.update(&metadata, req.script_device_state, DeviceStateName::parse, req.update_mask)
-            .await
+        self.update(
+            &metadata,
+            req.script_device_state,
+            DeviceStateName::parse,
+            req.update_mask,
+        )
+        .await
     }
 
     pub(super) async fn get_device_state(

@@ -70,7 +70,14 @@ impl RequestIds {
                 slot.cell.clone()
             } else {
                 let cell = Arc::new(OnceCell::new());
-                inner.slots.insert(key, Slot { fingerprint, created: Instant::now(), cell: cell.clone() });
+                inner.slots.insert(
+                    key,
+                    Slot {
+                        fingerprint,
+                        created: Instant::now(),
+                        cell: cell.clone(),
+                    },
+                );
                 inner.order.push_back(key);
                 cell
             }
@@ -124,12 +131,31 @@ mod tests {
     async fn failures_are_not_remembered_and_reuse_is_refused() {
         let ids = RequestIds::default();
         let id = uuid::Uuid::new_v4();
-        let failed = ids.run("r", id, 1, || async { Err::<Outcome, _>("boom") }).await;
+        let failed = ids
+            .run("r", id, 1, || async { Err::<Outcome, _>("boom") })
+            .await;
         assert_eq!(failed.unwrap().unwrap_err(), "boom");
-        assert_eq!(ids.run("r", id, 1, || async { ok(1) }).await.unwrap().unwrap().0[0], 1);
-        assert_eq!(ids.run("r", id, 2, || async { ok(2) }).await.unwrap_err(), Refused::Reused);
+        assert_eq!(
+            ids.run("r", id, 1, || async { ok(1) })
+                .await
+                .unwrap()
+                .unwrap()
+                .0[0],
+            1
+        );
+        assert_eq!(
+            ids.run("r", id, 2, || async { ok(2) }).await.unwrap_err(),
+            Refused::Reused
+        );
         // Another RPC has its own ids.
-        assert_eq!(ids.run("other", id, 2, || async { ok(3) }).await.unwrap().unwrap().0[0], 3);
+        assert_eq!(
+            ids.run("other", id, 2, || async { ok(3) })
+                .await
+                .unwrap()
+                .unwrap()
+                .0[0],
+            3
+        );
     }
 
     #[tokio::test]
@@ -137,7 +163,10 @@ mod tests {
         let ids = RequestIds::default();
         for n in 0..CAPACITY + 50 {
             let id = uuid::Uuid::from_u128(n as u128);
-            ids.run("r", id, 0, || async { ok(0) }).await.unwrap().unwrap();
+            ids.run("r", id, 0, || async { ok(0) })
+                .await
+                .unwrap()
+                .unwrap();
         }
         let len = ids.inner.lock().unwrap().slots.len();
         assert!(len <= CAPACITY + 1, "{len}");

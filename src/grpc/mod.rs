@@ -38,17 +38,26 @@ impl RunStateApi {
 }
 
 /// Logs the outcome of one RPC: failures at info, successes at debug.
-async fn observe<T>(rpc: &'static str, work: impl Future<Output = Result<Response<T>, Status>>) -> Result<Response<T>, Status> {
+async fn observe<T>(
+    rpc: &'static str,
+    work: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
     let started = std::time::Instant::now();
     let result = work.await;
     let elapsed_us = started.elapsed().as_micros() as u64;
     match &result {
         Ok(r) => {
-            let graph_request_id = r.metadata().get(status::GRAPH_REQUEST_ID).and_then(|v| v.to_str().ok());
+            let graph_request_id = r
+                .metadata()
+                .get(status::GRAPH_REQUEST_ID)
+                .and_then(|v| v.to_str().ok());
             tracing::debug!(rpc, elapsed_us, graph_request_id, "ok");
         }
         Err(s) => {
-            let graph_request_id = s.metadata().get(status::GRAPH_REQUEST_ID).and_then(|v| v.to_str().ok());
+            let graph_request_id = s
+                .metadata()
+                .get(status::GRAPH_REQUEST_ID)
+                .and_then(|v| v.to_str().ok());
             tracing::info!(rpc, elapsed_us, code = ?s.code(), message = s.message(), graph_request_id, "failed");
         }
     }
@@ -103,20 +112,32 @@ impl RunStateService for RunStateApi {
         &self,
         request: Request<pb::CreateComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
-        observe("CreateComplianceScriptDeviceState", self.create_compliance_state(request)).await
+        observe(
+            "CreateComplianceScriptDeviceState",
+            self.create_compliance_state(request),
+        )
+        .await
     }
 
     async fn update_compliance_script_device_state(
         &self,
         request: Request<pb::UpdateComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
-        observe("UpdateComplianceScriptDeviceState", self.update_compliance_state(request)).await
+        observe(
+            "UpdateComplianceScriptDeviceState",
+            self.update_compliance_state(request),
+        )
+        .await
     }
 
     async fn get_compliance_script_device_state(
         &self,
         request: Request<pb::GetComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
-        observe("GetComplianceScriptDeviceState", self.get_compliance_state(request)).await
+        observe(
+            "GetComplianceScriptDeviceState",
+            self.get_compliance_state(request),
+        )
+        .await
     }
 }

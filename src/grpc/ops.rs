@@ -46,7 +46,9 @@ struct Violations(Vec<FieldViolation>);
 
 impl Violations {
     fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
-        result.map_err(|why| self.0.push(FieldViolation::new(field, why))).ok()
+        result
+            .map_err(|why| self.0.push(FieldViolation::new(field, why)))
+            .ok()
     }
 
     fn extend<T>(&mut self, result: Result<T, Vec<FieldViolation>>) -> Option<T> {
@@ -66,12 +68,18 @@ impl Violations {
         }
         self.check(
             "request_id",
-            uuid::Uuid::try_parse(text).map_err(|_| "must be a UUID, e.g. 3f1c2a9e-5b7d-4c1e-9a2b-8d4e6f0a1b2c".to_owned()),
+            uuid::Uuid::try_parse(text).map_err(|_| {
+                "must be a UUID, e.g. 3f1c2a9e-5b7d-4c1e-9a2b-8d4e6f0a1b2c".to_owned()
+            }),
         )
     }
 
     fn finish(self) -> Result<(), Status> {
-        if self.0.is_empty() { Ok(()) } else { Err(status::invalid_argument(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(status::invalid_argument(self.0))
+        }
     }
 }
 
@@ -79,7 +87,9 @@ impl Violations {
 fn respond<T>(message: T, graph_request_id: Option<String>) -> Response<T> {
     let mut response = Response::new(message);
     if let Some(value) = graph_request_id.and_then(|id| id.parse().ok()) {
-        response.metadata_mut().insert(status::GRAPH_REQUEST_ID, value);
+        response
+            .metadata_mut()
+            .insert(status::GRAPH_REQUEST_ID, value);
     }
     response
 }
@@ -122,7 +132,11 @@ impl RunStateApi {
     ) -> Result<Response<R>, Status> {
         let mut v = Violations::default();
         let parent = v.check("parent", c.parent);
-        let id = if c.id.is_empty() { None } else { v.check(c.id_field, Id::parse(c.id)) };
+        let id = if c.id.is_empty() {
+            None
+        } else {
+            v.check(c.id_field, Id::parse(c.id))
+        };
         let request_id = v.request_id(c.request_id);
         let resource = v.required(R::FIELD, c.resource);
         let body = resource.and_then(|r| v.extend(r.to_graph(&Selection::Create)));
@@ -131,7 +145,10 @@ impl RunStateApi {
             return Err(internal("validation left no value"));
         };
         let authorization = context::authorization(metadata, self.token.as_ref())?;
-        let call = Call { authorization: &authorization, deadline: self.deadline(metadata) };
+        let call = Call {
+            authorization: &authorization,
+            deadline: self.deadline(metadata),
+        };
         if let Some(id) = &id {
             R::set_graph_id(&mut body, id.as_str().to_owned());
         }
@@ -144,17 +161,25 @@ impl RunStateApi {
                     let (r, rid) = work().await?;
                     Ok::<_, Status>((Bytes::from(r.encode_to_vec()), rid))
                 };
-                let outcome = self.within(call.deadline, async {
-                    match self.request_ids.run(c.rpc, key, c.fingerprint, encoded).await {
-                        Ok(result) => result,
-                        Err(Refused::Reused) => Err(status::invalid_argument(vec![FieldViolation::new(
-                            "request_id",
-                            "was already used with a different request",
-                        )])),
-                    }
-                })
-                .await?;
-                let resource = R::decode(outcome.0).map_err(|e| internal(format!("cached response: {e}")))?;
+                let outcome = self
+                    .within(call.deadline, async {
+                        match self
+                            .request_ids
+                            .run(c.rpc, key, c.fingerprint, encoded)
+                            .await
+                        {
+                            Ok(result) => result,
+                            Err(Refused::Reused) => {
+                                Err(status::invalid_argument(vec![FieldViolation::new(
+                                    "request_id",
+                                    "was already used with a different request",
+                                )]))
+                            }
+                        }
+                    })
+                    .await?;
+                let resource =
+                    R::decode(outcome.0).map_err(|e| internal(format!("cached response: {e}")))?;
                 (resource, outcome.1)
             }
         };
@@ -169,10 +194,16 @@ impl RunStateApi {
         chosen: Option<&Id>,
     ) -> Result<(R, Option<String>), Status> {
         let collection = parent.collection_path();
-        let reply = match self.graph.create::<_, R::Graph>(&collection, body, call, chosen.is_some()).await {
+        let reply = match self
+            .graph
+            .create::<_, R::Graph>(&collection, body, call, chosen.is_some())
+            .await
+        {
             Ok(reply) => reply,
             // A retried POST met its own first copy: read that back.
-            Err(GraphError::Status(e)) if e.status == StatusCode::CONFLICT && e.after_ambiguous_retry => {
+            Err(GraphError::Status(e))
+                if e.status == StatusCode::CONFLICT && e.after_ambiguous_retry =>
+            {
                 let Some(id) = chosen else {
                     return Err(self.graph_status(GraphError::Status(e)));
                 };
@@ -181,20 +212,28 @@ impl RunStateApi {
                     .get::<R::Graph>(&parent.child_path(id), call)
                     .await
                     .map_err(|e| self.graph_status(e))?;
-                return Ok((R::from_graph(reply.value, parent.child_name(id.as_str())), reply.request_id));
+                return Ok((
+                    R::from_graph(reply.value, parent.child_name(id.as_str())),
+                    reply.request_id,
+                ));
             }
             Err(e) => return Err(self.graph_status(e)),
         };
         let mut value = reply.value;
         let id = match (R::graph_id(&value), chosen) {
-            (Some(id), _) => Id::parse(id).map_err(|why| internal(format!("Graph returned an id that {why}")))?,
+            (Some(id), _) => {
+                Id::parse(id).map_err(|why| internal(format!("Graph returned an id that {why}")))?
+            }
             (None, Some(id)) => {
                 R::set_graph_id(&mut value, id.as_str().to_owned());
                 id.clone()
             }
             (None, None) => return Err(internal("Graph's answer to the create has no id")),
         };
-        Ok((R::from_graph(value, parent.child_name(id.as_str())), reply.request_id))
+        Ok((
+            R::from_graph(value, parent.child_name(id.as_str())),
+            reply.request_id,
+        ))
     }
 
     /// PATCH `{name}` with the masked fields; returns the stored resource.
@@ -210,14 +249,19 @@ impl RunStateApi {
             return Err(v.finish().err().unwrap_or_else(|| internal("no resource")));
         };
         let name = v.check(&format!("{}.name", R::FIELD), parse(resource.name()));
-        let selection = v.extend(mask::resolve(update_mask.as_ref(), R::WRITABLE, |f| resource.is_populated(f)));
+        let selection = v.extend(mask::resolve(update_mask.as_ref(), R::WRITABLE, |f| {
+            resource.is_populated(f)
+        }));
         let body = selection.and_then(|s| v.extend(resource.to_graph(&s)));
         v.finish()?;
         let (Some(name), Some(body)) = (name, body) else {
             return Err(internal("validation left no value"));
         };
         let authorization = context::authorization(metadata, self.token.as_ref())?;
-        let call = Call { authorization: &authorization, deadline: self.deadline(metadata) };
+        let call = Call {
+            authorization: &authorization,
+            deadline: self.deadline(metadata),
+        };
 
         self.within(call.deadline, async {
             let path = name.graph_path();
@@ -230,7 +274,11 @@ impl RunStateApi {
                 Some(value) => (value, patched.request_id),
                 // 204: Graph stored it but sent nothing back, so read it.
                 None => {
-                    let got = self.graph.get::<R::Graph>(&path, &call).await.map_err(|e| self.graph_status(e))?;
+                    let got = self
+                        .graph
+                        .get::<R::Graph>(&path, &call)
+                        .await
+                        .map_err(|e| self.graph_status(e))?;
                     (got.value, patched.request_id.or(got.request_id))
                 }
             };
@@ -253,14 +301,20 @@ impl RunStateApi {
             return Err(internal("validation left no value"));
         };
         let authorization = context::authorization(metadata, self.token.as_ref())?;
-        let call = Call { authorization: &authorization, deadline: self.deadline(metadata) };
+        let call = Call {
+            authorization: &authorization,
+            deadline: self.deadline(metadata),
+        };
         self.within(call.deadline, async {
             let got = self
                 .graph
                 .get::<R::Graph>(&name.graph_path(), &call)
                 .await
                 .map_err(|e| self.graph_status(e))?;
-            Ok(respond(R::from_graph(got.value, name.to_string()), got.request_id))
+            Ok(respond(
+                R::from_graph(got.value, name.to_string()),
+                got.request_id,
+            ))
         })
         .await
     }

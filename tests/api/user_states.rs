@@ -1,10 +1,17 @@
-use runstate_gateway::pb::{CreateScriptUserStateRequest, GetScriptUserStateRequest, ScriptUserState, UpdateScriptUserStateRequest};
+use runstate_gateway::pb::{
+    CreateScriptUserStateRequest, GetScriptUserStateRequest, ScriptUserState,
+    UpdateScriptUserStateRequest,
+};
 use serde_json::json;
 use tonic::Code;
 
 use crate::helpers::{mask, spawn_app};
 
-const KINDS: [&str; 3] = ["deviceManagementScripts", "deviceShellScripts", "deviceCustomAttributeShellScripts"];
+const KINDS: [&str; 3] = [
+    "deviceManagementScripts",
+    "deviceShellScripts",
+    "deviceCustomAttributeShellScripts",
+];
 
 fn create_request(parent: &str) -> CreateScriptUserStateRequest {
     CreateScriptUserStateRequest {
@@ -24,17 +31,27 @@ async fn creates_on_every_script_kind_and_sends_graphs_body() {
     let mut app = spawn_app().await;
     for kind in KINDS {
         let parent = format!("{kind}/script-1");
-        let created = app.client.create_script_user_state(create_request(&parent)).await.unwrap();
+        let created = app
+            .client
+            .create_script_user_state(create_request(&parent))
+            .await
+            .unwrap();
         assert!(created.metadata().get("graph-request-id").is_some());
         let state = created.into_inner();
         assert_eq!(state.name, format!("{parent}/userRunStates/{}", state.id));
         assert_eq!(state.id.len(), 36, "a GUID: {}", state.id);
-        assert_eq!(state.user_principal_name.as_deref(), Some("user@contoso.com"));
+        assert_eq!(
+            state.user_principal_name.as_deref(),
+            Some("user@contoso.com")
+        );
         assert_eq!(state.success_device_count, 2);
 
         let sent = app.requests().pop().unwrap();
         assert_eq!(sent.method, "POST");
-        assert_eq!(sent.path, format!("/beta/deviceManagement/{kind}/script-1/userRunStates"));
+        assert_eq!(
+            sent.path,
+            format!("/beta/deviceManagement/{kind}/script-1/userRunStates")
+        );
         assert_eq!(
             sent.json(),
             json!({"@odata.type": "#microsoft.graph.deviceManagementScriptUserState",
@@ -45,7 +62,9 @@ async fn creates_on_every_script_kind_and_sends_graphs_body() {
 
         let got = app
             .client
-            .get_script_user_state(GetScriptUserStateRequest { name: state.name.clone() })
+            .get_script_user_state(GetScriptUserStateRequest {
+                name: state.name.clone(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -61,7 +80,12 @@ async fn unset_optional_fields_are_omitted_on_create() {
         script_user_state: Some(ScriptUserState::default()),
         ..Default::default()
     };
-    let state = app.client.create_script_user_state(req).await.unwrap().into_inner();
+    let state = app
+        .client
+        .create_script_user_state(req)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(state.user_principal_name, None);
     assert_eq!(
         app.requests()[0].json(),
@@ -74,8 +98,16 @@ async fn caller_can_choose_the_id() {
     let mut app = spawn_app().await;
     let mut req = create_request("deviceManagementScripts/s");
     req.script_user_state_id = "user:42@contoso".into();
-    let state = app.client.create_script_user_state(req.clone()).await.unwrap().into_inner();
-    assert_eq!(state.name, "deviceManagementScripts/s/userRunStates/user:42@contoso");
+    let state = app
+        .client
+        .create_script_user_state(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        state.name,
+        "deviceManagementScripts/s/userRunStates/user:42@contoso"
+    );
     assert_eq!(app.requests()[0].json()["id"], "user:42@contoso");
     // The same id again is a conflict on create.
     let err = app.client.create_script_user_state(req).await.unwrap_err();
@@ -119,10 +151,20 @@ async fn update_sends_only_masked_fields_and_nulls() {
         let patch = &requests[1];
         assert_eq!(patch.method, "PATCH");
         assert_eq!(patch.path, format!("/beta/deviceManagement/{}", state.name));
-        assert_eq!(patch.json(), json!({"errorDeviceCount": 5, "userPrincipalName": null}));
+        assert_eq!(
+            patch.json(),
+            json!({"errorDeviceCount": 5, "userPrincipalName": null})
+        );
         // After a 204 the gateway reads the stored state back.
         let methods: Vec<_> = requests.iter().map(|r| r.method.as_str()).collect();
-        assert_eq!(methods, if no_content { vec!["POST", "PATCH", "GET"] } else { vec!["POST", "PATCH"] });
+        assert_eq!(
+            methods,
+            if no_content {
+                vec!["POST", "PATCH", "GET"]
+            } else {
+                vec!["POST", "PATCH"]
+            }
+        );
     }
 }
 
@@ -131,32 +173,64 @@ async fn omitted_mask_sends_populated_fields_and_star_sends_all() {
     let mut app = spawn_app().await;
     let state = created(&mut app).await;
     let update = |mask| UpdateScriptUserStateRequest {
-        script_user_state: Some(ScriptUserState { name: state.name.clone(), error_device_count: 3, ..Default::default() }),
+        script_user_state: Some(ScriptUserState {
+            name: state.name.clone(),
+            error_device_count: 3,
+            ..Default::default()
+        }),
         update_mask: mask,
     };
-    app.client.update_script_user_state(update(None)).await.unwrap();
+    app.client
+        .update_script_user_state(update(None))
+        .await
+        .unwrap();
     assert_eq!(app.requests()[1].json(), json!({"errorDeviceCount": 3}));
-    let all = app.client.update_script_user_state(update(mask(&["*"]))).await.unwrap().into_inner();
+    let all = app
+        .client
+        .update_script_user_state(update(mask(&["*"])))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         app.requests()[2].json(),
         json!({"userPrincipalName": null, "successDeviceCount": 0, "errorDeviceCount": 3})
     );
-    assert_eq!((all.success_device_count, all.error_device_count, all.user_principal_name), (0, 3, None));
+    assert_eq!(
+        (
+            all.success_device_count,
+            all.error_device_count,
+            all.user_principal_name
+        ),
+        (0, 3, None)
+    );
 }
 
 #[tokio::test]
 async fn bad_masks_never_reach_graph() {
     let mut app = spawn_app().await;
     let state = created(&mut app).await;
-    for paths in [vec!["id"], vec!["name"], vec!["nope"], vec!["run_state"], vec!["*", "id"]] {
+    for paths in [
+        vec!["id"],
+        vec!["name"],
+        vec!["nope"],
+        vec!["run_state"],
+        vec!["*", "id"],
+    ] {
         let req = UpdateScriptUserStateRequest {
-            script_user_state: Some(ScriptUserState { name: state.name.clone(), ..Default::default() }),
+            script_user_state: Some(ScriptUserState {
+                name: state.name.clone(),
+                ..Default::default()
+            }),
             update_mask: mask(&paths),
         };
         let err = app.client.update_script_user_state(req).await.unwrap_err();
         crate::helpers::assert_violation(&err, "update_mask");
     }
-    assert_eq!(app.graph.request_count(), 1, "only the create reached Graph");
+    assert_eq!(
+        app.graph.request_count(),
+        1,
+        "only the create reached Graph"
+    );
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
 //! Malformed requests: INVALID_ARGUMENT with a field violation, and Graph sees nothing.
 
 use runstate_gateway::pb::{
-    ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest, CreateScriptDeviceStateRequest,
-    CreateScriptUserStateRequest, GetComplianceScriptDeviceStateRequest, GetScriptDeviceStateRequest,
-    GetScriptUserStateRequest, ScriptDeviceState, ScriptUserState, UpdateComplianceScriptDeviceStateRequest,
+    ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest,
+    CreateScriptDeviceStateRequest, CreateScriptUserStateRequest,
+    GetComplianceScriptDeviceStateRequest, GetScriptDeviceStateRequest, GetScriptUserStateRequest,
+    ScriptDeviceState, ScriptUserState, UpdateComplianceScriptDeviceStateRequest,
     UpdateScriptDeviceStateRequest, UpdateScriptUserStateRequest,
 };
 use tonic::Code;
@@ -41,7 +42,11 @@ async fn hostile_parents_and_names_are_refused_for_every_rpc() {
     let mut app = spawn_app().await;
     let long = format!("deviceShellScripts/{}", "a".repeat(257));
     let non_ascii = "deviceShellScripts/sé".to_string();
-    for bad in HOSTILE.iter().map(|s| s.to_string()).chain([long, non_ascii]) {
+    for bad in HOSTILE
+        .iter()
+        .map(|s| s.to_string())
+        .chain([long, non_ascii])
+    {
         let c = &mut app.client;
         let err = c
             .create_script_user_state(CreateScriptUserStateRequest {
@@ -72,7 +77,11 @@ async fn hostile_parents_and_names_are_refused_for_every_rpc() {
         assert_violation(&err, "parent");
         let err = c
             .update_script_user_state(UpdateScriptUserStateRequest {
-                script_user_state: Some(ScriptUserState { name: bad.clone(), error_device_count: 1, ..Default::default() }),
+                script_user_state: Some(ScriptUserState {
+                    name: bad.clone(),
+                    error_device_count: 1,
+                    ..Default::default()
+                }),
                 update_mask: None,
             })
             .await
@@ -80,7 +89,11 @@ async fn hostile_parents_and_names_are_refused_for_every_rpc() {
         assert_violation(&err, "script_user_state.name");
         let err = c
             .update_script_device_state(UpdateScriptDeviceStateRequest {
-                script_device_state: Some(ScriptDeviceState { name: bad.clone(), error_code: 1, ..Default::default() }),
+                script_device_state: Some(ScriptDeviceState {
+                    name: bad.clone(),
+                    error_code: 1,
+                    ..Default::default()
+                }),
                 update_mask: None,
             })
             .await
@@ -99,11 +112,17 @@ async fn hostile_parents_and_names_are_refused_for_every_rpc() {
             .unwrap_err();
         assert_violation(&err, "compliance_script_device_state.name");
         for err in [
-            c.get_script_user_state(GetScriptUserStateRequest { name: bad.clone() }).await.unwrap_err(),
-            c.get_script_device_state(GetScriptDeviceStateRequest { name: bad.clone() }).await.unwrap_err(),
-            c.get_compliance_script_device_state(GetComplianceScriptDeviceStateRequest { name: bad.clone() })
+            c.get_script_user_state(GetScriptUserStateRequest { name: bad.clone() })
                 .await
                 .unwrap_err(),
+            c.get_script_device_state(GetScriptDeviceStateRequest { name: bad.clone() })
+                .await
+                .unwrap_err(),
+            c.get_compliance_script_device_state(GetComplianceScriptDeviceStateRequest {
+                name: bad.clone(),
+            })
+            .await
+            .unwrap_err(),
         ] {
             assert_violation(&err, "name");
         }
@@ -164,7 +183,10 @@ async fn bad_fields_are_each_reported() {
     }
     let err = app
         .client
-        .create_script_user_state(CreateScriptUserStateRequest { parent: "deviceShellScripts/s".into(), ..Default::default() })
+        .create_script_user_state(CreateScriptUserStateRequest {
+            parent: "deviceShellScripts/s".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_violation(&err, "script_user_state");
@@ -177,7 +199,10 @@ async fn bad_fields_are_each_reported() {
     let err = app
         .client
         .update_script_user_state(UpdateScriptUserStateRequest {
-            script_user_state: Some(ScriptUserState { name: "deviceShellScripts/s/userRunStates/u".into(), ..Default::default() }),
+            script_user_state: Some(ScriptUserState {
+                name: "deviceShellScripts/s/userRunStates/u".into(),
+                ..Default::default()
+            }),
             update_mask: None,
         })
         .await
@@ -193,7 +218,10 @@ async fn oversized_requests_are_refused() {
         .client
         .create_script_user_state(CreateScriptUserStateRequest {
             parent: "deviceShellScripts/s".into(),
-            script_user_state: Some(ScriptUserState { user_principal_name: Some("x".repeat(5000)), ..Default::default() }),
+            script_user_state: Some(ScriptUserState {
+                user_principal_name: Some("x".repeat(5000)),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await
