@@ -527,10 +527,7 @@ mod tests {
             (Kind::User, json!({"nope": 1})),
             (Kind::User, json!({"successDeviceCount": "2"})),
             (Kind::User, json!({"successDeviceCount": 2.5})),
-            (
-                Kind::User,
-                json!({"successDeviceCount": 3_000_000_000u64}),
-            ),
+            (Kind::User, json!({"successDeviceCount": 3_000_000_000u64})),
             (Kind::User, json!({"successDeviceCount": null})),
             (
                 Kind::User,
