@@ -51,6 +51,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub emulator: bool,
 
+    /// Speak HTTP/2 without TLS to an http:// Graph URL (on with --emulator).
+    #[arg(long, env = "GRAPH_H2C")]
+    pub graph_h2c: bool,
+
     /// Deadline for calls that send no `grpc-timeout` (e.g. 30s, 500ms).
     #[arg(long, env = "RUNSTATE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,

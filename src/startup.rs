@@ -30,12 +30,14 @@ impl Application {
     pub async fn build(args: &ServeArgs) -> anyhow::Result<Self> {
         let mut graph_url = args.graph_url.clone();
         let mut token = args.graph_token.clone();
+        let mut h2c = args.graph_h2c;
         let emulator = if args.emulator {
             let running = Emulator::new()
                 .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .await
                 .context("cannot start the embedded Graph emulator")?;
             graph_url = running.base_url();
+            h2c = true;
             token.get_or_insert_with(|| crate::config::Secret::new(EMULATOR_TOKEN));
             tracing::info!(url = %graph_url, "embedded Graph emulator started");
             Some(running)
@@ -47,8 +49,8 @@ impl Application {
             max_retries: args.graph_max_retries,
             ..RetryPolicy::default()
         };
-        let graph =
-            GraphClient::new(&graph_url, retry).map_err(|e| anyhow::anyhow!("--graph-url: {e}"))?;
+        let graph = GraphClient::new(&graph_url, retry, h2c)
+            .map_err(|e| anyhow::anyhow!("--graph-url: {e}"))?;
         let token = token
             .map(|t| context::bearer(t.expose()))
             .transpose()

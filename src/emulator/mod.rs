@@ -52,6 +52,8 @@ struct State {
 #[derive(Debug, Clone, Serialize)]
 pub struct Recorded {
     pub method: String,
+    /// The HTTP version, e.g. `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     /// Path and query as sent (still percent-encoded).
     pub path: String,
     pub headers: Vec<(String, String)>,
@@ -291,13 +293,21 @@ impl Emulator {
         self.state.count.store(0, Ordering::Relaxed);
     }
 
-    fn record(&self, method: &str, path: &str, headers: &http::HeaderMap, body: &Bytes) {
+    fn record(
+        &self,
+        method: &str,
+        version: http::Version,
+        path: &str,
+        headers: &http::HeaderMap,
+        body: &Bytes,
+    ) {
         self.state.count.fetch_add(1, Ordering::Relaxed);
         if !self.state.record_bodies.load(Ordering::Relaxed) {
             return;
         }
         let entry = Recorded {
             method: method.to_owned(),
+            version: format!("{version:?}"),
             path: path.to_owned(),
             headers: headers
                 .iter()

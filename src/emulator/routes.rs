@@ -34,6 +34,7 @@ pub fn router(emulator: Emulator) -> Router {
         .route("/_emulator/requests", get(list_requests))
         .route("/_emulator/settings", put(settings))
         .route("/beta/deviceManagement/{*rest}", any(graph))
+        .route("/deviceManagement/{*rest}", any(graph))
         .fallback(any(graph))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(emulator)
@@ -167,12 +168,13 @@ fn now() -> datetime::Instant {
 async fn graph(
     State(e): State<Emulator>,
     method: Method,
+    version: axum::http::Version,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    e.record(method.as_str(), path_and_query, &headers, &body);
+    e.record(method.as_str(), version, path_and_query, &headers, &body);
     let ids = Ids {
         request_id: uuid::Uuid::new_v4().to_string(),
         client_request_id: headers.get("client-request-id").cloned(),
@@ -356,7 +358,11 @@ fn context_path(collection: &str) -> String {
 }
 
 fn parse_target(path: &str) -> Result<Target, GraphFailure> {
-    let Some(rest) = path.strip_prefix(ROOT) else {
+    // Served with or without the version segment.
+    let Some(rest) = path
+        .strip_prefix(ROOT)
+        .or_else(|| path.strip_prefix("/deviceManagement/"))
+    else {
         return Err(GraphFailure::bad_request(format!(
             "Invalid request: the emulator serves {ROOT}... only."
         )));
@@ -447,6 +453,7 @@ mod tests {
             "/beta/deviceManagement/deviceManagementScripts/s/userRunStates/a%2Fb",
             "/v1.0/deviceManagement/deviceManagementScripts/s/userRunStates",
         ];
+        assert!(parse_target("/deviceManagement/deviceShellScripts/s/userRunStates").is_ok());
         for p in bad {
             assert!(parse_target(p).is_err(), "{p}");
         }

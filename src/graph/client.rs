@@ -46,8 +46,10 @@ struct Raw {
 }
 
 impl GraphClient {
-    /// Builds the client. `base_url` must be an http or https URL.
-    pub fn new(base_url: &str, retry: RetryPolicy) -> Result<Self, String> {
+    /// Builds the client. `base_url` must be an http or https URL. With
+    /// `h2c`, an http URL is spoken to in HTTP/2 without TLS (prior knowledge),
+    /// which multiplexes every call over one connection.
+    pub fn new(base_url: &str, retry: RetryPolicy, h2c: bool) -> Result<Self, String> {
         let url =
             reqwest::Url::parse(base_url).map_err(|e| format!("{base_url:?} is not a URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
@@ -57,7 +59,16 @@ impl GraphClient {
             return Err(format!("{base_url:?} must not have a query or fragment"));
         }
         let host = url.host_str().unwrap_or_default().to_owned();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if h2c {
+            if url.scheme() != "http" {
+                return Err(format!(
+                    "{base_url:?}: HTTP/2 prior knowledge needs an http URL"
+                ));
+            }
+            builder = builder.http2_prior_knowledge();
+        }
+        let http = builder
             .user_agent(concat!("runstate-gateway/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(90))

@@ -51,3 +51,36 @@ async fn emulator_mode_works_with_no_token_and_no_tenant() {
         "the embedded emulator served it"
     );
 }
+
+#[tokio::test]
+async fn h2c_upstream_serves_every_call_shape() {
+    use runstate_gateway::pb::UpdateScriptUserStateRequest;
+    let mut app = crate::helpers::spawn_app_with(&["--graph-token", "t", "--graph-h2c"]).await;
+    app.graph.set_patch_no_content(true);
+    let state = app
+        .client
+        .create_script_user_state(CreateScriptUserStateRequest {
+            parent: "deviceManagementScripts/s".into(),
+            script_user_state: Some(ScriptUserState::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let updated = app
+        .client
+        .update_script_user_state(UpdateScriptUserStateRequest {
+            script_user_state: Some(ScriptUserState {
+                name: state.name,
+                success_device_count: 4,
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.success_device_count, 4);
+    let versions: Vec<_> = app.requests().iter().map(|r| r.version.clone()).collect();
+    assert_eq!(versions, ["HTTP/2.0"; 3], "POST, PATCH, GET over h2c");
+}

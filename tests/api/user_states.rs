@@ -48,6 +48,7 @@ async fn creates_on_every_script_kind_and_sends_graphs_body() {
 
         let sent = app.requests().pop().unwrap();
         assert_eq!(sent.method, "POST");
+        assert_eq!(sent.version, "HTTP/1.1", "plain http without --graph-h2c");
         assert_eq!(
             sent.path,
             format!("/beta/deviceManagement/{kind}/script-1/userRunStates")
