@@ -84,3 +84,38 @@ async fn h2c_upstream_serves_every_call_shape() {
     let versions: Vec<_> = app.requests().iter().map(|r| r.version.clone()).collect();
     assert_eq!(versions, ["HTTP/2.0"; 3], "POST, PATCH, GET over h2c");
 }
+
+#[tokio::test]
+async fn excess_concurrent_calls_are_shed_not_queued() {
+    let app =
+        crate::helpers::spawn_app_with(&["--graph-token", "t", "--max-concurrent-requests", "2"])
+            .await;
+    app.graph.set_latency(std::time::Duration::from_millis(400));
+    let calls = (0..4).map(|_| {
+        let mut client = app.client.clone();
+        tokio::spawn(async move {
+            client
+                .create_script_user_state(CreateScriptUserStateRequest {
+                    parent: "deviceShellScripts/s".into(),
+                    script_user_state: Some(ScriptUserState::default()),
+                    ..Default::default()
+                })
+                .await
+        })
+    });
+    let mut codes = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        codes.push(
+            call.await
+                .unwrap()
+                .map(|_| tonic::Code::Ok)
+                .unwrap_or_else(|s| s.code()),
+        );
+    }
+    let ok = codes.iter().filter(|c| **c == tonic::Code::Ok).count();
+    let shed = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::ResourceExhausted)
+        .count();
+    assert_eq!((ok, shed), (2, 2), "{codes:?}");
+}
