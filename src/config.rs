@@ -164,6 +164,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if d.is_zero() {
         return Err("the duration must be above zero".into());
     }
+    if d > Duration::from_secs(24 * 3600) {
+        return Err("the duration must be at most 24h".into());
+    }
     Ok(d)
 }
 
@@ -192,7 +195,16 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        for bad in ["", "s", "0s", "1d", "-1s", "1.5s"] {
+        for bad in [
+            "",
+            "s",
+            "0s",
+            "1d",
+            "-1s",
+            "1.5s",
+            "25h",
+            "99999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -75,6 +75,9 @@ pub fn resolve(
     let mut fields = Vec::with_capacity(paths.len());
     let mut errors = Vec::new();
     for path in paths {
+        if errors.len() >= 10 {
+            break;
+        }
         match writable.iter().find(|w| w.proto == path || w.graph == path) {
             Some(w) if !fields.contains(&w.proto) => fields.push(w.proto),
             Some(_) => {}

@@ -48,8 +48,9 @@ struct State {
     record_bodies: AtomicBool,
 }
 
-/// A request the emulator received.
-#[derive(Debug, Clone, Serialize)]
+/// A request the emulator received. The `authorization` header is kept for
+/// in-process tests, but redacted in `Debug` and over HTTP ([`Recorded::redacted`]).
+#[derive(Clone, Serialize)]
 pub struct Recorded {
     pub method: String,
     /// The HTTP version, e.g. `HTTP/1.1` or `HTTP/2.0`.
@@ -61,7 +62,31 @@ pub struct Recorded {
     pub body: String,
 }
 
+impl std::fmt::Debug for Recorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self.redacted();
+        f.debug_struct("Recorded")
+            .field("method", &r.method)
+            .field("version", &r.version)
+            .field("path", &r.path)
+            .field("headers", &r.headers)
+            .field("body", &r.body)
+            .finish()
+    }
+}
+
 impl Recorded {
+    /// A copy with the `authorization` value replaced by `***`.
+    pub fn redacted(&self) -> Recorded {
+        let mut r = self.clone();
+        for (name, value) in &mut r.headers {
+            if name == "authorization" {
+                *value = "***".into();
+            }
+        }
+        r
+    }
+
     /// The first value of a header (names are lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

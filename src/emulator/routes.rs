@@ -50,8 +50,9 @@ async fn clear_faults(State(e): State<Emulator>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// The record, with tokens redacted: any local process can ask for it.
 async fn list_requests(State(e): State<Emulator>) -> Json<Vec<super::Recorded>> {
-    Json(e.requests())
+    Json(e.requests().iter().map(super::Recorded::redacted).collect())
 }
 
 #[derive(Deserialize)]

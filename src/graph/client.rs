@@ -206,10 +206,13 @@ impl GraphClient {
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let mut response = request.send().await.map_err(transport_error)?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(e, call.deadline))?;
         let status = response.status();
         let headers = std::mem::take(response.headers_mut());
-        let body = read_body(response).await?;
+        let body = read_body(response, call.deadline).await?;
         if status.is_success() {
             let request_id = headers
                 .get("request-id")
@@ -232,7 +235,10 @@ impl GraphClient {
     }
 }
 
-async fn read_body(mut response: reqwest::Response) -> Result<Bytes, GraphError> {
+async fn read_body(
+    mut response: reqwest::Response,
+    deadline: Instant,
+) -> Result<Bytes, GraphError> {
     if response
         .content_length()
         .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
@@ -242,7 +248,11 @@ async fn read_body(mut response: reqwest::Response) -> Result<Bytes, GraphError>
         ));
     }
     let mut buf = BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(e, deadline))?
+    {
         if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(GraphError::InvalidResponse(
                 "the body is larger than 1 MiB".into(),
@@ -253,12 +263,12 @@ async fn read_body(mut response: reqwest::Response) -> Result<Bytes, GraphError>
     Ok(buf.freeze())
 }
 
-fn transport_error(e: reqwest::Error) -> GraphError {
-    if e.is_timeout() {
+fn transport_error(e: reqwest::Error, deadline: Instant) -> GraphError {
+    // A connect timeout is also a timeout to reqwest: it is a connection
+    // failure (never sent, so retried), unless the caller's deadline passed.
+    if Instant::now() >= deadline || (e.is_timeout() && !e.is_connect()) {
         return GraphError::Timeout;
     }
-    // Keep the whole source chain (e.g. "connection refused"), never the URL's
-    // query or any header.
     let maybe_sent = !e.is_connect();
     let e = e.without_url();
     let mut message = e.to_string();

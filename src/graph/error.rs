@@ -93,18 +93,35 @@ impl StatusError {
                 )
             }
         };
+        let mut message =
+            message.unwrap_or_else(|| format!("Graph answered HTTP {} {reason}", status.as_u16()));
+        truncate(&mut message, MAX_MESSAGE);
         StatusError {
             method,
             status,
             code,
-            message: message
-                .unwrap_or_else(|| format!("Graph answered HTTP {} {reason}", status.as_u16())),
+            message,
             request_id: header("request-id").or(inner_request_id),
             client_request_id,
             retry_after: header("retry-after").as_deref().and_then(parse_retry_after),
             host: host.to_owned(),
             after_ambiguous_retry: false,
         }
+    }
+}
+
+/// Longest Graph message passed on (it becomes a gRPC header).
+const MAX_MESSAGE: usize = 2048;
+
+/// Cuts `text` to at most `max` bytes, on a character boundary.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
     }
 }
 
@@ -171,6 +188,17 @@ mod tests {
         assert!(e.message.contains("an empty body"));
         let e = read(500, &[], r#"{"error": "a string"}"#);
         assert!(e.message.contains("non-JSON"), "{}", e.message);
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let body = format!(
+            r#"{{"error":{{"code":"x","message":"{}"}}}}"#,
+            "é".repeat(5000)
+        );
+        let e = read(400, &[], &body);
+        assert!(e.message.len() <= MAX_MESSAGE + '…'.len_utf8());
+        assert!(e.message.ends_with('…'));
     }
 
     #[test]

@@ -17,7 +17,7 @@ impl RunStateApi {
         let (metadata, _, req) = request.into_parts();
         let create = Create {
             rpc: "CreateComplianceScriptDeviceState",
-            fingerprint: fingerprint(&req),
+            fingerprint: fingerprint(&req, &req.request_id),
             parent: ComplianceScriptName::parse(&req.parent),
             resource: req.compliance_script_device_state,
             id_field: "compliance_script_device_state_id",

@@ -18,7 +18,7 @@ impl RunStateApi {
         let (metadata, _, req) = request.into_parts();
         let create = Create {
             rpc: "CreateScriptDeviceState",
-            fingerprint: fingerprint(&req),
+            fingerprint: fingerprint(&req, &req.request_id),
             parent: DeviceStateParent::parse(&req.parent),
             resource: req.script_device_state,
             id_field: "script_device_state_id",

@@ -1,9 +1,10 @@
 //! Request ids (AIP-155): a create retried with the same `request_id` returns
 //! the first result instead of writing again.
 //!
-//! Concurrent calls with one id wait for the first; a failed call is not
-//! remembered, so it can be retried. Entries live for [`TTL`], and at most
-//! [`CAPACITY`] are kept (the oldest go first).
+//! Ids are per caller (a hash of its token). Concurrent calls with one id wait
+//! for the first; a failed call is not remembered, so it can be retried.
+//! Finished entries live for [`TTL`]; past [`CAPACITY`] the oldest finished
+//! ones go first (a call still running is never forgotten).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -35,6 +36,9 @@ pub enum Refused {
     Reused,
 }
 
+/// The RPC, the caller and the request id.
+type Key = (&'static str, u64, uuid::Uuid);
+
 #[derive(Default)]
 pub struct RequestIds {
     inner: Mutex<Inner>,
@@ -42,16 +46,17 @@ pub struct RequestIds {
 
 #[derive(Default)]
 struct Inner {
-    slots: HashMap<(&'static str, uuid::Uuid), Slot>,
-    order: VecDeque<(&'static str, uuid::Uuid)>,
+    slots: HashMap<Key, Slot>,
+    order: VecDeque<Key>,
 }
 
 impl RequestIds {
-    /// Runs `work` once per `(rpc, id)`; later calls get the first success.
+    /// Runs `work` once per `(rpc, caller, id)`; later calls get the first success.
     pub async fn run<E, F, Fut>(
         &self,
         rpc: &'static str,
         id: uuid::Uuid,
+        caller: u64,
         fingerprint: u64,
         work: F,
     ) -> Result<Result<Outcome, E>, Refused>
@@ -62,7 +67,7 @@ impl RequestIds {
         let cell = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.evict(Instant::now());
-            let key = (rpc, id);
+            let key = (rpc, caller, id);
             if let Some(slot) = inner.slots.get(&key) {
                 if slot.fingerprint != fingerprint {
                     return Err(Refused::Reused);
@@ -89,11 +94,11 @@ impl RequestIds {
 impl Inner {
     fn evict(&mut self, now: Instant) {
         while let Some(key) = self.order.front() {
-            let expired = self
-                .slots
-                .get(key)
-                .is_none_or(|s| now.duration_since(s.created) > TTL || self.slots.len() > CAPACITY);
-            if !expired {
+            let evict = self.slots.get(key).is_none_or(|s| {
+                let finished = s.cell.initialized() || Arc::strong_count(&s.cell) == 1;
+                finished && (now.duration_since(s.created) > TTL || self.slots.len() > CAPACITY)
+            });
+            if !evict {
                 break;
             }
             self.slots.remove(key);
@@ -121,7 +126,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             ok(7)
         };
-        let (a, b) = tokio::join!(ids.run("r", id, 1, work), ids.run("r", id, 1, work));
+        let (a, b) = tokio::join!(ids.run("r", id, 0, 1, work), ids.run("r", id, 0, 1, work));
         assert_eq!(a.unwrap().unwrap().0[0], 7);
         assert_eq!(b.unwrap().unwrap().0[0], 7);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -132,11 +137,11 @@ mod tests {
         let ids = RequestIds::default();
         let id = uuid::Uuid::new_v4();
         let failed = ids
-            .run("r", id, 1, || async { Err::<Outcome, _>("boom") })
+            .run("r", id, 0, 1, || async { Err::<Outcome, _>("boom") })
             .await;
         assert_eq!(failed.unwrap().unwrap_err(), "boom");
         assert_eq!(
-            ids.run("r", id, 1, || async { ok(1) })
+            ids.run("r", id, 0, 1, || async { ok(1) })
                 .await
                 .unwrap()
                 .unwrap()
@@ -144,18 +149,16 @@ mod tests {
             1
         );
         assert_eq!(
-            ids.run("r", id, 2, || async { ok(2) }).await.unwrap_err(),
+            ids.run("r", id, 0, 2, || async { ok(2) })
+                .await
+                .unwrap_err(),
             Refused::Reused
         );
-        // Another RPC has its own ids.
-        assert_eq!(
-            ids.run("other", id, 2, || async { ok(3) })
-                .await
-                .unwrap()
-                .unwrap()
-                .0[0],
-            3
-        );
+        // Another RPC, or another caller, has its own ids.
+        let other_rpc = ids.run("other", id, 0, 2, || async { ok(3) }).await;
+        assert_eq!(other_rpc.unwrap().unwrap().0[0], 3);
+        let other_caller = ids.run("r", id, 9, 2, || async { ok(4) }).await;
+        assert_eq!(other_caller.unwrap().unwrap().0[0], 4);
     }
 
     #[tokio::test]
@@ -163,12 +166,47 @@ mod tests {
         let ids = RequestIds::default();
         for n in 0..CAPACITY + 50 {
             let id = uuid::Uuid::from_u128(n as u128);
-            ids.run("r", id, 0, || async { ok(0) })
+            ids.run("r", id, 0, 0, || async { ok(0) })
                 .await
                 .unwrap()
                 .unwrap();
         }
         let len = ids.inner.lock().unwrap().slots.len();
         assert!(len <= CAPACITY + 1, "{len}");
+    }
+
+    #[tokio::test]
+    async fn a_running_call_is_never_evicted() {
+        let ids = Arc::new(RequestIds::default());
+        let first = uuid::Uuid::new_v4();
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let running = {
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                ids.run("r", first, 0, 0, || async {
+                    let _ = wait.await;
+                    ok(1)
+                })
+                .await
+            })
+        };
+        tokio::task::yield_now().await;
+        for n in 0..CAPACITY + 10 {
+            ids.run("r", uuid::Uuid::from_u128(n as u128 + 1), 0, 0, || async {
+                ok(0)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        }
+        assert!(
+            ids.inner
+                .lock()
+                .unwrap()
+                .slots
+                .contains_key(&("r", 0, first))
+        );
+        release.send(()).unwrap();
+        running.await.unwrap().unwrap().unwrap();
     }
 }

@@ -33,10 +33,37 @@ pub(super) struct Create<'a, P, R> {
     pub fingerprint: u64,
 }
 
-/// Hashes a request message (for request ids).
-pub(super) fn fingerprint(message: &impl prost::Message) -> u64 {
+/// Hashes a request message, to spot a request id reused for another
+/// request; 0 (and no work) when the request has no id.
+pub(super) fn fingerprint(message: &impl prost::Message, request_id: &str) -> u64 {
+    if request_id.is_empty() {
+        return 0;
+    }
     let mut h = DefaultHasher::new();
     message.encode_to_vec().hash(&mut h);
+    h.finish()
+}
+
+/// The longest deadline honoured (a day); longer ones are cut to it.
+const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// Tells the caller that Graph applied the write although the read-back failed.
+fn applied_but_unread(status: Status, what: &str) -> Status {
+    Status::with_details_and_metadata(
+        status.code(),
+        format!(
+            "{what}, but reading it back from Graph failed: {}",
+            status.message()
+        ),
+        status.details().to_vec().into(),
+        status.metadata().clone(),
+    )
+}
+
+/// Who is calling, as a hash of the token: request ids are per caller.
+fn caller(authorization: &http::HeaderValue) -> u64 {
+    let mut h = DefaultHasher::new();
+    authorization.as_bytes().hash(&mut h);
     h.finish()
 }
 
@@ -106,7 +133,7 @@ impl RunStateApi {
             Some(t) => t.saturating_sub((t / 10).min(Duration::from_millis(20))),
             None => self.default_timeout,
         };
-        tokio::time::Instant::now() + timeout
+        tokio::time::Instant::now() + timeout.min(MAX_DEADLINE)
     }
 
     fn graph_status(&self, error: GraphError) -> Status {
@@ -149,11 +176,17 @@ impl RunStateApi {
             authorization: &authorization,
             deadline: self.deadline(metadata),
         };
+        // With a request_id and no chosen id, the request_id becomes the new
+        // state's id: a retry (after a lost answer, a timeout or a restart)
+        // then meets its own first copy (409) and reads it back.
+        let id =
+            id.or_else(|| request_id.and_then(|u| Id::parse(&u.hyphenated().to_string()).ok()));
         if let Some(id) = &id {
             R::set_graph_id(&mut body, id.as_str().to_owned());
         }
+        let replay = request_id.is_some();
 
-        let work = || self.create_in_graph::<P, R>(&parent, &body, &call, id.as_ref());
+        let work = || self.create_in_graph::<P, R>(&parent, &body, &call, id.as_ref(), replay);
         let (resource, graph_request_id) = match request_id {
             None => self.within(call.deadline, work()).await?,
             Some(key) => {
@@ -165,7 +198,7 @@ impl RunStateApi {
                     .within(call.deadline, async {
                         match self
                             .request_ids
-                            .run(c.rpc, key, c.fingerprint, encoded)
+                            .run(c.rpc, key, caller(&authorization), c.fingerprint, encoded)
                             .await
                         {
                             Ok(result) => result,
@@ -192,6 +225,7 @@ impl RunStateApi {
         body: &R::Graph,
         call: &Call<'_>,
         chosen: Option<&Id>,
+        replay: bool,
     ) -> Result<(R, Option<String>), Status> {
         let collection = parent.collection_path();
         let reply = match self
@@ -200,9 +234,10 @@ impl RunStateApi {
             .await
         {
             Ok(reply) => reply,
-            // A retried POST met its own first copy: read that back.
+            // A retried POST (or a replayed request_id) met its own first
+            // copy: read that back.
             Err(GraphError::Status(e))
-                if e.status == StatusCode::CONFLICT && e.after_ambiguous_retry =>
+                if e.status == StatusCode::CONFLICT && (e.after_ambiguous_retry || replay) =>
             {
                 let Some(id) = chosen else {
                     return Err(self.graph_status(GraphError::Status(e)));
@@ -211,7 +246,7 @@ impl RunStateApi {
                     .graph
                     .get::<R::Graph>(&parent.child_path(id), call)
                     .await
-                    .map_err(|e| self.graph_status(e))?;
+                    .map_err(|e| applied_but_unread(self.graph_status(e), "the state exists"))?;
                 return Ok((
                     R::from_graph(reply.value, parent.child_name(id.as_str())),
                     reply.request_id,
@@ -278,7 +313,9 @@ impl RunStateApi {
                         .graph
                         .get::<R::Graph>(&path, &call)
                         .await
-                        .map_err(|e| self.graph_status(e))?;
+                        .map_err(|e| {
+                            applied_but_unread(self.graph_status(e), "the update was applied")
+                        })?;
                     (got.value, patched.request_id.or(got.request_id))
                 }
             };

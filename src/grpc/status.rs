@@ -40,8 +40,15 @@ pub fn code_for(status: StatusCode, method: &Method) -> Code {
     }
 }
 
-/// INVALID_ARGUMENT with a `BadRequest` listing every violation.
-pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
+/// Most violations reported in one status (a hostile request can make many).
+const MAX_VIOLATIONS: usize = 20;
+
+/// INVALID_ARGUMENT with a `BadRequest` listing the violations (each once,
+/// at most [`MAX_VIOLATIONS`]).
+pub fn invalid_argument(mut violations: Vec<FieldViolation>) -> Status {
+    let mut seen = std::collections::HashSet::new();
+    violations.retain(|v| seen.insert((v.field.clone(), v.description.clone())));
+    violations.truncate(MAX_VIOLATIONS);
     let message = violations
         .iter()
         .map(|v| format!("{}: {}", v.field, v.description))
@@ -234,6 +241,17 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    #[test]
+    fn violations_are_deduplicated_and_capped() {
+        let many: Vec<_> = (0..1000)
+            .map(|n| FieldViolation::new("update_mask", format!("bad {}", n % 50)))
+            .collect();
+        let status = invalid_argument(many);
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), MAX_VIOLATIONS);
+        assert!(status.message().len() < 1000);
     }
 
     #[test]

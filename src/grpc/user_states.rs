@@ -17,7 +17,7 @@ impl RunStateApi {
         let (metadata, _, req) = request.into_parts();
         let create = Create {
             rpc: "CreateScriptUserState",
-            fingerprint: fingerprint(&req),
+            fingerprint: fingerprint(&req, &req.request_id),
             parent: ScriptName::parse(&req.parent),
             resource: req.script_user_state,
             id_field: "script_user_state_id",

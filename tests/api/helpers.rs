@@ -18,6 +18,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: RunStateServiceClient<Channel>,
     pub graph: Emulator,
+    /// The emulator's base URL, for a second gateway in front of it.
+    pub graph_url: String,
     _upstream: Option<RunningEmulator>,
     shutdown: Option<oneshot::Sender<()>>,
 }
@@ -47,6 +49,7 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     args.extend_from_slice(flags);
     let mut app = start(&args).await;
     app.graph = graph;
+    app.graph_url = url.clone();
     app._upstream = Some(upstream);
     app
 }
@@ -71,6 +74,7 @@ pub async fn start(args: &[&str]) -> TestApp {
         addr,
         client,
         graph,
+        graph_url: String::new(),
         _upstream: None,
         shutdown: Some(tx),
     }

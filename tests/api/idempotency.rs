@@ -41,7 +41,8 @@ async fn the_same_request_id_creates_once() {
     assert_eq!(again.into_inner(), first.into_inner());
     assert_eq!(app.graph.request_count(), 1);
 
-    // Concurrent duplicates also create once.
+    // Concurrent duplicates also create once (the latency makes them overlap).
+    app.graph.set_latency(std::time::Duration::from_millis(200));
     let id = uuid::Uuid::new_v4().to_string();
     let (mut c1, mut c2) = (app.client.clone(), app.client.clone());
     let (a, b) = tokio::join!(
@@ -88,4 +89,62 @@ async fn a_failed_create_can_be_retried_with_the_same_id() {
             .is_ok()
     );
     assert_eq!(app.graph.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_request_id_survives_a_lost_answer_without_a_duplicate() {
+    let mut app = spawn_app().await;
+    // Graph stores the first POST, but its answer is lost behind a 504.
+    app.graph.inject(
+        runstate_gateway::emulator::Fault::status(504)
+            .method("POST")
+            .after_apply()
+            .times(1),
+    );
+    let id = uuid::Uuid::new_v4().to_string();
+    let state = app
+        .client
+        .create_compliance_script_device_state(create(&id, "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.id, id, "the request_id is the new state's id");
+    let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods, ["POST", "POST", "GET"]);
+    assert_eq!(app.requests()[0].json()["id"], id);
+}
+
+#[tokio::test]
+async fn a_request_id_is_honoured_by_another_gateway_instance() {
+    let mut first = spawn_app().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let created = first
+        .client
+        .create_compliance_script_device_state(create(&id, "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    // A restarted (or second) gateway has no memory of the id, but Graph has the state.
+    let mut second = crate::helpers::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--graph-url",
+        &first.graph_url,
+        "--graph-token",
+        crate::helpers::TOKEN,
+    ])
+    .await;
+    let again = second
+        .client
+        .create_compliance_script_device_state(create(&id, "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, created);
+    let methods: Vec<_> = first.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(
+        methods,
+        ["POST", "POST", "GET"],
+        "the replay met a 409 and read the state back"
+    );
 }

@@ -150,3 +150,33 @@ async fn reqwest_list(app: &crate::helpers::TestApp) -> usize {
     let body: serde_json::Value = serde_json::from_str(&text).unwrap();
     body["value"].as_array().unwrap().len()
 }
+
+#[tokio::test]
+async fn retry_after_is_waited_for() {
+    let mut app = spawn_app().await;
+    app.graph
+        .inject(Fault::status(429).retry_after("1").times(1));
+    let started = Instant::now();
+    app.client.create_script_user_state(create()).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retried after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.graph.request_count(), 2);
+}
+
+#[tokio::test]
+async fn throttling_without_retry_after_backs_off_and_succeeds() {
+    let mut app = spawn_app().await;
+    app.graph.inject(Fault::status(429).times(2));
+    let started = Instant::now();
+    app.client.create_script_user_state(create()).await.unwrap();
+    // Backoff: at least half of 200 ms, then half of 400 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.graph.request_count(), 3);
+}

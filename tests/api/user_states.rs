@@ -249,3 +249,28 @@ async fn updating_a_missing_state_is_not_found() {
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.metadata().get("graph-request-id").is_some());
 }
+
+#[tokio::test]
+async fn an_applied_update_that_cannot_be_read_back_says_so() {
+    let mut app = spawn_app().await;
+    let state = created(&mut app).await;
+    app.graph.set_patch_no_content(true);
+    app.graph
+        .inject(runstate_gateway::emulator::Fault::unserved_route("GET"));
+    let req = UpdateScriptUserStateRequest {
+        script_user_state: Some(ScriptUserState {
+            name: state.name,
+            error_device_count: 7,
+            ..Default::default()
+        }),
+        update_mask: None,
+    };
+    let err = app.client.update_script_user_state(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(
+        err.message()
+            .starts_with("the update was applied, but reading it back"),
+        "{}",
+        err.message()
+    );
+}
