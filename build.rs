@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Small per-call buffers: see src/grpc/codec.rs.
+        .codec_path("crate::grpc::codec::LeanCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -55,6 +55,11 @@ pub struct ServeArgs {
     #[arg(long, env = "GRAPH_H2C")]
     pub graph_h2c: bool,
 
+    /// Independent upstream connection pools used in turn (1-64); with HTTP/2,
+    /// each connection carries up to the server's stream limit.
+    #[arg(long, env = "GRAPH_CONNECTIONS", default_value_t = 8)]
+    pub graph_connections: usize,
+
     /// Deadline for calls that send no `grpc-timeout` (e.g. 30s, 500ms).
     #[arg(long, env = "RUNSTATE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,

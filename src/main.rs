@@ -1,4 +1,5 @@
 use clap::Parser;
+
 use runstate_gateway::{
     config::{Cli, Command},
     startup, telemetry,

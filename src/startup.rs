@@ -10,7 +10,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::config::{EmulatorArgs, ServeArgs};
 use crate::emulator::{Emulator, RunningEmulator};
-use crate::graph::{GraphClient, RetryPolicy};
+use crate::graph::{GraphClient, Options, RetryPolicy};
 use crate::grpc::{RunStateApi, context};
 use crate::pb::{self, run_state_service_server::RunStateServiceServer};
 
@@ -49,8 +49,13 @@ impl Application {
             max_retries: args.graph_max_retries,
             ..RetryPolicy::default()
         };
-        let graph = GraphClient::new(&graph_url, retry, h2c)
-            .map_err(|e| anyhow::anyhow!("--graph-url: {e}"))?;
+        let options = Options {
+            retry,
+            h2c,
+            connections: args.graph_connections,
+        };
+        let graph = GraphClient::new(&graph_url, options)
+            .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?;
         let token = token
             .map(|t| context::bearer(t.expose()))
             .transpose()

@@ -46,6 +46,8 @@ struct State {
     patch_no_content: AtomicBool,
     latency_us: AtomicU64,
     record_bodies: AtomicBool,
+    /// Answer creates without keeping them (long benchmarks).
+    forget_creates: AtomicBool,
 }
 
 /// A request the emulator received. The `authorization` header is kept for
@@ -300,6 +302,16 @@ impl Emulator {
     /// benchmarks, where only the count is kept).
     pub fn set_recording(&self, on: bool) {
         self.state.record_bodies.store(on, Ordering::Relaxed);
+    }
+
+    /// Keep created entities (on by default). Off, a POST is checked and
+    /// answered but not stored, so long benchmarks do not grow the emulator.
+    pub fn set_store(&self, on: bool) {
+        self.state.forget_creates.store(!on, Ordering::Relaxed);
+    }
+
+    fn stores(&self) -> bool {
+        !self.state.forget_creates.load(Ordering::Relaxed)
     }
 
     /// The requests received, oldest first (the last 10 000).

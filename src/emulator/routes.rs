@@ -3,7 +3,8 @@
 //! - `/beta/deviceManagement/...`: the Graph API.
 //! - `POST /_emulator/faults` (a [`Fault`] as JSON), `DELETE /_emulator/faults`,
 //!   `GET /_emulator/requests`, `PUT /_emulator/settings`
-//!   (`{"patch_no_content": bool, "latency_ms": n, "record": bool}`): controls.
+//!   (`{"patch_no_content": bool, "latency_ms": n, "record": bool, "store": bool}`):
+//!   controls.
 
 use axum::{
     Json, Router,
@@ -60,6 +61,7 @@ struct Settings {
     patch_no_content: Option<bool>,
     latency_ms: Option<u64>,
     record: Option<bool>,
+    store: Option<bool>,
 }
 
 async fn settings(State(e): State<Emulator>, Json(s): Json<Settings>) -> StatusCode {
@@ -71,6 +73,9 @@ async fn settings(State(e): State<Emulator>, Json(s): Json<Settings>) -> StatusC
     }
     if let Some(on) = s.record {
         e.set_recording(on);
+    }
+    if let Some(on) = s.store {
+        e.set_store(on);
     }
     StatusCode::NO_CONTENT
 }
@@ -231,7 +236,9 @@ fn handle(e: &Emulator, method: &Method, target: Target, body: &[u8], ids: &Ids)
                         });
                     }
                     let answer = entity_json(&path, &entity);
-                    store.insert(item, entity);
+                    if e.stores() {
+                        store.insert(item, entity);
+                    }
                     Ok((StatusCode::CREATED, answer).into_response())
                 })
             }

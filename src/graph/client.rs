@@ -1,6 +1,12 @@
 //! The Graph HTTP client: one pooled `reqwest` client for the whole process.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode, header};
@@ -12,10 +18,33 @@ use super::{GraphError, RetryPolicy, StatusError, retry::Retry};
 /// Largest Graph response body read; run-state entities are a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
+/// How the Graph client connects.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub retry: RetryPolicy,
+    /// HTTP/2 without TLS (prior knowledge) to an http URL.
+    pub h2c: bool,
+    /// Independent connection pools (1..=64), used in turn.
+    pub connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            h2c: false,
+            connections: 8,
+        }
+    }
+}
+
 /// A Graph client bound to one base URL such as `https://graph.microsoft.com/beta`.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
-    http: reqwest::Client,
+    /// Independent clients, used in turn: each keeps its own connections, so
+    /// one HTTP/2 connection's stream limit does not cap the calls in flight.
+    http: Arc<[reqwest::Client]>,
+    next: Arc<AtomicUsize>,
     /// Base URL plus `/deviceManagement/`.
     root: String,
     host: String,
@@ -48,8 +77,16 @@ struct Raw {
 impl GraphClient {
     /// Builds the client. `base_url` must be an http or https URL. With
     /// `h2c`, an http URL is spoken to in HTTP/2 without TLS (prior knowledge),
-    /// which multiplexes every call over one connection.
-    pub fn new(base_url: &str, retry: RetryPolicy, h2c: bool) -> Result<Self, String> {
+    /// which multiplexes calls over a few connections.
+    pub fn new(base_url: &str, options: Options) -> Result<Self, String> {
+        let Options {
+            retry,
+            h2c,
+            connections,
+        } = options;
+        if !(1..=64).contains(&connections) {
+            return Err(format!("{connections} connections: use 1 to 64"));
+        }
         let url =
             reqwest::Url::parse(base_url).map_err(|e| format!("{base_url:?} is not a URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
@@ -59,25 +96,31 @@ impl GraphClient {
             return Err(format!("{base_url:?} must not have a query or fragment"));
         }
         let host = url.host_str().unwrap_or_default().to_owned();
-        let mut builder = reqwest::Client::builder();
-        if h2c {
-            if url.scheme() != "http" {
-                return Err(format!(
-                    "{base_url:?}: HTTP/2 prior knowledge needs an http URL"
-                ));
-            }
-            builder = builder.http2_prior_knowledge();
+        if h2c && url.scheme() != "http" {
+            return Err(format!(
+                "{base_url:?}: HTTP/2 prior knowledge needs an http URL"
+            ));
         }
-        let http = builder
-            .user_agent(concat!("runstate-gateway/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let build = || {
+            let mut builder = reqwest::Client::builder();
+            if h2c {
+                builder = builder.http2_prior_knowledge();
+            }
+            builder
+                .user_agent(concat!("runstate-gateway/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(5))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        };
+        let http = (0..connections)
+            .map(|_| build())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            http,
+            http: http.into(),
+            next: Arc::default(),
             root: format!("{}/deviceManagement/", base_url.trim_end_matches('/')),
             host,
             retry,
@@ -194,8 +237,8 @@ impl GraphClient {
             return Err(GraphError::Timeout);
         }
         let client_request_id = uuid::Uuid::new_v4().to_string();
-        let mut request = self
-            .http
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.http.len();
+        let mut request = self.http[turn]
             .request(method.clone(), url)
             .timeout(remaining)
             .header(header::AUTHORIZATION, call.authorization.clone())
@@ -206,8 +249,9 @@ impl GraphClient {
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let mut response = request
-            .send()
+        // Boxed: reqwest's future is large, and every enclosing future would
+        // otherwise carry (and move) it.
+        let mut response = Box::pin(request.send())
             .await
             .map_err(|e| transport_error(e, call.deadline))?;
         let status = response.status();

@@ -6,6 +6,6 @@ mod error;
 pub mod model;
 mod retry;
 
-pub use client::{Call, GraphClient, Reply};
+pub use client::{Call, GraphClient, Options, Reply};
 pub use error::{GraphError, StatusError};
 pub use retry::RetryPolicy;

@@ -9,6 +9,7 @@ use std::{
 use bytes::Bytes;
 use http::StatusCode;
 use prost_types::FieldMask;
+use tokio::time::timeout_at;
 use tonic::{Response, Status, metadata::MetadataMap};
 
 use super::{RunStateApi, context, idempotency::Refused, status};
@@ -140,15 +141,12 @@ impl RunStateApi {
         status::from_graph(error, self.graph.host())
     }
 
-    /// Runs `work` but gives up at `deadline` with DEADLINE_EXCEEDED.
-    async fn within<T>(
-        &self,
-        deadline: tokio::time::Instant,
-        work: impl Future<Output = Result<T, Status>>,
-    ) -> Result<T, Status> {
-        tokio::time::timeout_at(deadline, work)
-            .await
-            .unwrap_or_else(|_| Err(self.graph_status(GraphError::Timeout)))
+    /// DEADLINE_EXCEEDED, for work cut off by `tokio::time::timeout_at`.
+    ///
+    /// (The timeout is applied at each call site, not in a helper `async fn`,
+    /// which would hold the large work future twice.)
+    fn deadline_exceeded(&self) -> Status {
+        self.graph_status(GraphError::Timeout)
     }
 
     /// POST `{parent}/{children}`; returns the created resource.
@@ -188,29 +186,31 @@ impl RunStateApi {
 
         let work = || self.create_in_graph::<P, R>(&parent, &body, &call, id.as_ref(), replay);
         let (resource, graph_request_id) = match request_id {
-            None => self.within(call.deadline, work()).await?,
+            None => timeout_at(call.deadline, work())
+                .await
+                .unwrap_or_else(|_| Err(self.deadline_exceeded()))?,
             Some(key) => {
                 let encoded = || async {
                     let (r, rid) = work().await?;
                     Ok::<_, Status>((Bytes::from(r.encode_to_vec()), rid))
                 };
-                let outcome = self
-                    .within(call.deadline, async {
-                        match self
-                            .request_ids
-                            .run(c.rpc, key, caller(&authorization), c.fingerprint, encoded)
-                            .await
-                        {
-                            Ok(result) => result,
-                            Err(Refused::Reused) => {
-                                Err(status::invalid_argument(vec![FieldViolation::new(
-                                    "request_id",
-                                    "was already used with a different request",
-                                )]))
-                            }
+                let outcome = timeout_at(call.deadline, async {
+                    match self
+                        .request_ids
+                        .run(c.rpc, key, caller(&authorization), c.fingerprint, encoded)
+                        .await
+                    {
+                        Ok(result) => result,
+                        Err(Refused::Reused) => {
+                            Err(status::invalid_argument(vec![FieldViolation::new(
+                                "request_id",
+                                "was already used with a different request",
+                            )]))
                         }
-                    })
-                    .await?;
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| Err(self.deadline_exceeded()))?;
                 let resource =
                     R::decode(outcome.0).map_err(|e| internal(format!("cached response: {e}")))?;
                 (resource, outcome.1)
@@ -298,7 +298,7 @@ impl RunStateApi {
             deadline: self.deadline(metadata),
         };
 
-        self.within(call.deadline, async {
+        timeout_at(call.deadline, async {
             let path = name.graph_path();
             let patched = self
                 .graph
@@ -322,6 +322,7 @@ impl RunStateApi {
             Ok(respond(R::from_graph(value, name.to_string()), request_id))
         })
         .await
+        .unwrap_or_else(|_| Err(self.deadline_exceeded()))
     }
 
     /// GET `{name}`.
@@ -342,7 +343,7 @@ impl RunStateApi {
             authorization: &authorization,
             deadline: self.deadline(metadata),
         };
-        self.within(call.deadline, async {
+        timeout_at(call.deadline, async {
             let got = self
                 .graph
                 .get::<R::Graph>(&name.graph_path(), &call)
@@ -354,5 +355,6 @@ impl RunStateApi {
             ))
         })
         .await
+        .unwrap_or_else(|_| Err(self.deadline_exceeded()))
     }
 }
