@@ -37,14 +37,6 @@ impl<T> Field<T> {
             _ => None,
         }
     }
-
-    pub fn as_ref(&self) -> Field<&T> {
-        match self {
-            Field::Absent => Field::Absent,
-            Field::Null => Field::Null,
-            Field::Value(v) => Field::Value(v),
-        }
-    }
 }
 
 impl<T: Serialize> Serialize for Field<T> {
