@@ -8,7 +8,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 
+use crate::budget::WriteBudget;
 use crate::config::{EmulatorArgs, ServeArgs};
+use crate::grpc::idempotency::RequestIds;
 use crate::emulator::{Emulator, RunningEmulator};
 use crate::graph::{GraphClient, Options, RetryPolicy};
 use crate::grpc::{RunStateApi, context};
@@ -53,14 +55,26 @@ impl Application {
             retry,
             h2c,
             connections: args.graph_connections,
+            client_ids: args.graph_client_ids,
         };
+        let redis = args
+            .state_store
+            .open()
+            .map_err(|e| anyhow::anyhow!("--state-store: {e}"))?;
+        let budget = args
+            .write_budget
+            .0
+            .map(|spec| std::sync::Arc::new(WriteBudget::new(spec, redis.clone(), args.replicas)));
         let graph = GraphClient::new(&graph_url, options)
-            .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?
+            .with_budget(budget);
+        let request_ids = std::sync::Arc::new(RequestIds::new(redis));
         let token = token
             .map(|t| context::bearer(t.expose()))
             .transpose()
             .map_err(|_| anyhow::anyhow!("--graph-token: not a valid header value"))?;
-        let api = RunStateApi::new(graph, token, args.request_timeout);
+        let api =
+            RunStateApi::new(graph, token, args.request_timeout).with_request_ids(request_ids);
 
         let listener = TcpListener::bind(args.listen)
             .await

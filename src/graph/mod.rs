@@ -3,9 +3,11 @@
 
 mod client;
 mod error;
+pub mod ids;
 pub mod model;
 mod retry;
 
-pub use client::{Call, GraphClient, Options, Reply};
+pub use client::{Call, GraphClient, NewEntity, Options, Reply};
+pub use ids::ClientIds;
 pub use error::{GraphError, StatusError};
 pub use retry::RetryPolicy;
