@@ -328,7 +328,12 @@ mod tests {
     /// Checks that no window of `window` (plus nothing) holds more than `limit`.
     fn max_in_any_window(times: &[Instant], window: Duration) -> usize {
         (0..times.len())
-            .map(|i| times[i..].iter().take_while(|t| **t < times[i] + window).count())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|t| **t < times[i] + window)
+                    .count()
+            })
             .max()
             .unwrap_or(0)
     }
@@ -348,7 +353,11 @@ mod tests {
         assert!(slots.windows(2).all(|p| p[0] <= p[1]), "slots in order");
         assert_eq!(max_in_any_window(&slots, window), 50);
         // The first 50 go at once.
-        assert!(slots[..50].iter().all(|s| *s - now < Duration::from_secs(3)));
+        assert!(
+            slots[..50]
+                .iter()
+                .all(|s| *s - now < Duration::from_secs(3))
+        );
     }
 
     #[test]
@@ -386,7 +395,7 @@ mod tests {
         b.acquire("t", deadline).await.unwrap();
         b.acquire("t", deadline).await.unwrap();
         // Another tenant has its own budget.
-        b.acquire("u", Instant::now()).await.unwrap();
+        b.acquire("u", deadline).await.unwrap();
         let started = Instant::now();
         b.acquire("t", deadline).await.unwrap();
         // A third write waited for the first to leave the window.

@@ -92,7 +92,12 @@ pub struct ServeArgs {
 
     /// Where request-id records and the write budget live: `memory`, or
     /// `redis://HOST:PORT/DB` to share them between replicas.
-    #[arg(long, env = "RUNSTATE_STATE_STORE", default_value = "memory", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RUNSTATE_STATE_STORE",
+        default_value = "memory",
+        hide_env_values = true
+    )]
     pub state_store: crate::state::StoreSpec,
 
     /// Replicas sharing the state store: while Redis is unreachable each

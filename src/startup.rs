@@ -10,9 +10,9 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::budget::WriteBudget;
 use crate::config::{EmulatorArgs, ServeArgs};
-use crate::grpc::idempotency::RequestIds;
 use crate::emulator::{Emulator, RunningEmulator};
 use crate::graph::{GraphClient, Options, RetryPolicy};
+use crate::grpc::idempotency::RequestIds;
 use crate::grpc::{RunStateApi, context};
 use crate::pb::{self, run_state_service_server::RunStateServiceServer};
 

@@ -87,7 +87,11 @@ impl Worlds {
     fn set(&self, kind: &str, world: World) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.insert(kind.to_owned(), world) != Some(world) {
-            tracing::info!(kind, ?world, "learned how Graph treats client ids on create");
+            tracing::info!(
+                kind,
+                ?world,
+                "learned how Graph treats client ids on create"
+            );
         }
     }
 
@@ -122,7 +126,10 @@ impl Worlds {
             Some(got) if got == sent => self.set(kind, World::Honoured),
             Some(_) => {
                 if self.mode == ClientIds::Honour {
-                    tracing::warn!(kind, "--graph-client-ids honour, but Graph replaced the id sent; treating ids as ignored for this kind");
+                    tracing::warn!(
+                        kind,
+                        "--graph-client-ids honour, but Graph replaced the id sent; treating ids as ignored for this kind"
+                    );
                 }
                 self.set(kind, World::Ignored)
             }

@@ -8,6 +8,6 @@ pub mod model;
 mod retry;
 
 pub use client::{Call, GraphClient, NewEntity, Options, Reply};
-pub use ids::ClientIds;
 pub use error::{GraphError, StatusError};
+pub use ids::ClientIds;
 pub use retry::RetryPolicy;

@@ -60,7 +60,12 @@ pub(super) fn ambiguous(error: &GraphError) -> bool {
 
 impl RetryPolicy {
     /// Whether and when to retry after `error` on attempt `attempt` (0-based).
-    pub(super) fn decide(&self, attempt: u32, method: &Method, error: &GraphError) -> Option<Retry> {
+    pub(super) fn decide(
+        &self,
+        attempt: u32,
+        method: &Method,
+        error: &GraphError,
+    ) -> Option<Retry> {
         if self.max_retries == 0 {
             return None;
         }
@@ -148,7 +153,10 @@ mod tests {
                 ));
                 // Throttling outlasts max_retries (the deadline ends it).
                 assert!(p.decide(5, &m, &status(code, None)).is_some());
-                assert!(p.decide(MIN_THROTTLE_RETRIES, &m, &status(code, None)).is_none());
+                assert!(
+                    p.decide(MIN_THROTTLE_RETRIES, &m, &status(code, None))
+                        .is_none()
+                );
             }
         }
         let none = RetryPolicy {
@@ -183,7 +191,11 @@ mod tests {
     fn never_retries_other_errors_or_past_the_limit() {
         let p = RetryPolicy::default();
         for code in [400, 401, 403, 404, 409, 412, 500, 502] {
-            assert_eq!(p.decide(0, &Method::GET, &status(code, None)), None, "{code}");
+            assert_eq!(
+                p.decide(0, &Method::GET, &status(code, None)),
+                None,
+                "{code}"
+            );
         }
         assert_eq!(p.decide(0, &Method::GET, &GraphError::Timeout), None);
         assert_eq!(p.decide(3, &Method::GET, &status(504, None)), None);

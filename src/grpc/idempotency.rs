@@ -126,8 +126,14 @@ pub enum Begin {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Wire {
     /// Claimed by `owner`, still running.
-    Pending { fingerprint: u64, owner: String },
-    Done { fingerprint: u64, outcome: Outcome },
+    Pending {
+        fingerprint: u64,
+        owner: String,
+    },
+    Done {
+        fingerprint: u64,
+        outcome: Outcome,
+    },
 }
 
 struct Done {
@@ -497,7 +503,11 @@ mod tests {
         let k = key(2);
         drop(owner(&ids, &k, 1).await);
         let again = owner(&ids, &k, 1).await;
-        again.finish(Outcome::Unknown { message: "m".into() }).await;
+        again
+            .finish(Outcome::Unknown {
+                message: "m".into(),
+            })
+            .await;
         assert!(matches!(
             ids.begin(&k, 1, far()).await,
             Ok(Begin::Replay(Outcome::Unknown { .. }))

@@ -107,8 +107,9 @@ impl CreateWork {
             .map_err(|e| GraphError::InvalidResponse(e.to_string()))?;
         let id = R::graph_id(&value)
             .ok_or_else(|| GraphError::InvalidResponse("the created entity has no id".into()))?;
-        let id = Id::parse(id)
-            .map_err(|why| GraphError::InvalidResponse(format!("Graph returned an id that {why}")))?;
+        let id = Id::parse(id).map_err(|why| {
+            GraphError::InvalidResponse(format!("Graph returned an id that {why}"))
+        })?;
         let name = format!("{}{}", self.name_prefix, id.as_str());
         Ok((R::from_graph(value, name), reply.request_id))
     }
