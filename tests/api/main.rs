@@ -8,6 +8,7 @@ mod errors;
 mod helpers;
 mod idempotency;
 mod readme;
+mod replicas;
 mod retries;
 mod server;
 mod timestamps;
