@@ -235,3 +235,30 @@ async fn a_request_id_is_honoured_by_another_gateway_instance() {
         "the replay met a 409 and read the state back"
     );
 }
+
+#[tokio::test]
+async fn a_large_answer_is_not_kept_but_read_back_on_replay() {
+    // Records are bounded in bytes: a 200 KB answer keeps only its name.
+    let mut app = spawn_app().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let big = "x".repeat(200 * 1024);
+    let first = app
+        .client
+        .create_compliance_script_device_state(create(&id, &big))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = app
+        .client
+        .create_compliance_script_device_state(create(&id, &big))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(
+        methods,
+        ["POST", "GET"],
+        "replayed by reading the state back"
+    );
+}

@@ -2,6 +2,7 @@
 //! in-process Graph emulator and calls it with the generated tonic client.
 
 mod auth;
+mod budget;
 mod compliance_states;
 mod device_states;
 mod errors;
@@ -14,3 +15,4 @@ mod server;
 mod timestamps;
 mod user_states;
 mod validation;
+mod worlds;

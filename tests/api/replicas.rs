@@ -175,7 +175,7 @@ pub fn create(request_id: &str, output: &str) -> Request<CreateComplianceScriptD
     r
 }
 
-fn posts(graph: &Emulator) -> usize {
+pub fn posts(graph: &Emulator) -> usize {
     graph
         .requests()
         .iter()
@@ -192,14 +192,8 @@ async fn three_replicas_create_each_request_id_once() {
     // Slow answers make the three copies of each call overlap.
     graph.set_latency(Duration::from_millis(150));
     let url = running.base_url();
-    let flags = [
-        "--state-store",
-        &redis.url(),
-        "--graph-client-ids",
-        "ignore",
-        "--replicas",
-        "3",
-    ];
+    // The default `auto` mode: it sends ids, and learns they are ignored.
+    let flags = ["--state-store", &redis.url(), "--replicas", "3"];
     let gateways = [
         gateway(&url, &flags).await,
         gateway(&url, &flags).await,
@@ -234,6 +228,45 @@ async fn three_replicas_create_each_request_id_once() {
         !redis.keys("runstate:rid:*").is_empty(),
         "records live in Redis"
     );
+}
+
+#[tokio::test]
+async fn three_replicas_share_one_write_budget() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (graph, running) = emulator().await;
+    graph.set_write_limit(Some((30, Duration::from_secs(3))));
+    let url = running.base_url();
+    let flags = [
+        "--state-store",
+        &redis.url(),
+        "--write-budget",
+        "30/3s",
+        "--replicas",
+        "3",
+    ];
+    let gateways = [
+        gateway(&url, &flags).await,
+        gateway(&url, &flags).await,
+        gateway(&url, &flags).await,
+    ];
+    // Each replica alone would send its 30 at once: 90 in the first window.
+    let mut calls = Vec::new();
+    for n in 0..90 {
+        let mut client = gateways[n % 3].client.clone();
+        calls.push(tokio::spawn(async move {
+            let r = create(&uuid::Uuid::new_v4().to_string(), &n.to_string());
+            client.create_compliance_script_device_state(r).await
+        }));
+    }
+    for (n, call) in calls.into_iter().enumerate() {
+        call.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("create {n}: {e:?}"));
+    }
+    assert_eq!(graph.throttled_count(), 0, "the replicas kept one budget");
+    assert_eq!(posts(&graph), 90);
 }
 
 #[tokio::test]
