@@ -400,7 +400,10 @@ mod tests {
         b.acquire("t", deadline).await.unwrap();
         // A third write waited for the first to leave the window.
         assert!(Instant::now() - started >= window);
-        let wait = b.acquire("t", Instant::now()).await.unwrap_err();
-        assert!(wait > Duration::ZERO, "{wait:?}");
+        // A slot past the deadline is refused with the wait it needs.
+        let slow = WriteBudget::new(spec(1, 60), None, 1);
+        slow.acquire("t", deadline).await.unwrap();
+        let wait = slow.acquire("t", deadline).await.unwrap_err();
+        assert!(wait > Duration::from_secs(50), "{wait:?}");
     }
 }

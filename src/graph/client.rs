@@ -159,6 +159,12 @@ impl GraphClient {
         self
     }
 
+    /// The write budget, for callers that send several writes in one request
+    /// (a JSON batch takes one slot per write item).
+    pub fn budget(&self) -> Option<&Arc<WriteBudget>> {
+        self.budget.as_ref()
+    }
+
     /// What the client has learned about client ids, per collection kind.
     pub fn worlds(&self) -> &Worlds {
         &self.worlds
