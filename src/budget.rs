@@ -80,34 +80,51 @@ fn margin(window: Duration) -> Duration {
     (window / 20).min(Duration::from_millis(500))
 }
 
-/// One tenant's send times (including reserved future ones, in order).
+/// One tenant's writes in reservation order: (sequence, time). The time is
+/// the reserved send slot, moved to the moment the answer came back once it
+/// did (Graph counts a write somewhere in between, so the later is safe).
 #[derive(Default)]
 struct Window {
-    sends: VecDeque<Instant>,
+    writes: VecDeque<(u64, Instant)>,
+    next_seq: u64,
     paused_until: Option<Instant>,
 }
 
+/// The earliest time a write may go, given the times of the writes reserved
+/// before it: the `limit`-th latest of them plus the window.
+fn earliest(times: impl Iterator<Item = Instant>, limit: usize, span: Duration) -> Option<Instant> {
+    let mut times: Vec<Instant> = times.collect();
+    if times.len() < limit {
+        return None;
+    }
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    Some(times[limit - 1] + span)
+}
+
 impl Window {
-    /// Reserves the earliest slot at or after `now`; `Err(slot)` when it
-    /// would be later than `latest`.
+    fn trim(&mut self, now: Instant, span: Duration) {
+        while self.writes.front().is_some_and(|(_, t)| *t + span <= now) {
+            self.writes.pop_front();
+        }
+    }
+
+    /// Reserves the earliest slot at or after `now`, as (sequence, slot);
+    /// `Err(slot)` when it would be later than `latest`.
     fn reserve(
         &mut self,
         now: Instant,
         latest: Instant,
         limit: u32,
         window: Duration,
-    ) -> Result<Instant, Instant> {
+    ) -> Result<(u64, Instant), Instant> {
         let span = window + margin(window);
-        while self.sends.front().is_some_and(|t| *t + span <= now) {
-            self.sends.pop_front();
-        }
-        let limit = limit as usize;
+        self.trim(now, span);
         let mut slot = now;
-        if let Some(last) = self.sends.back() {
-            slot = slot.max(*last);
+        if let Some(last) = self.writes.iter().map(|(_, t)| *t).max() {
+            slot = slot.max(last);
         }
-        if self.sends.len() >= limit {
-            slot = slot.max(self.sends[self.sends.len() - limit] + span);
+        if let Some(at) = earliest(self.writes.iter().map(|(_, t)| *t), limit as usize, span) {
+            slot = slot.max(at);
         }
         if let Some(p) = self.paused_until {
             slot = slot.max(p);
@@ -115,16 +132,38 @@ impl Window {
         if slot > latest {
             return Err(slot);
         }
-        self.sends.push_back(slot);
-        // Only the last `limit` sends matter for later slots.
-        while self.sends.len() > limit {
-            self.sends.pop_front();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.writes.push_back((seq, slot));
+        Ok((seq, slot))
+    }
+
+    /// When write `seq` may go now that earlier writes may have finished
+    /// later than planned.
+    fn recheck(&mut self, seq: u64, now: Instant, limit: u32, window: Duration) -> Instant {
+        let span = window + margin(window);
+        self.trim(now, span);
+        let before = self
+            .writes
+            .iter()
+            .filter(|(s, t)| *s < seq && *t + span > now)
+            .map(|(_, t)| *t);
+        let mut at = earliest(before, limit as usize, span).unwrap_or(now);
+        if let Some(p) = self.paused_until {
+            at = at.max(p);
         }
-        Ok(slot)
+        at
+    }
+
+    /// Write `seq` got its answer at `now`.
+    fn finished(&mut self, seq: u64, now: Instant) {
+        if let Some((_, t)) = self.writes.iter_mut().find(|(s, _)| *s == seq) {
+            *t = (*t).max(now);
+        }
     }
 
     fn idle(&self, now: Instant, window: Duration) -> bool {
-        self.sends.back().is_none_or(|t| *t + window * 2 <= now)
+        self.writes.iter().all(|(_, t)| *t + window * 2 <= now)
             && self.paused_until.is_none_or(|p| p <= now)
     }
 }
@@ -150,9 +189,51 @@ impl fmt::Debug for WriteBudget {
     }
 }
 
-/// The sliding window over a tenant's sorted set of send times (ms, Redis
-/// clock). Returns {1, wait_ms} for a reserved slot, {0, wait_ms} when the
-/// wait would exceed ARGV[3].
+/// A write's place in the budget. Hold it until the write's answer is back
+/// (or it failed): dropping it records that moment.
+pub struct Permit {
+    budget: Arc<WriteBudget>,
+    tenant: String,
+    place: Place,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
+
+enum Place {
+    Local(u64),
+    Shared(String),
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        match &self.place {
+            Place::Local(seq) => {
+                let mut windows = self.budget.local.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(w) = windows.get_mut(&self.tenant) {
+                    w.finished(*seq, Instant::now());
+                }
+            }
+            Place::Shared(member) => {
+                let (budget, tenant, member) =
+                    (self.budget.clone(), self.tenant.clone(), member.clone());
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move { budget.finish_shared(&tenant, member).await });
+                }
+            }
+        }
+    }
+}
+
+/// The sliding window over a tenant's sorted set of writes (score: time in
+/// ms on the Redis clock; member: a zero-padded sequence number, then a
+/// unique suffix). Returns {1, wait_ms, member} for a reserved slot, {0,
+/// wait_ms} when the wait would exceed ARGV[3].
 const RESERVE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -174,9 +255,42 @@ local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
 if pause > now then slot = math.max(slot, pause) end
 local wait = slot - now
 if wait > max_wait then return {0, wait} end
-redis.call('ZADD', KEYS[1], slot, ARGV[4])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], span * 2 + wait)
+local member = string.format('%020d', seq) .. ARGV[4]
+redis.call('ZADD', KEYS[1], slot, member)
 redis.call('PEXPIRE', KEYS[1], span * 2 + wait)
-return {1, wait}
+return {1, wait, member}
+";
+
+/// How long write ARGV[1] must still wait: the writes reserved before it
+/// (smaller members) may have finished later than planned.
+const RECHECK: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local span = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local e = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - span), '+inf', 'WITHSCORES')
+local times = {}
+for i = 1, #e, 2 do
+  if e[i] < ARGV[1] then table.insert(times, tonumber(e[i + 1])) end
+end
+local at = now
+if #times >= limit then
+  table.sort(times, function(a, b) return a > b end)
+  at = times[limit] + span
+end
+local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
+if pause > at then at = pause end
+return at - now
+";
+
+/// Write ARGV[1] got its answer now: move its time there.
+const FINISH: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'XX', 'GT', now, ARGV[1])
+return 1
 ";
 
 /// Sets the pause to now + ARGV[1] ms unless a later one is set.
@@ -190,6 +304,14 @@ if until_ms > cur then
 end
 return 1
 ";
+
+fn keys(tenant: &str) -> (String, String, String) {
+    (
+        format!("runstate:budget:{tenant}"),
+        format!("runstate:pause:{tenant}"),
+        format!("runstate:budgetseq:{tenant}"),
+    )
+}
 
 impl WriteBudget {
     /// A budget; with Redis, shared with the other replicas (`replicas` of
@@ -212,30 +334,66 @@ impl WriteBudget {
         self.spec
     }
 
-    /// Waits for a write slot of `tenant`. `Err(wait)` at once when the slot
-    /// would come after `deadline`: the caller answers RESOURCE_EXHAUSTED
-    /// with that wait as `RetryInfo`.
-    pub async fn acquire(&self, tenant: &str, deadline: Instant) -> Result<(), Duration> {
+    fn span(&self) -> Duration {
+        self.spec.window + margin(self.spec.window)
+    }
+
+    /// Waits for a write slot of `tenant` and returns the permit to hold
+    /// while the write is under way. `Err(wait)` at once when the slot would
+    /// come after `deadline`: the caller answers RESOURCE_EXHAUSTED with that
+    /// wait as `RetryInfo`.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        tenant: &str,
+        deadline: Instant,
+    ) -> Result<Permit, Duration> {
         let started = Instant::now();
-        let slot = match self.reserve_shared(tenant, deadline).await {
+        let reserved = match self.reserve_shared(tenant, deadline).await {
             Some(result) => result,
             None => self.reserve_local(tenant, deadline),
         };
-        match slot {
-            Ok(at) => {
-                tokio::time::sleep_until(at).await;
-                metrics::histogram!("runstate_write_budget_wait_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                Ok(())
-            }
+        let (place, at) = match reserved {
+            Ok(r) => r,
             Err(wait) => {
                 metrics::counter!("runstate_write_budget_rejected_total").increment(1);
-                Err(wait)
+                return Err(wait);
             }
+        };
+        let permit = Permit {
+            budget: self.clone(),
+            tenant: tenant.to_owned(),
+            place,
+        };
+        tokio::time::sleep_until(at).await;
+        // Writes before this one may have come back later than planned: wait
+        // on until the window really has room (a few rounds at most).
+        for _ in 0..8 {
+            let at = match &permit.place {
+                Place::Local(seq) => {
+                    let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
+                    let w = windows.entry(tenant.to_owned()).or_default();
+                    w.recheck(*seq, Instant::now(), self.local_limit, self.spec.window)
+                }
+                Place::Shared(member) => match self.recheck_shared(tenant, member).await {
+                    Some(at) => at,
+                    None => break,
+                },
+            };
+            if at <= Instant::now() {
+                break;
+            }
+            if at > deadline {
+                metrics::counter!("runstate_write_budget_rejected_total").increment(1);
+                return Err(at - Instant::now());
+            }
+            tokio::time::sleep_until(at).await;
         }
+        metrics::histogram!("runstate_write_budget_wait_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(permit)
     }
 
-    fn reserve_local(&self, tenant: &str, deadline: Instant) -> Result<Instant, Duration> {
+    fn reserve_local(&self, tenant: &str, deadline: Instant) -> Result<(Place, Instant), Duration> {
         let now = Instant::now();
         let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
         if windows.len() >= MAX_TENANTS && !windows.contains_key(tenant) {
@@ -245,6 +403,7 @@ impl WriteBudget {
             .entry(tenant.to_owned())
             .or_default()
             .reserve(now, deadline, self.local_limit, self.spec.window)
+            .map(|(seq, at)| (Place::Local(seq), at))
             .map_err(|slot| slot - now)
     }
 
@@ -253,30 +412,64 @@ impl WriteBudget {
         &self,
         tenant: &str,
         deadline: Instant,
-    ) -> Option<Result<Instant, Duration>> {
+    ) -> Option<Result<(Place, Instant), Duration>> {
         let redis = self.redis.as_ref()?;
-        let span = self.spec.window + margin(self.spec.window);
+        let (zset, pause, seq) = keys(tenant);
+        let span = self.span();
         let max_wait = deadline.saturating_duration_since(Instant::now());
-        let member = uuid::Uuid::new_v4().simple().to_string();
-        let (granted, wait_ms): (i64, i64) = redis
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let (granted, wait_ms, member): (i64, i64, Option<String>) = redis
             .run("write budget", |mut c| async move {
                 redis::Script::new(RESERVE)
-                    .key(format!("runstate:budget:{tenant}"))
-                    .key(format!("runstate:pause:{tenant}"))
+                    .key(zset)
+                    .key(pause)
+                    .key(seq)
                     .arg(span.as_millis() as u64)
                     .arg(self.spec.limit)
                     .arg(max_wait.as_millis() as u64)
-                    .arg(member)
+                    .arg(suffix)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
         let wait = Duration::from_millis(wait_ms.max(0) as u64);
-        Some(if granted == 1 {
-            Ok(Instant::now() + wait)
-        } else {
-            Err(wait)
+        Some(match (granted, member) {
+            (1, Some(member)) => Ok((Place::Shared(member), Instant::now() + wait)),
+            _ => Err(wait),
         })
+    }
+
+    async fn recheck_shared(&self, tenant: &str, member: &str) -> Option<Instant> {
+        let redis = self.redis.as_ref()?;
+        let (zset, pause, _) = keys(tenant);
+        let span = self.span();
+        let wait_ms: i64 = redis
+            .run("write budget", |mut c| async move {
+                redis::Script::new(RECHECK)
+                    .key(zset)
+                    .key(pause)
+                    .arg(member)
+                    .arg(span.as_millis() as u64)
+                    .arg(self.spec.limit)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Some(Instant::now() + Duration::from_millis(wait_ms.max(0) as u64))
+    }
+
+    async fn finish_shared(&self, tenant: &str, member: String) {
+        let Some(redis) = &self.redis else { return };
+        let (zset, _, _) = keys(tenant);
+        redis
+            .run("write budget", |mut c| async move {
+                redis::Script::new(FINISH)
+                    .key(zset)
+                    .arg(member)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
     }
 
     /// Pauses every write of `tenant` for `delay` (after a 429 from Graph).
@@ -288,10 +481,11 @@ impl WriteBudget {
             w.paused_until = Some(w.paused_until.map_or(until, |p| p.max(until)));
         }
         if let Some(redis) = &self.redis {
+            let (_, pause, _) = keys(tenant);
             redis
                 .run("write pause", |mut c| async move {
                     redis::Script::new(PAUSE)
-                        .key(format!("runstate:pause:{tenant}"))
+                        .key(pause)
                         .arg(delay.as_millis() as u64)
                         .invoke_async::<i64>(&mut c)
                         .await
@@ -348,7 +542,7 @@ mod tests {
         // 170 writes arriving in bursts at various times.
         for i in 0..170u64 {
             let arrive = now + Duration::from_millis((i / 20) * 700);
-            slots.push(w.reserve(arrive, far, 50, window).unwrap());
+            slots.push(w.reserve(arrive, far, 50, window).unwrap().1);
         }
         assert!(slots.windows(2).all(|p| p[0] <= p[1]), "slots in order");
         assert_eq!(max_in_any_window(&slots, window), 50);
@@ -372,7 +566,7 @@ mod tests {
             .reserve(now, now + Duration::from_secs(1), 3, window)
             .unwrap_err();
         assert!(err - now >= window);
-        assert_eq!(w.sends.len(), 3);
+        assert_eq!(w.writes.len(), 3);
     }
 
     #[test]
@@ -383,25 +577,45 @@ mod tests {
             ..Default::default()
         };
         let far = now + Duration::from_secs(60);
-        let slot = w.reserve(now, far, 100, Duration::from_secs(1)).unwrap();
+        let (_, slot) = w.reserve(now, far, 100, Duration::from_secs(1)).unwrap();
         assert_eq!(slot, now + Duration::from_secs(7));
+    }
+
+    #[test]
+    fn a_write_that_came_back_late_holds_later_ones() {
+        let now = Instant::now();
+        let window = Duration::from_secs(5);
+        let far = now + Duration::from_secs(3600);
+        let mut w = Window::default();
+        let (a, _) = w.reserve(now, far, 1, window).unwrap();
+        let (b, planned) = w.reserve(now, far, 1, window).unwrap();
+        assert!(planned > now + window);
+        // On time, the second goes as planned.
+        assert_eq!(
+            w.recheck(b, planned - Duration::from_millis(1), 1, window),
+            planned
+        );
+        // The first write's answer came back 2 s late: the second waits for it.
+        w.finished(a, now + Duration::from_secs(2));
+        let at = w.recheck(b, planned, 1, window);
+        assert_eq!(at, planned + Duration::from_secs(2));
     }
 
     #[tokio::test]
     async fn acquire_waits_then_refuses_past_the_deadline() {
         let window = Duration::from_millis(300);
-        let b = WriteBudget::new(BudgetSpec { limit: 2, window }, None, 1);
+        let b = Arc::new(WriteBudget::new(BudgetSpec { limit: 2, window }, None, 1));
         let deadline = Instant::now() + Duration::from_secs(30);
+        let started = Instant::now();
         b.acquire("t", deadline).await.unwrap();
         b.acquire("t", deadline).await.unwrap();
         // Another tenant has its own budget.
         b.acquire("u", deadline).await.unwrap();
-        let started = Instant::now();
         b.acquire("t", deadline).await.unwrap();
         // A third write waited for the first to leave the window.
         assert!(Instant::now() - started >= window);
         // A slot past the deadline is refused with the wait it needs.
-        let slow = WriteBudget::new(spec(1, 60), None, 1);
+        let slow = Arc::new(WriteBudget::new(spec(1, 60), None, 1));
         slow.acquire("t", deadline).await.unwrap();
         let wait = slow.acquire("t", deadline).await.unwrap_err();
         assert!(wait > Duration::from_secs(50), "{wait:?}");

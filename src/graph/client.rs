@@ -339,16 +339,23 @@ impl GraphClient {
             _ => None,
         };
         for attempt in 0.. {
-            if let (Some(budget), Some(tenant)) = (&self.budget, &tenant) {
-                budget
-                    .acquire(tenant, call.deadline)
-                    .await
-                    .map_err(|retry_after| GraphError::WriteBudget { retry_after })?;
-            }
+            // Held until the answer is back: the budget counts the write
+            // until then.
+            let permit = match (&self.budget, &tenant) {
+                (Some(budget), Some(tenant)) => Some(
+                    budget
+                        .acquire(tenant, call.deadline)
+                        .await
+                        .map_err(|retry_after| GraphError::WriteBudget { retry_after })?,
+                ),
+                _ => None,
+            };
             if Instant::now() >= call.deadline {
                 return Err(GraphError::Timeout);
             }
-            let error = match self.attempt(&method, &url, body.clone(), call).await {
+            let result = self.attempt(&method, &url, body.clone(), call).await;
+            drop(permit);
+            let error = match result {
                 Ok(raw) => return Ok(raw),
                 Err(e) => e,
             };
