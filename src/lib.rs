@@ -16,11 +16,14 @@
 //! [`startup`] wires the server together, [`telemetry`] sets up logging.
 //! [`pb`] is the code generated from `proto/` by `build.rs`.
 
+pub mod admin;
 pub mod config;
 pub mod convert;
 pub mod emulator;
 pub mod graph;
 pub mod grpc;
+pub mod metrics;
+pub mod server;
 pub mod startup;
 pub mod telemetry;
 
