@@ -23,7 +23,10 @@ pub fn spawn(extra: &[&str]) -> Gateway {
 }
 
 pub fn spawn_with_format(format: &str, extra: &[&str]) -> Gateway {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runstate-gateway"))
+    // RUNSTATE_TEST_BINARY runs the tests against another build (to compare).
+    let program = std::env::var("RUNSTATE_TEST_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runstate-gateway").to_owned());
+    let mut child = Command::new(program)
         .args([
             "--emulator",
             "--listen",
