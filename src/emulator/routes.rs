@@ -36,6 +36,7 @@ pub fn router(emulator: Emulator) -> Router {
         .route("/_emulator/faults", post(add_fault).delete(clear_faults))
         .route("/_emulator/requests", get(list_requests))
         .route("/_emulator/settings", put(settings).get(current_settings))
+        .route("/_emulator/health", get(health))
         .route("/beta/deviceManagement/{*rest}", any(graph))
         .route("/deviceManagement/{*rest}", any(graph))
         .fallback(any(graph))
@@ -492,6 +493,12 @@ fn parse_target(path: &str) -> Result<Target, GraphFailure> {
         }
         _ => Err(unknown(segments.get(4).map_or("", String::as_str))),
     }
+}
+
+/// `GET /_emulator/health`: 200 while the emulator serves, for container health checks
+/// (`runstate-gateway healthcheck --http http://HOST:PORT/_emulator/health`).
+async fn health() -> &'static str {
+    "ok"
 }
 
 #[cfg(test)]
