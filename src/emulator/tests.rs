@@ -222,3 +222,34 @@ async fn faults_still_answer_after_the_write_limit_lets_a_write_through() {
         "the faulted write counted"
     );
 }
+
+/// The emulator is the gateway's test oracle: it must not share the gateway's
+/// translation code, or a bug there would be repeated here and go unseen.
+#[test]
+fn the_emulator_uses_none_of_the_gateways_code() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/emulator");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let source = std::fs::read_to_string(&path).unwrap();
+        let compact: String = source.split_whitespace().collect();
+        // Only the command line's duration parser is shared.
+        let needle = ["crate", "::"].concat();
+        for (at, _) in compact.match_indices(&needle) {
+            let rest = &compact[at + needle.len()..];
+            assert!(
+                rest.starts_with("config::parse_duration"),
+                "{} uses {needle}{}",
+                path.display(),
+                &rest[..rest.len().min(30)]
+            );
+        }
+        assert!(
+            !compact.contains(&["super::", "super"].concat()),
+            "{}",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} files checked");
+}
