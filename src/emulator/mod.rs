@@ -212,9 +212,19 @@ impl Recorded {
     }
 }
 
-/// Text of at most `max` bytes from `bytes` (invalid UTF-8 replaced).
+/// Text of at most `max` bytes from `bytes`. Invalid UTF-8 is replaced, and
+/// the cut is made after that, so replacement characters (3 bytes each) do not
+/// triple what is kept.
 fn text(bytes: &[u8], max: usize) -> String {
-    String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned()
+    let mut text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
 }
 
 /// A chosen answer for matching requests, instead of (or after) the real one.
