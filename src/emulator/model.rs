@@ -282,13 +282,10 @@ fn parse_body(kind: Kind, body: &[u8]) -> Result<Body, GraphFailure> {
 /// The id of a new entity, per the `client_ids` setting.
 fn new_id(sent: Option<Option<String>>, ids: ClientIds) -> Result<String, GraphFailure> {
     match (ids, sent) {
-        (ClientIds::Ignore, _) | (_, None) => Ok(uuid::Uuid::new_v4().to_string()),
-        (ClientIds::Reject, _) => Err(GraphFailure::bad_request(
+        (ClientIds::Reject, Some(_)) => Err(GraphFailure::bad_request(
             "Invalid request body: the property 'id' is read-only and cannot be set on create.",
         )),
-        (ClientIds::Honour, Some(None)) => Err(GraphFailure::bad_request(
-            "Cannot apply PATCH or POST: the property 'id' is not nullable.",
-        )),
+        (ClientIds::Ignore, _) | (_, None | Some(None)) => Ok(uuid::Uuid::new_v4().to_string()),
         (ClientIds::Honour, Some(Some(id)))
             if id.is_empty() || id.len() > 256 || id.contains('/') =>
         {
