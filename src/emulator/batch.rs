@@ -20,7 +20,9 @@ use super::{
 pub const MAX_ITEMS: usize = 20;
 const METHODS: [&str; 5] = ["GET", "POST", "PATCH", "PUT", "DELETE"];
 
+/// `/beta/$batch` or `/$batch` (`$` may come percent-encoded).
 pub fn is_batch(path: &str) -> bool {
+    let path = path.replace("%24", "$");
     path == "/beta/$batch" || path == "/$batch"
 }
 
@@ -86,6 +88,7 @@ pub fn answer(e: &Emulator, call: &Call, ids: &Ids) -> Reply {
                 &item_ids,
             )
         };
+        e.count_answer(reply.status);
         statuses[at] = Some(reply.status);
         replies[at] = Some(reply);
     }

@@ -110,6 +110,7 @@ async fn current_settings(State(e): State<Emulator>) -> Json<serde_json::Value> 
             json!({"writes": writes, "seconds": window.as_secs_f64()})
         }),
         "throttled": e.throttled_count(),
+        "answered_429": e.answered(429),
         "requests": e.request_count(),
         "recorded_bytes": e.recorded_bytes(),
     }))

@@ -68,6 +68,8 @@ struct State {
     write_limit: Mutex<WriteLimiter>,
     /// 429s answered by the write limit.
     throttled: AtomicU64,
+    /// Answers by status, `$batch` items included.
+    answered: Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 /// What the emulator does with an `id` in a POST body: the three plausible
@@ -506,6 +508,20 @@ impl Emulator {
     /// How many requests the write limit answered with 429.
     pub fn throttled_count(&self) -> u64 {
         self.state.throttled.load(Ordering::Relaxed)
+    }
+
+    /// How many answers had this status, from any cause (the write limit,
+    /// faults, the store), counting each `$batch` item and each envelope;
+    /// e.g. `answered(429) == 0` for "never throttled".
+    pub fn answered(&self, status: u16) -> u64 {
+        lock(&self.state.answered)
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_answer(&self, status: u16) {
+        *lock(&self.state.answered).entry(status).or_default() += 1;
     }
 
     /// Counts a write against the limit; `Err` holds the `Retry-After` in

@@ -202,6 +202,7 @@ pub async fn graph(
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| !t.trim().is_empty());
     if !bearer {
+        e.count_answer(401);
         return ids
             .error(401, "InvalidAuthenticationToken", "Access token is empty.")
             .into_response(&ids);
@@ -234,6 +235,7 @@ pub async fn graph(
     } else {
         answer(&e, &call, &ids)
     };
+    e.count_answer(reply.status);
     reply.into_response(&ids)
 }
 

@@ -163,6 +163,8 @@ async fn the_write_limit_answers_429_with_retry_after_and_counts_them() {
     let patch = call(&e, "PATCH", &format!("{USERS}/x"), Some(json!({}))).await;
     assert_eq!(patch.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(e.throttled_count(), 2);
+    assert_eq!(e.answered(429), 2);
+    assert_eq!(e.answered(201), 3);
     let list = call(&e, "GET", USERS, None).await;
     assert_eq!(
         list.json["value"].as_array().unwrap().len(),
@@ -276,6 +278,7 @@ async fn requests_without_a_token_are_not_recorded() {
     assert!(e.requests().is_empty());
     assert_eq!(e.recorded_bytes(), 0);
     assert_eq!(e.request_count(), 0);
+    assert_eq!(e.answered(401), 1);
 }
 
 #[tokio::test]
@@ -686,6 +689,10 @@ async fn faults_apply_to_batch_items_with_retry_after() {
         assert!(t["body"]["error"]["code"].is_string());
     }
     assert_eq!(r.values().filter(|v| v["status"] == 201).count(), 3);
+    assert_eq!(e.answered(429), 2, "items count");
+    assert_eq!(e.answered(201), 3);
+    assert_eq!(e.answered(200), 1, "the envelope");
+    assert_eq!(e.throttled_count(), 0, "faults are not the write limit");
     assert_eq!(list_all(&e, DEVICES).await.0.len(), 3);
     // A fault naming $batch answers the whole envelope.
     e.inject(Fault::status(503).path_contains("$batch").times(1));
@@ -765,6 +772,12 @@ async fn malformed_batches_are_400() {
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{requests}");
         assert_eq!(a.json["error"]["code"], "BadRequest");
     }
+    let encoded = call(&e, "POST", "/beta/%24batch", Some(json!({"requests": []}))).await;
+    assert_eq!(
+        encoded.status,
+        StatusCode::BAD_REQUEST,
+        "served, and refused"
+    );
     let not_json = call(&e, "POST", "/beta/$batch", None).await;
     assert_eq!(not_json.status, StatusCode::BAD_REQUEST);
     assert_eq!(
