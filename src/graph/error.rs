@@ -32,6 +32,13 @@ pub enum GraphError {
     /// The write budget has no slot before the caller's deadline.
     #[error("the write budget has no slot before the deadline")]
     WriteBudget { retry_after: Duration },
+    /// The JSON body would be over the upstream limit; never sent.
+    #[error("the request body is {size} bytes in JSON, over Graph's limit")]
+    BodyTooLarge {
+        /// The JSON member with the longest value.
+        field: String,
+        size: usize,
+    },
 }
 
 /// An error status from Graph, with what Graph said about it.

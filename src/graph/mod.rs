@@ -6,8 +6,9 @@ mod error;
 pub mod ids;
 pub mod model;
 mod retry;
+pub mod trace;
 
-pub use client::{Call, GraphClient, NewEntity, Options, Reply};
+pub use client::{Call, GraphClient, MAX_REQUEST_BODY_BYTES, NewEntity, Options, Reply};
 pub use error::{GraphError, StatusError};
 pub use ids::ClientIds;
 pub use retry::RetryPolicy;

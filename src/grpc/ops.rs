@@ -297,8 +297,14 @@ impl RunStateApi {
         };
         let host = self.graph.host().to_owned();
         let rpc = c.rpc;
+        // The RPC's trace (client-request-id, attempts) follows the create
+        // into its task.
+        let trace = crate::graph::trace::Trace::current();
         let task = tokio::spawn(async move {
-            let result = work.run::<R>().await;
+            let result = match trace {
+                Some(trace) => trace.scope(work.run::<R>()).await,
+                None => work.run::<R>().await,
+            };
             match &result {
                 Ok((resource, graph_request_id)) => {
                     let encoded = resource.encode_to_vec();

@@ -3,9 +3,11 @@
 
 mod auth;
 mod budget;
+mod cli;
 mod compliance_states;
 mod device_states;
 mod errors;
+mod healthcheck;
 mod helpers;
 mod idempotency;
 mod readme;
