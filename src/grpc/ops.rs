@@ -268,8 +268,9 @@ impl RunStateApi {
             deadline,
         };
         let Some(rid) = request_id else {
-            let (resource, graph_request_id) = work
-                .run::<R>()
+            // Boxed: the create future is large, and every call in flight
+            // holds the handler's future.
+            let (resource, graph_request_id) = Box::pin(work.run::<R>())
                 .await
                 .map_err(|e| status::from_graph(e, self.graph.host()))?;
             return Ok(respond(resource, graph_request_id));
@@ -282,7 +283,7 @@ impl RunStateApi {
             &work.name_prefix,
             rid,
         );
-        let claim = match self.request_ids.begin(&key, c.fingerprint, deadline).await {
+        let claim = match Box::pin(self.request_ids.begin(&key, c.fingerprint, deadline)).await {
             Err(Refused::Reused) => {
                 return Err(status::invalid_argument(vec![FieldViolation::new(
                     "request_id",
@@ -291,7 +292,7 @@ impl RunStateApi {
             }
             Err(Refused::Deadline) => return Err(self.deadline_exceeded()),
             Ok(Begin::Replay(outcome)) => {
-                return self.replay::<P, R>(outcome, &parent, &work).await;
+                return Box::pin(self.replay::<P, R>(outcome, &parent, &work)).await;
             }
             Ok(Begin::Owner(claim)) => claim,
         };
