@@ -404,6 +404,7 @@ impl GraphClient {
         unreachable!("the retry loop returns")
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         method: &Method,
