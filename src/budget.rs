@@ -355,7 +355,7 @@ impl WriteBudget {
         let (place, at) = match reserved {
             Ok(r) => r,
             Err(wait) => {
-                metrics::counter!("runstate_write_budget_rejected_total").increment(1);
+                metrics::counter!(crate::metrics::WRITE_BUDGET_REJECTED).increment(1);
                 return Err(wait);
             }
         };
@@ -383,12 +383,12 @@ impl WriteBudget {
                 break;
             }
             if at > deadline {
-                metrics::counter!("runstate_write_budget_rejected_total").increment(1);
+                metrics::counter!(crate::metrics::WRITE_BUDGET_REJECTED).increment(1);
                 return Err(at - Instant::now());
             }
             tokio::time::sleep_until(at).await;
         }
-        metrics::histogram!("runstate_write_budget_wait_seconds")
+        metrics::histogram!(crate::metrics::WRITE_BUDGET_WAIT)
             .record(started.elapsed().as_secs_f64());
         Ok(permit)
     }

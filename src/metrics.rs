@@ -30,6 +30,15 @@ pub const CONNECTIONS_OPEN: &str = "runstate_connections_open";
 /// Client connections closed by the gateway, by `reason`.
 pub const CONNECTIONS_REFUSED: &str = "runstate_connections_refused_total";
 
+/// Creates answered again from a request-id record.
+pub const REQUEST_ID_REPLAYS: &str = "runstate_request_id_replays_total";
+/// Time writes waited for a slot of the write budget.
+pub const WRITE_BUDGET_WAIT: &str = "runstate_write_budget_wait_seconds";
+/// Writes refused because no budget slot came before their deadline.
+pub const WRITE_BUDGET_REJECTED: &str = "runstate_write_budget_rejected_total";
+/// Failed calls to the shared state store, by `store`.
+pub const STATE_STORE_ERRORS: &str = "runstate_state_store_errors_total";
+
 /// Latency buckets, in seconds: 1 ms to 60 s.
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -83,6 +92,23 @@ fn describe() {
         "Waits after Graph throttled a request (429)."
     );
     describe_gauge!(CONNECTIONS_OPEN, "Client connections open now.");
+    describe_counter!(
+        REQUEST_ID_REPLAYS,
+        "Creates answered again from a request-id record, without writing."
+    );
+    describe_histogram!(
+        WRITE_BUDGET_WAIT,
+        Unit::Seconds,
+        "Time writes waited for a slot of the write budget."
+    );
+    describe_counter!(
+        WRITE_BUDGET_REJECTED,
+        "Writes refused (RESOURCE_EXHAUSTED) because no budget slot came before their deadline."
+    );
+    describe_counter!(
+        STATE_STORE_ERRORS,
+        "Failed calls to the shared state store (the local store stood in), by store."
+    );
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Client connections closed by the gateway, by reason."

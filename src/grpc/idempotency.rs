@@ -255,7 +255,7 @@ impl RequestIds {
                     if d.fingerprint != fingerprint {
                         return Err(Refused::Reused);
                     }
-                    metrics::counter!("runstate_request_id_replays_total").increment(1);
+                    metrics::counter!(crate::metrics::REQUEST_ID_REPLAYS).increment(1);
                     return Ok(Begin::Replay(d.outcome.clone()));
                 }
                 match local.pending.get(key) {
@@ -295,7 +295,7 @@ impl RequestIds {
                 Shared::Replay(outcome) => {
                     // Keep it locally too (and release the local claim).
                     claim.finish_local(outcome.clone());
-                    metrics::counter!("runstate_request_id_replays_total").increment(1);
+                    metrics::counter!(crate::metrics::REQUEST_ID_REPLAYS).increment(1);
                     return Ok(Begin::Replay(outcome));
                 }
                 Shared::Refused(why) => return Err(why),

@@ -74,7 +74,7 @@ impl Redis {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_owned(),
         };
-        metrics::counter!("runstate_state_store_errors_total", "store" => "redis").increment(1);
+        metrics::counter!(crate::metrics::STATE_STORE_ERRORS, "store" => "redis").increment(1);
         *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Instant::now() + RETRY_AFTER_FAILURE);
         if !self.down.swap(true, Ordering::Relaxed) {
