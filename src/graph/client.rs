@@ -205,18 +205,9 @@ impl GraphClient {
     ) -> Result<Raw, GraphError> {
         let url = format!("{}{path}", self.root);
         let route = m::route_template(path);
-        let trace = Trace::current();
         let mut ambiguous = false;
         for attempt in 0.. {
-            let sent = self.attempt(
-                &method,
-                &url,
-                body.clone(),
-                call,
-                attempt,
-                &route,
-                trace.as_deref(),
-            );
+            let sent = self.attempt(&method, &url, body.clone(), call, attempt, &route);
             let error = match sent.await {
                 Ok(raw) => return Ok(raw),
                 Err(GraphError::Status(mut e)) => {
@@ -257,8 +248,9 @@ impl GraphClient {
         call: &Call<'_>,
         attempt: u32,
         route: &str,
-        trace: Option<&Trace>,
     ) -> Result<Raw, GraphError> {
+        let trace = Trace::current();
+        let trace = trace.as_deref();
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GraphError::Timeout);
