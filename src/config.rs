@@ -127,6 +127,37 @@ pub struct ServeArgs {
     /// line) for log collectors; RUST_LOG chooses what is logged.
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// How long in-flight calls may run after SIGTERM or SIGINT before they are cancelled (e.g. 10s).
+    #[arg(long, env = "RUNSTATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Address of the admin HTTP server (/metrics, /livez, /readyz); off unless set.
+    #[arg(long, env = "RUNSTATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Most concurrent HTTP/2 streams one client connection may open (1-10000).
+    #[arg(long, env = "RUNSTATE_MAX_STREAMS_PER_CONNECTION", default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_connection: u32,
+
+    /// Time a client has to send a whole request message once its call has started (e.g. 5s).
+    #[arg(long, env = "RUNSTATE_REQUEST_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub request_read_timeout: Duration,
+
+    /// Time a new connection has to complete its TLS and HTTP/2 handshake before it is closed (e.g. 5s).
+    #[arg(long, env = "RUNSTATE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Most client connections open at once; connections past it are closed as soon as they are accepted (1-1000000).
+    #[arg(long, env = "RUNSTATE_MAX_CONNECTIONS", default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Bytes of responses a connection may leave unread before its new calls are refused with RESOURCE_EXHAUSTED (65536-1073741824).
+    #[arg(long, env = "RUNSTATE_CONNECTION_SEND_BUDGET", default_value_t = 4 << 20,
+        value_parser = clap::value_parser!(u64).range(65_536..=1 << 30))]
+    pub connection_send_budget: u64,
 }
 
 /// Options of the standalone emulator.

@@ -18,12 +18,15 @@
 //! container probes.
 //! [`pb`] is the code generated from `proto/` by `build.rs`.
 
+pub mod admin;
 pub mod config;
 pub mod convert;
 pub mod emulator;
 pub mod graph;
 pub mod grpc;
 pub mod healthcheck;
+pub mod metrics;
+pub mod server;
 pub mod startup;
 pub mod telemetry;
 
