@@ -49,7 +49,6 @@ pub fn filter_from(rust_log: Option<&std::ffi::OsStr>) -> anyhow::Result<EnvFilt
         .map_err(|e| anyhow::anyhow!("RUST_LOG={text:?} is not a valid log filter: {e}"))
 }
 
-
 /// Formats text-log fields as `name=value` with control characters escaped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EscapedFields;
