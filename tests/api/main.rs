@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod budget;
 mod compliance_states;
 mod device_states;
 mod errors;
@@ -10,8 +11,10 @@ mod healthcheck;
 mod helpers;
 mod idempotency;
 mod readme;
+mod replicas;
 mod retries;
 mod server;
 mod timestamps;
 mod user_states;
 mod validation;
+mod worlds;
