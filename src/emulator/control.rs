@@ -133,8 +133,9 @@ async fn settings(State(e): State<Emulator>, body: Bytes) -> Response {
     };
     let limit = match s.write_limit {
         Some(WriteLimitSetting::Limit { writes, seconds }) => {
-            if writes == 0 || !(seconds > 0.0 && seconds <= 86_400.0) {
-                return refuse("write_limit needs writes above 0 and seconds in (0, 86400]");
+            let writes_ok = (1..=super::limit::MAX_WRITES).contains(&writes);
+            if !(writes_ok && seconds > 0.0 && seconds <= 86_400.0) {
+                return refuse("write_limit needs writes in 1-100000 and seconds in (0, 86400]");
             }
             Some(Some((writes, Duration::from_secs_f64(seconds))))
         }
