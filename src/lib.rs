@@ -14,13 +14,19 @@
 //! [`emulator`] is an in-memory stand-in for Graph, used by `--emulator`, the
 //! `emulator` subcommand and the tests. [`config`] holds the command line,
 //! [`startup`] wires the server together, [`telemetry`] sets up logging.
+//! [`healthcheck`] is the `healthcheck` subcommand, a gRPC health client for
+//! container probes.
 //! [`pb`] is the code generated from `proto/` by `build.rs`.
 
+pub mod admin;
 pub mod config;
 pub mod convert;
 pub mod emulator;
 pub mod graph;
 pub mod grpc;
+pub mod healthcheck;
+pub mod metrics;
+pub mod server;
 pub mod startup;
 pub mod telemetry;
 

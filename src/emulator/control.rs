@@ -6,6 +6,7 @@
 //!   100-599 and a matcher (`method` or `path_contains`), or `"any": true`;
 //!   at most [`MAX_FAULTS`], each at most [`MAX_FAULT_BYTES`]. `DELETE` clears them.
 //! - `GET /_emulator/requests`: the record, tokens redacted.
+//! - `GET /_emulator/health`: `ok` while it serves.
 //! - `PUT /_emulator/settings`: `{"patch_no_content": bool, "latency_ms": n (at
 //!   most 60000), "record": bool, "store": bool, "client_ids":
 //!   "honour"|"ignore"|"reject", "write_limit": {"writes": n, "seconds": s} | "off"}`;
@@ -41,6 +42,7 @@ pub fn router(emulator: Emulator) -> Router {
                 .delete(clear_faults)
                 .layer(DefaultBodyLimit::max(MAX_FAULT_BYTES)),
         )
+        .route("/_emulator/health", get(health))
         .route("/_emulator/requests", get(list_requests))
         .route("/_emulator/settings", put(settings).get(current_settings))
         .fallback(any(routes::graph))
@@ -65,6 +67,12 @@ async fn add_fault(State(e): State<Emulator>, body: Bytes) -> Response {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(message) => refuse(message),
     }
+}
+
+/// `GET /_emulator/health`: 200 while the emulator serves, for container health checks
+/// (`runstate-gateway healthcheck --http http://HOST:PORT/_emulator/health`).
+async fn health() -> &'static str {
+    "ok"
 }
 
 async fn clear_faults(State(e): State<Emulator>) -> StatusCode {

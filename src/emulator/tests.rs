@@ -204,7 +204,16 @@ fn parses_write_limits() {
         super::parse_write_limit("200/20s"),
         Ok((200, Duration::from_secs(20)))
     );
-    for bad in ["", "50", "/5s", "0/5s", "100001/5s", "x/5s", "50/0s", "50/five"] {
+    for bad in [
+        "",
+        "50",
+        "/5s",
+        "0/5s",
+        "100001/5s",
+        "x/5s",
+        "50/0s",
+        "50/five",
+    ] {
         assert!(super::parse_write_limit(bad).is_err(), "{bad}");
     }
 }

@@ -2,9 +2,11 @@
 //! in-process Graph emulator and calls it with the generated tonic client.
 
 mod auth;
+mod cli;
 mod compliance_states;
 mod device_states;
 mod errors;
+mod healthcheck;
 mod helpers;
 mod idempotency;
 mod readme;
