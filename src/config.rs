@@ -158,6 +158,30 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTATE_CONNECTION_SEND_BUDGET", default_value_t = 4 << 20,
         value_parser = clap::value_parser!(u64).range(65_536..=1 << 30))]
     pub connection_send_budget: u64,
+    /// Whether Graph keeps a client-chosen `id` on create: `auto` learns it
+    /// per collection kind from Graph's answers; `honour` or `ignore` tell it.
+    #[arg(long, env = "GRAPH_CLIENT_IDS", default_value = "auto")]
+    pub graph_client_ids: crate::graph::ClientIds,
+
+    /// Most writes to Graph per tenant in any window, e.g. `200/20s`
+    /// (Intune's limit), or `off`. Writes wait in order for a slot.
+    #[arg(long, env = "GRAPH_WRITE_BUDGET", default_value = "200/20s")]
+    pub write_budget: crate::budget::BudgetFlag,
+
+    /// Where request-id records and the write budget live: `memory`, or
+    /// `redis://HOST:PORT/DB` to share them between replicas.
+    #[arg(
+        long,
+        env = "RUNSTATE_STATE_STORE",
+        default_value = "memory",
+        hide_env_values = true
+    )]
+    pub state_store: crate::state::StoreSpec,
+
+    /// Replicas sharing the state store: while Redis is unreachable each
+    /// keeps 1/N of the write budget.
+    #[arg(long, env = "RUNSTATE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub replicas: u32,
 }
 
 /// Options of the standalone emulator.

@@ -50,6 +50,12 @@ pub fn router(emulator: Emulator) -> Router {
         .with_state(emulator)
 }
 
+/// `GET /_emulator/health`: 200 while the emulator serves, for container health checks
+/// (`runstate-gateway healthcheck --http http://HOST:PORT/_emulator/health`).
+async fn health() -> &'static str {
+    "ok"
+}
+
 fn refuse(message: impl Into<String>) -> Response {
     (
         StatusCode::BAD_REQUEST,
@@ -67,12 +73,6 @@ async fn add_fault(State(e): State<Emulator>, body: Bytes) -> Response {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(message) => refuse(message),
     }
-}
-
-/// `GET /_emulator/health`: 200 while the emulator serves, for container health checks
-/// (`runstate-gateway healthcheck --http http://HOST:PORT/_emulator/health`).
-async fn health() -> &'static str {
-    "ok"
 }
 
 async fn clear_faults(State(e): State<Emulator>) -> StatusCode {

@@ -4,7 +4,7 @@ pub mod codec;
 mod compliance_states;
 pub mod context;
 mod device_states;
-mod idempotency;
+pub mod idempotency;
 mod ops;
 pub mod status;
 mod user_states;
@@ -24,7 +24,7 @@ pub struct RunStateApi {
     token: Option<HeaderValue>,
     /// Deadline for calls that carry no `grpc-timeout`.
     default_timeout: Duration,
-    request_ids: idempotency::RequestIds,
+    request_ids: std::sync::Arc<idempotency::RequestIds>,
 }
 
 impl RunStateApi {
@@ -35,6 +35,13 @@ impl RunStateApi {
             default_timeout,
             request_ids: Default::default(),
         }
+    }
+
+    /// Keeps request-id records in `records` (shared with batch handlers,
+    /// and through Redis with other replicas).
+    pub fn with_request_ids(mut self, records: std::sync::Arc<idempotency::RequestIds>) -> Self {
+        self.request_ids = records;
+        self
     }
 }
 

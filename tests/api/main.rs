@@ -2,6 +2,7 @@
 //! in-process Graph emulator and calls it with the generated tonic client.
 
 mod auth;
+mod budget;
 mod cli;
 mod compliance_states;
 mod device_states;
@@ -10,8 +11,10 @@ mod healthcheck;
 mod helpers;
 mod idempotency;
 mod readme;
+mod replicas;
 mod retries;
 mod server;
 mod timestamps;
 mod user_states;
 mod validation;
+mod worlds;
