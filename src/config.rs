@@ -128,31 +128,6 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Whether Graph keeps a client-chosen `id` on create: `auto` learns it
-    /// per collection kind from Graph's answers; `honour` or `ignore` tell it.
-    #[arg(long, env = "GRAPH_CLIENT_IDS", default_value = "auto")]
-    pub graph_client_ids: crate::graph::ClientIds,
-
-    /// Most writes to Graph per tenant in any window, e.g. `200/20s`
-    /// (Intune's limit), or `off`. Writes wait in order for a slot.
-    #[arg(long, env = "GRAPH_WRITE_BUDGET", default_value = "200/20s")]
-    pub write_budget: crate::budget::BudgetFlag,
-
-    /// Where request-id records and the write budget live: `memory`, or
-    /// `redis://HOST:PORT/DB` to share them between replicas.
-    #[arg(
-        long,
-        env = "RUNSTATE_STATE_STORE",
-        default_value = "memory",
-        hide_env_values = true
-    )]
-    pub state_store: crate::state::StoreSpec,
-
-    /// Replicas sharing the state store: while Redis is unreachable each
-    /// keeps 1/N of the write budget.
-    #[arg(long, env = "RUNSTATE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub replicas: u32,
-
     /// How long in-flight calls may run after SIGTERM or SIGINT before they are cancelled (e.g. 10s).
     #[arg(long, env = "RUNSTATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -183,6 +158,30 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTATE_CONNECTION_SEND_BUDGET", default_value_t = 4 << 20,
         value_parser = clap::value_parser!(u64).range(65_536..=1 << 30))]
     pub connection_send_budget: u64,
+    /// Whether Graph keeps a client-chosen `id` on create: `auto` learns it
+    /// per collection kind from Graph's answers; `honour` or `ignore` tell it.
+    #[arg(long, env = "GRAPH_CLIENT_IDS", default_value = "auto")]
+    pub graph_client_ids: crate::graph::ClientIds,
+
+    /// Most writes to Graph per tenant in any window, e.g. `200/20s`
+    /// (Intune's limit), or `off`. Writes wait in order for a slot.
+    #[arg(long, env = "GRAPH_WRITE_BUDGET", default_value = "200/20s")]
+    pub write_budget: crate::budget::BudgetFlag,
+
+    /// Where request-id records and the write budget live: `memory`, or
+    /// `redis://HOST:PORT/DB` to share them between replicas.
+    #[arg(
+        long,
+        env = "RUNSTATE_STATE_STORE",
+        default_value = "memory",
+        hide_env_values = true
+    )]
+    pub state_store: crate::state::StoreSpec,
+
+    /// Replicas sharing the state store: while Redis is unreachable each
+    /// keeps 1/N of the write budget.
+    #[arg(long, env = "RUNSTATE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub replicas: u32,
 }
 
 /// Options of the standalone emulator.
@@ -329,6 +328,30 @@ mod tests {
             "99999999999999999h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn server_limits_have_defaults_and_ranges() {
+        let a = ServeArgs::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!(a.max_streams_per_connection, 100);
+        assert_eq!(a.max_connections, 1024);
+        assert_eq!(a.request_read_timeout, Duration::from_secs(5));
+        assert_eq!(a.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(a.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(a.connection_send_budget, 4 << 20);
+        assert!(a.admin_listen.is_none());
+        for bad in [
+            ["--max-streams-per-connection", "0"],
+            ["--max-streams-per-connection", "10001"],
+            ["--max-connections", "0"],
+            ["--connection-send-budget", "1024"],
+            ["--request-read-timeout", "0s"],
+            ["--handshake-timeout", "0s"],
+            ["--shutdown-grace", "0s"],
+            ["--admin-listen", "not-an-address"],
+        ] {
+            assert!(ServeArgs::from_args(bad).is_err(), "{bad:?}");
         }
     }
 

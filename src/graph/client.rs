@@ -341,7 +341,6 @@ impl GraphClient {
     ) -> Result<Raw, GraphError> {
         let url = format!("{}{path}", self.root);
         let route = m::route_template(path);
-        let trace = Trace::current();
         let write = method != Method::GET && method != Method::HEAD;
         let tenant = match (&self.budget, write) {
             (Some(_), true) => Some(identity::tenant(call.authorization)),
@@ -362,15 +361,7 @@ impl GraphClient {
             if Instant::now() >= call.deadline {
                 return Err(GraphError::Timeout);
             }
-            let sent = self.attempt(
-                &method,
-                &url,
-                body.clone(),
-                call,
-                attempt,
-                &route,
-                trace.as_deref(),
-            );
+            let sent = self.attempt(&method, &url, body.clone(), call, attempt, &route);
             let result = sent.await;
             drop(permit);
             let error = match result {
@@ -404,7 +395,6 @@ impl GraphClient {
         unreachable!("the retry loop returns")
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         method: &Method,
@@ -413,8 +403,9 @@ impl GraphClient {
         call: &Call<'_>,
         attempt: u32,
         route: &str,
-        trace: Option<&Trace>,
     ) -> Result<Raw, GraphError> {
+        let trace = Trace::current();
+        let trace = trace.as_deref();
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GraphError::Timeout);

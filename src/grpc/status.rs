@@ -88,6 +88,13 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
                 details,
             )
         }
+        GraphError::BodyTooLarge { field, size } => invalid_argument(vec![FieldViolation::new(
+            snake_case(&field),
+            format!(
+                "makes the request {size} bytes once encoded as JSON for Graph, over the {} byte limit",
+                crate::graph::MAX_REQUEST_BODY_BYTES
+            ),
+        )]),
         GraphError::OutcomeUnknown(cause) => outcome_unknown(&cause.to_string(), host),
         GraphError::WriteBudget { retry_after } => {
             let mut details =
@@ -102,13 +109,6 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
                 details,
             )
         }
-        GraphError::BodyTooLarge { field, size } => invalid_argument(vec![FieldViolation::new(
-            snake_case(&field),
-            format!(
-                "makes the request {size} bytes once encoded as JSON for Graph, over the {} byte limit",
-                crate::graph::MAX_REQUEST_BODY_BYTES
-            ),
-        )]),
         GraphError::InvalidResponse(why) => {
             let details =
                 ErrorDetails::with_error_info("INVALID_GRAPH_RESPONSE", host, HashMap::new());
@@ -119,6 +119,20 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
             )
         }
     }
+}
+
+/// `resultMessage` → `result_message`.
+fn snake_case(json_name: &str) -> String {
+    let mut out = String::with_capacity(json_name.len() + 4);
+    for c in json_name.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// ErrorInfo reason of a write whose outcome is unknown.
@@ -134,20 +148,6 @@ pub fn outcome_unknown(cause: &str, host: &str) -> Status {
         ),
         details,
     )
-}
-
-/// `resultMessage` → `result_message`.
-fn snake_case(json_name: &str) -> String {
-    let mut out = String::with_capacity(json_name.len() + 4);
-    for c in json_name.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn from_status_error(e: StatusError) -> Status {
