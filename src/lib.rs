@@ -11,6 +11,11 @@
 //! which knows nothing of protobuf. Graph's answer comes back the same way, and
 //! [`grpc::status`] turns a Graph error into a gRPC status with rich details.
 //!
+//! Under the handlers, [`server`] serves HTTP/2 itself: it accepts connections
+//! (connection cap, handshake timeout, stream limit, send budget), and its gate
+//! reads each request message, sheds excess calls, and writes the call's log
+//! line and [`metrics`]; [`admin`] serves the metrics and the probes.
+//!
 //! Writes wait for a slot of the [`budget`] (the write budget); request-id
 //! records and the budget live in [`state`] (in memory, or Redis for many
 //! replicas).

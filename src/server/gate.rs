@@ -136,7 +136,7 @@ impl Gate {
                 "this connection has {unsent} bytes of responses it has not read; read them before starting more calls"
             )));
         }
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let read = timeout(
             limits.request_read_timeout,
             read_message(body, limits.max_request_bytes),
@@ -148,6 +148,23 @@ impl Gate {
             ))
         })??;
         call.resource = check_message(call.method, &message)?;
+        // The handler measures the caller's deadline from when it starts:
+        // take off the time spent reading the message.
+        let headers = &mut parts.headers;
+        let metadata = tonic::metadata::MetadataMap::from_headers(std::mem::take(headers));
+        let timeout = crate::grpc::context::grpc_timeout(&metadata);
+        *headers = metadata.into_headers();
+        if let Some(timeout) = timeout {
+            let left = timeout.saturating_sub(call.started.elapsed());
+            if left.is_zero() {
+                return Err(Status::deadline_exceeded(
+                    "the deadline passed while the request was being received",
+                ));
+            }
+            if let Ok(value) = HeaderValue::from_str(&grpc_timeout_text(left)) {
+                headers.insert("grpc-timeout", value);
+            }
+        }
         let permit = Arc::clone(&self.shared.permits)
             .try_acquire_owned()
             .map_err(|_| {
@@ -158,6 +175,18 @@ impl Gate {
                 ))
             })?;
         Ok((Request::from_parts(parts, Full::new(message)), permit))
+    }
+}
+
+/// A `grpc-timeout` value (at most 8 digits and a unit).
+fn grpc_timeout_text(d: std::time::Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    if d.as_micros() <= MAX {
+        format!("{}u", d.as_micros())
+    } else if d.as_millis() <= MAX {
+        format!("{}m", d.as_millis())
+    } else {
+        format!("{}S", d.as_secs().min(MAX as u64))
     }
 }
 
@@ -565,6 +594,14 @@ mod tests {
             client_request_id(&h),
             "3f1c2a9e-5b7d-4c1e-9a2b-8d4e6f0a1b2c"
         );
+    }
+
+    #[test]
+    fn grpc_timeouts_fit_eight_digits() {
+        use std::time::Duration;
+        assert_eq!(grpc_timeout_text(Duration::from_millis(280)), "280000u");
+        assert_eq!(grpc_timeout_text(Duration::from_secs(3600)), "3600000m");
+        assert_eq!(grpc_timeout_text(Duration::from_secs(200_000)), "200000S");
     }
 
     #[test]
