@@ -2,8 +2,8 @@
 //! in-process Graph emulator and calls it with the generated tonic client.
 
 mod auth;
-mod cli;
 mod budget;
+mod cli;
 mod compliance_states;
 mod device_states;
 mod errors;
