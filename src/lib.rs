@@ -14,8 +14,11 @@
 //! [`emulator`] is an in-memory stand-in for Graph, used by `--emulator`, the
 //! `emulator` subcommand and the tests. [`config`] holds the command line,
 //! [`startup`] wires the server together, [`telemetry`] sets up logging.
+//! [`auth`] decides which Graph token a call carries (the caller's, a static
+//! one, or the gateway's own credential); [`tls`] protects the listener.
 //! [`pb`] is the code generated from `proto/` by `build.rs`.
 
+pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod emulator;
@@ -23,6 +26,7 @@ pub mod graph;
 pub mod grpc;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 
 /// Code generated from `proto/intune/runstates/v1`.
 pub mod pb {

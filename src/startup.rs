@@ -17,6 +17,9 @@ use crate::pb::{self, run_state_service_server::RunStateServiceServer};
 /// The token the gateway sends to its embedded emulator when given none.
 const EMULATOR_TOKEN: &str = "emulator-token";
 
+/// `--graph-url`'s default; `--cloud` replaces it.
+const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com/beta";
+
 /// A built gateway, bound to its port but not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -24,11 +27,17 @@ pub struct Application {
     api: RunStateApi,
     args: ServeArgs,
     emulator: Option<RunningEmulator>,
+    /// Inbound TLS (`--tls-cert`), when set.
+    tls: Option<crate::tls::TlsSource>,
 }
 
 impl Application {
     pub async fn build(args: &ServeArgs) -> anyhow::Result<Self> {
         let mut graph_url = args.graph_url.clone();
+        if args.cloud != crate::config::Cloud::Global && graph_url == DEFAULT_GRAPH_URL {
+            graph_url = crate::auth::cloud_graph_url(args.cloud);
+        }
+        crate::tls::check_plaintext(args).map_err(|e| anyhow::anyhow!(e))?;
         let mut token = args.graph_token.clone();
         let mut h2c = args.graph_h2c;
         let emulator = if args.emulator {
@@ -38,7 +47,9 @@ impl Application {
                 .context("cannot start the embedded Graph emulator")?;
             graph_url = running.base_url();
             h2c = true;
-            token.get_or_insert_with(|| crate::config::Secret::new(EMULATOR_TOKEN));
+            if args.graph_token_file.is_none() {
+                token.get_or_insert_with(|| crate::config::Secret::new(EMULATOR_TOKEN));
+            }
             tracing::info!(url = %graph_url, "embedded Graph emulator started");
             Some(running)
         } else {
@@ -56,12 +67,23 @@ impl Application {
         };
         let graph = GraphClient::new(&graph_url, options)
             .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?;
+        let auth = crate::auth::from_args(
+            &ServeArgs {
+                graph_token: token.clone(),
+                ..args.clone()
+            },
+            &graph_url,
+            emulator.as_ref(),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        tracing::info!(mode = ?auth.mode(), "Graph tokens");
         let token = token
             .map(|t| context::bearer(t.expose()))
             .transpose()
             .map_err(|_| anyhow::anyhow!("--graph-token: not a valid header value"))?;
-        let api = RunStateApi::new(graph, token, args.request_timeout);
+        let api = RunStateApi::new(graph, token, args.request_timeout).with_auth(auth);
 
+        let tls = crate::tls::TlsSource::from_args(args).map_err(|e| anyhow::anyhow!(e))?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -72,6 +94,7 @@ impl Application {
             api,
             args: args.clone(),
             emulator,
+            tls,
         })
     }
 
@@ -109,9 +132,8 @@ impl Application {
             .max_decoding_message_size(self.args.max_request_bytes)
             .max_encoding_message_size(4 << 20);
 
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        tracing::info!(addr = %self.local_addr, "runstate-gateway listening");
-        Server::builder()
+        tracing::info!(addr = %self.local_addr, tls = self.tls.is_some(), "runstate-gateway listening");
+        let router = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .load_shed(true)
@@ -121,10 +143,24 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .context("the gRPC server failed")?;
+            .add_service(service);
+        match self.tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        crate::tls::incoming(self.listener, tls),
+                        shutdown,
+                    )
+                    .await
+            }
+            None => {
+                let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+        }
+        .context("the gRPC server failed")?;
         if let Some(emulator) = self.emulator {
             emulator.stop().await;
         }

@@ -12,7 +12,10 @@
 //! `/_emulator/` (see [`routes`]).
 
 mod entities;
+mod identity;
 mod routes;
+
+pub use identity::{Grant, Issued};
 
 use std::{
     collections::VecDeque,
@@ -48,6 +51,8 @@ struct State {
     record_bodies: AtomicBool,
     /// Answer creates without keeping them (long benchmarks).
     forget_creates: AtomicBool,
+    /// Entra ID and managed identity endpoints ([`identity`]).
+    identity: identity::Identity,
 }
 
 /// A request the emulator received. The `authorization` header is kept for

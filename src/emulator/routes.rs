@@ -34,10 +34,15 @@ pub fn router(emulator: Emulator) -> Router {
         .route("/_emulator/faults", post(add_fault).delete(clear_faults))
         .route("/_emulator/requests", get(list_requests))
         .route("/_emulator/settings", put(settings))
+        .merge(super::identity::routes())
         .route("/beta/deviceManagement/{*rest}", any(graph))
         .route("/deviceManagement/{*rest}", any(graph))
         .fallback(any(graph))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            emulator.clone(),
+            super::identity::check_graph_token,
+        ))
         .with_state(emulator)
 }
 

@@ -25,6 +25,8 @@ pub struct RunStateApi {
     /// Deadline for calls that carry no `grpc-timeout`.
     default_timeout: Duration,
     request_ids: idempotency::RequestIds,
+    /// Where tokens come from (`--auth`); without it, [`Self::token`] as before.
+    auth: Option<std::sync::Arc<crate::auth::Authorizer>>,
 }
 
 impl RunStateApi {
@@ -34,7 +36,14 @@ impl RunStateApi {
             token,
             default_timeout,
             request_ids: Default::default(),
+            auth: None,
         }
+    }
+
+    /// Takes Graph tokens from `auth` (see `--auth`).
+    pub fn with_auth(mut self, auth: std::sync::Arc<crate::auth::Authorizer>) -> Self {
+        self.auth = Some(auth);
+        self
     }
 }
 

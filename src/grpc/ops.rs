@@ -169,7 +169,7 @@ impl RunStateApi {
         let (Some(parent), Some(mut body)) = (parent, body) else {
             return Err(internal("validation left no value"));
         };
-        let authorization = context::authorization(metadata, self.token.as_ref())?;
+        let authorization = self.authorize(metadata).await?;
         let call = Call {
             authorization: &authorization,
             deadline: self.deadline(metadata),
@@ -292,7 +292,7 @@ impl RunStateApi {
         let (Some(name), Some(body)) = (name, body) else {
             return Err(internal("validation left no value"));
         };
-        let authorization = context::authorization(metadata, self.token.as_ref())?;
+        let authorization = self.authorize(metadata).await?;
         let call = Call {
             authorization: &authorization,
             deadline: self.deadline(metadata),
@@ -338,7 +338,7 @@ impl RunStateApi {
         let Some(name) = name else {
             return Err(internal("validation left no value"));
         };
-        let authorization = context::authorization(metadata, self.token.as_ref())?;
+        let authorization = self.authorize(metadata).await?;
         let call = Call {
             authorization: &authorization,
             deadline: self.deadline(metadata),
