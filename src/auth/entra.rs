@@ -362,7 +362,11 @@ pub(super) async fn token_response(
     for s in secrets.iter().filter(|s| s.len() >= 4) {
         description = description.replace(s, "***");
     }
-    description.truncate(description.floor_char_boundary(512));
+    let mut cut = description.len().min(512);
+    while !description.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    description.truncate(cut);
     let code = codes.first().map(|c| format!("AADSTS{c}")).or_else(|| {
         description
             .split(':')

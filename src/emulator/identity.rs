@@ -14,6 +14,9 @@
 //! With no app registered, any client id and non-empty secret is accepted
 //! (for trying the gateway); once one is, only registered credentials are.
 
+// Handlers answer errors as ready responses; their size does not matter here.
+#![allow(clippy::result_large_err)]
+
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
@@ -96,6 +99,8 @@ pub struct Grant {
     pub scope: Option<String>,
     /// Whether a token was issued.
     pub issued: bool,
+    /// The federated token's `sub`, or the on-behalf-of user.
+    pub subject: Option<String>,
 }
 
 /// Default token lifetime: short, so refreshes happen.
@@ -400,7 +405,7 @@ fn authenticate(
     client_id: &str,
     form: &HashMap<String, String>,
     token_url_path: &str,
-) -> Result<&'static str, Response> {
+) -> Result<(&'static str, Option<String>), Response> {
     let apps = lock(&e.identity().inner).apps.clone();
     let open = apps.is_empty();
     let app = apps.get(client_id);
@@ -420,7 +425,7 @@ fn authenticate(
             None => !secret.is_empty(),
         };
         return if ok {
-            Ok("secret")
+            Ok(("secret", None))
         } else {
             Err(entra_error(
                 401,
@@ -490,7 +495,7 @@ fn authenticate(
             None => open,
         };
         return if ok {
-            Ok("certificate")
+            Ok(("certificate", None))
         } else {
             Err(entra_error(
                 401,
@@ -523,7 +528,7 @@ fn authenticate(
         ));
     }
     if open || app.is_some_and(|a| a.federated) {
-        Ok("federated")
+        Ok(("federated", claims["sub"].as_str().map(str::to_owned)))
     } else {
         Err(entra_error(
             400,
@@ -553,6 +558,7 @@ async fn token(
         client_id: Some(client_id.clone()).filter(|c| !c.is_empty()),
         scope: scope.clone(),
         issued: false,
+        subject: None,
     };
     let answer = (|| {
         if client_id.is_empty() {
@@ -571,8 +577,9 @@ async fn token(
                 "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
             ));
         }
-        let how = authenticate(&e, &client_id, &form, uri.path())?;
+        let (how, subject) = authenticate(&e, &client_id, &form, uri.path())?;
         grant.kind = how.to_owned();
+        grant.subject = subject;
         let user = match grant_type.as_str() {
             "client_credentials" => None,
             "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
@@ -623,6 +630,7 @@ async fn token(
                         "Assertion names no user (no oid or sub claim).",
                     ));
                 }
+                grant.subject = Some(user.to_owned());
                 Some(user.to_owned())
             }
             other => {
@@ -678,6 +686,7 @@ async fn imds(State(e): State<Emulator>, headers: HeaderMap, uri: axum::http::Ur
         client_id: q.get("client_id").cloned(),
         scope: q.get("resource").cloned(),
         issued: false,
+        subject: None,
     };
     let answer = if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
         Err(managed_error(
@@ -731,6 +740,7 @@ async fn app_service(
         client_id: q.get("client_id").cloned(),
         scope: q.get("resource").cloned(),
         issued: false,
+        subject: None,
     };
     let answer = if sent.is_none() || expected.as_deref().is_some_and(|x| Some(x) != sent) {
         Err(managed_error(
