@@ -967,3 +967,258 @@ mod credentials {
         drop(upstream);
     }
 }
+
+// ---- Inbound TLS and mutual TLS.
+
+mod tls {
+    use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    use runstate_gateway::{
+        config::ServeArgs,
+        pb::{GetScriptDeviceStateRequest, run_state_service_client::RunStateServiceClient},
+        startup::Application,
+    };
+    use rustls::{
+        ClientConfig, RootCertStore,
+        pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
+    };
+    use tokio::sync::oneshot;
+    use tonic::{Code, transport::Endpoint};
+
+    use super::credentials::Dir;
+
+    type Ca = CertifiedIssuer<'static, KeyPair>;
+
+    fn ca(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    /// A leaf certificate and key, as PEM.
+    fn leaf(ca: &Ca, cn: &str, sans: &[&str], client: bool) -> (String, String) {
+        let mut p =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        _stop: oneshot::Sender<()>,
+    }
+
+    async fn serve(flags: &[&str]) -> Server {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--emulator"];
+        args.extend_from_slice(flags);
+        let app = Application::build(&ServeArgs::from_args(args).unwrap())
+            .await
+            .unwrap();
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        Server { addr, _stop: tx }
+    }
+
+    /// One call over TLS trusting `server_ca`, with an optional client
+    /// certificate: `Ok` when it reached the service (NOT_FOUND is fine).
+    async fn call(
+        addr: SocketAddr,
+        server_ca: &Ca,
+        identity: Option<&(String, String)>,
+    ) -> Result<(), String> {
+        let mut roots = RootCertStore::empty();
+        roots.add(server_ca.der().clone()).unwrap();
+        let builder = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let service = tower::service_fn(move |_: http::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("localhost").unwrap();
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        });
+        let channel = Endpoint::from_static("http://localhost")
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(10))
+            .connect_with_connector(service)
+            .await
+            .map_err(|e| format!("connect: {e:?}"))?;
+        let mut client = RunStateServiceClient::new(channel);
+        match client
+            .get_script_device_state(GetScriptDeviceStateRequest {
+                name: "deviceManagementScripts/s/deviceRunStates/d".into(),
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(format!("call: {s:?}")),
+        }
+    }
+
+    struct Pki {
+        dir: Dir,
+        server_ca: Ca,
+        cert: String,
+        key: String,
+    }
+
+    fn pki() -> Pki {
+        let dir = Dir::new();
+        let server_ca = ca("Server CA");
+        let (c, k) = leaf(&server_ca, "gateway", &["localhost"], false);
+        let cert = dir.write("tls.crt", &c);
+        let key = dir.write("tls.key", &k);
+        Pki {
+            dir,
+            server_ca,
+            cert,
+            key,
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_serves_tls_clients_and_refuses_plaintext() {
+        let p = pki();
+        let server = serve(&["--tls-cert", &p.cert, "--tls-key", &p.key]).await;
+        call(server.addr, &p.server_ca, None).await.unwrap();
+        // A plaintext client gets nowhere.
+        let plain = async {
+            let mut c = RunStateServiceClient::connect(format!("http://{}", server.addr)).await?;
+            c.get_script_device_state(GetScriptDeviceStateRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(Into::into)
+        };
+        let result: Result<(), Box<dyn std::error::Error>> =
+            tokio::time::timeout(Duration::from_secs(20), plain)
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+        assert!(result.is_err());
+        // A client that does not trust the server's CA refuses it.
+        assert!(call(server.addr, &ca("Other CA"), None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_admits_only_allowed_clients_of_the_ca() {
+        let p = pki();
+        let client_ca = ca("Client CA");
+        let ca_path = p.dir.write("clients-ca.crt", &client_ca.pem());
+        let server = serve(&[
+            "--tls-cert",
+            &p.cert,
+            "--tls-key",
+            &p.key,
+            "--tls-client-ca",
+            &ca_path,
+            "--allow-client",
+            "billing.svc.cluster.local",
+            "--allow-client",
+            "inventory",
+        ])
+        .await;
+        let by_san = leaf(&client_ca, "billing", &["billing.svc.cluster.local"], true);
+        let by_cn = leaf(&client_ca, "inventory", &[], true);
+        let not_listed = leaf(&client_ca, "mallory", &["mallory.svc.cluster.local"], true);
+        let other_ca = leaf(
+            &ca("Rogue CA"),
+            "inventory",
+            &["billing.svc.cluster.local"],
+            true,
+        );
+        call(server.addr, &p.server_ca, Some(&by_san))
+            .await
+            .unwrap();
+        call(server.addr, &p.server_ca, Some(&by_cn)).await.unwrap();
+        assert!(
+            call(server.addr, &p.server_ca, Some(&not_listed))
+                .await
+                .is_err()
+        );
+        assert!(
+            call(server.addr, &p.server_ca, Some(&other_ca))
+                .await
+                .is_err()
+        );
+        assert!(call(server.addr, &p.server_ca, None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_without_an_allow_list_admits_any_client_of_the_ca() {
+        let p = pki();
+        let client_ca = ca("Client CA");
+        let ca_path = p.dir.write("clients-ca.crt", &client_ca.pem());
+        let server = serve(&[
+            "--tls-cert",
+            &p.cert,
+            "--tls-key",
+            &p.key,
+            "--tls-client-ca",
+            &ca_path,
+        ])
+        .await;
+        let anyone = leaf(&client_ca, "anyone", &[], true);
+        call(server.addr, &p.server_ca, Some(&anyone))
+            .await
+            .unwrap();
+        let rogue = leaf(&ca("Rogue CA"), "anyone", &[], true);
+        assert!(call(server.addr, &p.server_ca, Some(&rogue)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_is_served_without_a_restart() {
+        let p = pki();
+        let server = serve(&["--tls-cert", &p.cert, "--tls-key", &p.key]).await;
+        let renewed_ca = ca("Renewed CA");
+        assert!(call(server.addr, &renewed_ca, None).await.is_err());
+        let (c, k) = leaf(&renewed_ca, "gateway", &["localhost"], false);
+        p.dir.write("tls.key", &k);
+        p.dir.write("tls.crt", &c);
+        let mut last = Err(String::new());
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            last = call(server.addr, &renewed_ca, None).await;
+            if last.is_ok() {
+                break;
+            }
+        }
+        last.unwrap();
+    }
+}
