@@ -82,6 +82,37 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// How long in-flight calls may run after SIGTERM or SIGINT before they are cancelled (e.g. 10s).
+    #[arg(long, env = "RUNSTATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Address of the admin HTTP server (/metrics, /livez, /readyz); off unless set.
+    #[arg(long, env = "RUNSTATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Most concurrent HTTP/2 streams one client connection may open (1-10000).
+    #[arg(long, env = "RUNSTATE_MAX_STREAMS_PER_CONNECTION", default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_connection: u32,
+
+    /// Time a client has to send a whole request message once its call has started (e.g. 5s).
+    #[arg(long, env = "RUNSTATE_REQUEST_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub request_read_timeout: Duration,
+
+    /// Time a new connection has to complete its TLS and HTTP/2 handshake before it is closed (e.g. 5s).
+    #[arg(long, env = "RUNSTATE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Most client connections open at once; connections past it are closed as soon as they are accepted (1-1000000).
+    #[arg(long, env = "RUNSTATE_MAX_CONNECTIONS", default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Bytes of responses a connection may leave unread before its new calls are refused with RESOURCE_EXHAUSTED (65536-1073741824).
+    #[arg(long, env = "RUNSTATE_CONNECTION_SEND_BUDGET", default_value_t = 4 << 20,
+        value_parser = clap::value_parser!(u64).range(65_536..=1 << 30))]
+    pub connection_send_budget: u64,
+
     /// How the gateway gets Graph tokens. Without it, the caller's token is used
     /// if sent, else the static token, else the call fails with UNAUTHENTICATED.
     #[arg(long = "auth", env = "GRAPH_AUTH", value_enum)]
@@ -238,6 +269,16 @@ pub struct EmulatorArgs {
     #[arg(long, env = "EMULATOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// What to do with an `id` in a POST body: store it (a repeat is 409),
+    /// ignore it (assign a GUID) or reject the create (400).
+    #[arg(long, env = "EMULATOR_CLIENT_IDS", value_enum, default_value_t = crate::emulator::ClientIds::Ignore)]
+    pub client_ids: crate::emulator::ClientIds,
+
+    /// Answer 429 beyond N writes (POST/PATCH/DELETE) per window, e.g. `50/5s`
+    /// (sliding); none when unset.
+    #[arg(long, env = "EMULATOR_WRITE_LIMIT", value_parser = crate::emulator::parse_write_limit)]
+    pub write_limit: Option<(u32, Duration)>,
+
     /// Log format.
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -371,6 +412,30 @@ mod tests {
         let cli = Cli::try_parse_from(["runstate-gateway", "emulator", "--listen", "127.0.0.1:9"])
             .unwrap();
         assert!(matches!(cli.command, Some(Command::Emulator(a)) if a.listen.port() == 9));
+        let cli = Cli::try_parse_from([
+            "runstate-gateway",
+            "emulator",
+            "--client-ids",
+            "honour",
+            "--write-limit",
+            "50/5s",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::Emulator(a))
+            if a.client_ids == crate::emulator::ClientIds::Honour
+                && a.write_limit == Some((50, Duration::from_secs(5)))));
+        let cli = Cli::try_parse_from(["runstate-gateway", "emulator"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Emulator(a))
+            if a.client_ids == crate::emulator::ClientIds::Ignore && a.write_limit.is_none()));
+        for bad in [
+            ["--client-ids", "maybe"],
+            ["--write-limit", "0/5s"],
+            ["--write-limit", "50"],
+        ] {
+            let mut argv = vec!["runstate-gateway", "emulator"];
+            argv.extend(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
         let cli =
             Cli::try_parse_from(["runstate-gateway", "serve", "--listen", "127.0.0.1:7"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Serve(a)) if a.listen.port() == 7));

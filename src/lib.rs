@@ -18,12 +18,15 @@
 //! one, or the gateway's own credential); [`tls`] protects the listener.
 //! [`pb`] is the code generated from `proto/` by `build.rs`.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod emulator;
 pub mod graph;
 pub mod grpc;
+pub mod metrics;
+pub mod server;
 pub mod startup;
 pub mod telemetry;
 pub mod tls;

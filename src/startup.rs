@@ -1,18 +1,21 @@
 //! Wires the gateway together. Order: (1) the embedded emulator, when asked
 //! for, so Graph's URL is known; (2) the Graph client; (3) the listening
-//! socket, so tests can bind port 0 and read the port; (4) the gRPC services.
+//! socket (and the admin socket), so tests can bind port 0 and read the
+//! ports; (4) the gRPC services, served by [`crate::server`] until shutdown.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
 
 use crate::config::{EmulatorArgs, ServeArgs};
 use crate::emulator::{Emulator, RunningEmulator};
 use crate::graph::{GraphClient, Options, RetryPolicy};
 use crate::grpc::{RunStateApi, context};
 use crate::pb::{self, run_state_service_server::RunStateServiceServer};
+use crate::server::{self, Handshake, Limits};
 
 /// The token the gateway sends to its embedded emulator when given none.
 const EMULATOR_TOKEN: &str = "emulator-token";
@@ -27,8 +30,8 @@ pub struct Application {
     api: RunStateApi,
     args: ServeArgs,
     emulator: Option<RunningEmulator>,
-    /// Inbound TLS (`--tls-cert`), when set.
-    tls: Option<crate::tls::TlsSource>,
+    admin: Option<TcpListener>,
+    handshake: Option<Handshake>,
 }
 
 impl Application {
@@ -88,14 +91,34 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local_addr = listener.local_addr()?;
+        let admin = match args.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
             api,
             args: args.clone(),
             emulator,
-            tls,
+            admin,
+            handshake: tls.map(|t| t.handshake()),
         })
+    }
+
+    /// The address of the admin HTTP server, when `--admin-listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Wraps every accepted connection in `handshake` (TLS), within the
+    /// handshake timeout.
+    pub fn set_handshake(&mut self, handshake: Handshake) {
+        self.handshake = Some(handshake);
     }
 
     /// The address the gRPC server listens on.
@@ -108,8 +131,12 @@ impl Application {
         self.emulator.as_ref()
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight calls.
+    /// Serves until `shutdown` completes, then drains: health turns
+    /// NOT_SERVING, the listener closes, calls in flight get up to
+    /// `--shutdown-grace`, the rest are cancelled.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let metrics = crate::metrics::install();
+        let state = Arc::new(server::State::default());
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<RunStateServiceServer<RunStateApi>>()
@@ -132,35 +159,63 @@ impl Application {
             .max_decoding_message_size(self.args.max_request_bytes)
             .max_encoding_message_size(4 << 20);
 
-        tracing::info!(addr = %self.local_addr, tls = self.tls.is_some(), "runstate-gateway listening");
-        let router = Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .load_shed(true)
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                self.args.max_concurrent_requests,
-            ))
-            .add_service(health_service)
+        let routes = Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(service);
-        match self.tls {
-            Some(tls) => {
-                router
-                    .serve_with_incoming_shutdown(
-                        crate::tls::incoming(self.listener, tls),
-                        shutdown,
-                    )
-                    .await
+            .add_service(service)
+            .prepare();
+
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = self.admin.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin endpoint listening (/metrics, /livez, /readyz)");
             }
-            None => {
-                let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-                router
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-            }
+            let stop = async {
+                let _ = admin_stopped.await;
+            };
+            tokio::spawn(crate::admin::serve(
+                listener,
+                metrics,
+                Arc::clone(&state),
+                stop,
+            ))
+        });
+
+        let a = &self.args;
+        let limits = Limits {
+            max_connections: a.max_connections as usize,
+            max_streams_per_connection: a.max_streams_per_connection,
+            handshake_timeout: a.handshake_timeout,
+            request_read_timeout: a.request_read_timeout,
+            max_request_bytes: a.max_request_bytes,
+            max_concurrent_requests: a.max_concurrent_requests,
+            connection_send_budget: a.connection_send_budget as usize,
+            shutdown_grace: a.shutdown_grace,
+        };
+        let on_drain = async {
+            health_reporter
+                .set_not_serving::<RunStateServiceServer<RunStateApi>>()
+                .await;
+            health_reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            tracing::info!("health: NOT_SERVING");
+        };
+        tracing::info!(addr = %self.local_addr, "runstate-gateway listening");
+        server::serve(
+            self.listener,
+            routes,
+            limits,
+            state,
+            self.handshake,
+            shutdown,
+            on_drain,
+        )
+        .await;
+        let _ = admin_stop.send(());
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
-        .context("the gRPC server failed")?;
         if let Some(emulator) = self.emulator {
             emulator.stop().await;
         }
@@ -171,7 +226,10 @@ impl Application {
 
 /// Runs the emulator alone until Ctrl-C or SIGTERM.
 pub async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<()> {
-    let running = Emulator::new()
+    let emulator = Emulator::new();
+    emulator.set_client_ids(args.client_ids);
+    emulator.set_write_limit(args.write_limit);
+    let running = emulator
         .spawn(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

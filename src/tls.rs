@@ -4,15 +4,12 @@
 //! refused at the handshake), and the guard against a plaintext listener
 //! on a non-loopback address.
 //!
-//! Use: [`TlsSource::from_args`] at build time, then [`incoming`] turns the
-//! bound listener into the stream of TLS connections tonic serves.
+//! Use: [`TlsSource::from_args`] at build time, then
+//! [`TlsSource::handshake`] is the server's per-connection handshake.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
-    pin::Pin,
     sync::{Arc, RwLock},
-    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
@@ -25,19 +22,14 @@ use rustls::{
         danger::{ClientCertVerified, ClientCertVerifier},
     },
 };
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::ServeArgs;
+use crate::server::{BoxIo, Handshake};
 
 /// How often the certificate files are looked at for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
-/// Longest TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Refuses a plaintext listener on an address other than loopback unless
 /// `--allow-plaintext` is given.
@@ -210,110 +202,20 @@ impl TlsSource {
     }
 }
 
-/// Accepts TCP connections and completes their TLS handshakes (each in its
-/// own task, bounded in time); failed handshakes are logged and dropped.
-pub fn incoming(
-    listener: TcpListener,
-    tls: TlsSource,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
-    tls.spawn_reloader();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = tx.closed() => return,
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = tls.acceptor();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let local = tcp.local_addr().ok();
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx
-                            .send(Ok(TlsConn {
-                                inner: stream,
-                                info: TcpConnectInfo {
-                                    local_addr: local,
-                                    remote_addr: Some(remote),
-                                },
-                            }))
-                            .await;
-                    }
-                    Ok(Err(e)) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// A TLS connection, as tonic serves it.
-pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
-    info: TcpConnectInfo,
-}
-
-impl TlsConn {
-    pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.info.remote_addr
-    }
-}
-
-impl Connected for TlsConn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+impl TlsSource {
+    /// The server's per-connection handshake (see [`crate::server::Handshake`],
+    /// which bounds it in time), and starts watching the files.
+    pub fn handshake(&self) -> Handshake {
+        self.spawn_reloader();
+        let source = self.clone();
+        Arc::new(move |tcp: TcpStream| {
+            let acceptor = source.acceptor();
+            Box::pin(async move {
+                let _ = tcp.set_nodelay(true);
+                let stream = acceptor.accept(tcp).await?;
+                Ok(Box::new(stream) as BoxIo)
+            })
+        })
     }
 }
 

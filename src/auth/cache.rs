@@ -53,8 +53,10 @@ impl Token {
 
 pub type Outcome = Result<Arc<Token>, TokenError>;
 
-/// How long a failed fetch is answered from the cache.
+/// How long a failed fetch is answered from the cache: a refusal (a wrong
+/// secret) needs an operator, an outage may pass sooner.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+pub const REFUSAL_TTL: Duration = Duration::from_secs(15);
 
 struct Entry {
     token: Option<Arc<Token>>,
@@ -220,7 +222,11 @@ impl<K: Hash + Eq + Clone + Send + 'static> TokenCache<K> {
                 entry.refresh_paused_until = None;
             }
             Err(error) => {
-                entry.failure = Some((error.clone(), now + NEGATIVE_TTL));
+                let ttl = match error {
+                    TokenError::Rejected { .. } => REFUSAL_TTL,
+                    _ => NEGATIVE_TTL,
+                };
+                entry.failure = Some((error.clone(), now + ttl));
                 entry.refresh_paused_until = Some(now + NEGATIVE_TTL);
             }
         }

@@ -13,10 +13,16 @@ use http::{HeaderValue, Method, StatusCode, header};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
 
-use super::{GraphError, RetryPolicy, StatusError, retry::Retry};
+use super::{GraphError, RetryPolicy, StatusError, retry::Retry, trace::Trace};
+use crate::metrics as m;
 
 /// Largest Graph response body read; run-state entities are a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Largest JSON body sent to Graph. Graph answers 413 to bodies it finds too
+/// large; the gateway refuses them first (escaping can make a string six
+/// times longer in JSON than in protobuf).
+pub const MAX_REQUEST_BODY_BYTES: usize = 1 << 20;
 
 /// How the Graph client connects.
 #[derive(Debug, Clone, Copy)]
@@ -198,9 +204,20 @@ impl GraphClient {
         replayable: bool,
     ) -> Result<Raw, GraphError> {
         let url = format!("{}{path}", self.root);
+        let route = m::route_template(path);
+        let trace = Trace::current();
         let mut ambiguous = false;
         for attempt in 0.. {
-            let error = match self.attempt(&method, &url, body.clone(), call).await {
+            let sent = self.attempt(
+                &method,
+                &url,
+                body.clone(),
+                call,
+                attempt,
+                &route,
+                trace.as_deref(),
+            );
+            let error = match sent.await {
                 Ok(raw) => return Ok(raw),
                 Err(GraphError::Status(mut e)) => {
                     e.after_ambiguous_retry = ambiguous;
@@ -219,7 +236,14 @@ impl GraphClient {
             if Instant::now() + delay >= call.deadline {
                 return Err(error);
             }
-            tracing::debug!(%method, attempt, ?delay, %error, "retrying Graph call");
+            let reason = retry_reason(&error);
+            metrics::counter!(m::GRAPH_RETRIES, "reason" => reason).increment(1);
+            if reason == "throttled" {
+                metrics::histogram!(m::GRAPH_THROTTLE_WAIT).record(delay.as_secs_f64());
+                tracing::warn!(%method, route, attempt, delay_ms = delay.as_millis() as u64, error = %error, "Graph throttled the request; retrying");
+            } else {
+                tracing::info!(%method, route, attempt, delay_ms = delay.as_millis() as u64, reason, error = %error, "retrying Graph call");
+            }
             tokio::time::sleep(delay).await;
         }
         unreachable!("the retry loop returns")
@@ -231,12 +255,19 @@ impl GraphClient {
         url: &str,
         body: Option<Bytes>,
         call: &Call<'_>,
+        attempt: u32,
+        route: &str,
+        trace: Option<&Trace>,
     ) -> Result<Raw, GraphError> {
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GraphError::Timeout);
         }
-        let client_request_id = uuid::Uuid::new_v4().to_string();
+        // One id for every attempt of an RPC (the caller's, when it sent one).
+        let client_request_id = trace.map_or_else(
+            || uuid::Uuid::new_v4().to_string(),
+            |t| t.client_request_id().to_owned(),
+        );
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.http.len();
         let mut request = self.http[turn]
             .request(method.clone(), url)
@@ -244,6 +275,22 @@ impl GraphClient {
             .header(header::AUTHORIZATION, call.authorization.clone())
             .header("client-request-id", &client_request_id)
             .header(header::ACCEPT, "application/json");
+        if attempt > 0 {
+            request = request.header("Retry-Attempt", attempt.to_string());
+        }
+        if let Some(t) = trace {
+            t.attempt();
+        }
+        let started = std::time::Instant::now();
+        let record = |status: &str| {
+            let labels = [
+                ("method", method.as_str().to_owned()),
+                ("route", route.to_owned()),
+                ("status", status.to_owned()),
+            ];
+            metrics::counter!(m::GRAPH_REQUESTS, &labels).increment(1);
+            metrics::histogram!(m::GRAPH_DURATION, &labels).record(started.elapsed().as_secs_f64());
+        };
         if let Some(body) = body {
             request = request
                 .header(header::CONTENT_TYPE, "application/json")
@@ -251,11 +298,17 @@ impl GraphClient {
         }
         // Boxed: reqwest's future is large, and every enclosing future would
         // otherwise carry (and move) it.
-        let mut response = Box::pin(request.send())
-            .await
-            .map_err(|e| transport_error(e, call.deadline))?;
+        let mut response = Box::pin(request.send()).await.map_err(|e| {
+            record("error");
+            transport_error(e, call.deadline)
+        })?;
         let status = response.status();
         let headers = std::mem::take(response.headers_mut());
+        record(status.as_str());
+        if let Some(t) = trace {
+            let id = headers.get("request-id").and_then(|v| v.to_str().ok());
+            t.answered(status.as_u16(), id);
+        }
         let body = read_body(response, call.deadline).await?;
         if status.is_success() {
             let request_id = headers
@@ -329,9 +382,42 @@ fn transport_error(e: reqwest::Error, deadline: Instant) -> GraphError {
 }
 
 fn encode<B: Serialize>(body: &B) -> Result<Bytes, GraphError> {
-    serde_json::to_vec(body)
-        .map(Bytes::from)
-        .map_err(|e| GraphError::InvalidResponse(format!("cannot encode the request: {e}")))
+    let bytes = serde_json::to_vec(body)
+        .map_err(|e| GraphError::InvalidResponse(format!("cannot encode the request: {e}")))?;
+    if bytes.len() > MAX_REQUEST_BODY_BYTES {
+        return Err(GraphError::BodyTooLarge {
+            field: largest_field(body),
+            size: bytes.len(),
+        });
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// The JSON member with the longest encoded value (the one to blame for a
+/// body over the limit).
+fn largest_field<B: Serialize>(body: &B) -> String {
+    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(body) else {
+        return String::new();
+    };
+    map.iter()
+        .max_by_key(|(_, v)| v.to_string().len())
+        .map(|(k, _)| k.clone())
+        .unwrap_or_default()
+}
+
+/// The `reason` label of a retry.
+fn retry_reason(error: &GraphError) -> &'static str {
+    match error {
+        GraphError::Status(e) if e.status == StatusCode::TOO_MANY_REQUESTS => "throttled",
+        GraphError::Status(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        GraphError::Status(e) if e.status == StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+        GraphError::Status(_) => "status",
+        GraphError::Unavailable {
+            maybe_sent: false, ..
+        } => "connect",
+        GraphError::Unavailable { .. } => "connection_lost",
+        _ => "other",
+    }
 }
 
 fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphError> {

@@ -25,6 +25,13 @@ pub enum GraphError {
     /// Graph answered success with a body the gateway cannot read.
     #[error("Graph sent a response the gateway cannot read: {0}")]
     InvalidResponse(String),
+    /// The JSON body would be over the upstream limit; never sent.
+    #[error("the request body is {size} bytes in JSON, over Graph's limit")]
+    BodyTooLarge {
+        /// The JSON member with the longest value.
+        field: String,
+        size: usize,
+    },
 }
 
 /// An error status from Graph, with what Graph said about it.

@@ -5,7 +5,8 @@ mod client;
 mod error;
 pub mod model;
 mod retry;
+pub mod trace;
 
-pub use client::{Call, GraphClient, Options, Reply};
+pub use client::{Call, GraphClient, MAX_REQUEST_BODY_BYTES, Options, Reply};
 pub use error::{GraphError, StatusError};
 pub use retry::RetryPolicy;

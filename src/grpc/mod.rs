@@ -47,113 +47,69 @@ impl RunStateApi {
     }
 }
 
-/// Logs the outcome of one RPC: failures at info, successes at debug.
-///
-/// Called after the handler's future is awaited in place: wrapping it in
-/// another `async fn` would store the (large) future twice.
-fn log_outcome<T>(
-    rpc: &'static str,
-    started: std::time::Instant,
-    result: &Result<Response<T>, Status>,
-) {
-    let elapsed_us = started.elapsed().as_micros() as u64;
-    let (metadata, failure) = match result {
-        Ok(r) => (r.metadata(), None),
-        Err(s) => (s.metadata(), Some(s)),
-    };
-    let graph_request_id = metadata
-        .get(status::GRAPH_REQUEST_ID)
-        .and_then(|v| v.to_str().ok());
-    match failure {
-        None => tracing::debug!(rpc, elapsed_us, graph_request_id, "ok"),
-        Some(s) => {
-            tracing::info!(rpc, elapsed_us, code = ?s.code(), message = s.message(), graph_request_id, "failed")
-        }
-    }
-}
-
-/// Runs a handler and logs its outcome.
-macro_rules! observed {
-    ($rpc:literal, $call:expr) => {{
-        let started = std::time::Instant::now();
-        let result = $call.await;
-        log_outcome($rpc, started, &result);
-        result
-    }};
-}
-
 #[tonic::async_trait]
 impl RunStateService for RunStateApi {
     async fn create_script_user_state(
         &self,
         request: Request<pb::CreateScriptUserStateRequest>,
     ) -> Result<Response<pb::ScriptUserState>, Status> {
-        observed!("CreateScriptUserState", self.create_user_state(request))
+        self.create_user_state(request).await
     }
 
     async fn update_script_user_state(
         &self,
         request: Request<pb::UpdateScriptUserStateRequest>,
     ) -> Result<Response<pb::ScriptUserState>, Status> {
-        observed!("UpdateScriptUserState", self.update_user_state(request))
+        self.update_user_state(request).await
     }
 
     async fn get_script_user_state(
         &self,
         request: Request<pb::GetScriptUserStateRequest>,
     ) -> Result<Response<pb::ScriptUserState>, Status> {
-        observed!("GetScriptUserState", self.get_user_state(request))
+        self.get_user_state(request).await
     }
 
     async fn create_script_device_state(
         &self,
         request: Request<pb::CreateScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ScriptDeviceState>, Status> {
-        observed!("CreateScriptDeviceState", self.create_device_state(request))
+        self.create_device_state(request).await
     }
 
     async fn update_script_device_state(
         &self,
         request: Request<pb::UpdateScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ScriptDeviceState>, Status> {
-        observed!("UpdateScriptDeviceState", self.update_device_state(request))
+        self.update_device_state(request).await
     }
 
     async fn get_script_device_state(
         &self,
         request: Request<pb::GetScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ScriptDeviceState>, Status> {
-        observed!("GetScriptDeviceState", self.get_device_state(request))
+        self.get_device_state(request).await
     }
 
     async fn create_compliance_script_device_state(
         &self,
         request: Request<pb::CreateComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
-        observed!(
-            "CreateComplianceScriptDeviceState",
-            self.create_compliance_state(request)
-        )
+        self.create_compliance_state(request).await
     }
 
     async fn update_compliance_script_device_state(
         &self,
         request: Request<pb::UpdateComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
-        observed!(
-            "UpdateComplianceScriptDeviceState",
-            self.update_compliance_state(request)
-        )
+        self.update_compliance_state(request).await
     }
 
     async fn get_compliance_script_device_state(
         &self,
         request: Request<pb::GetComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
-        observed!(
-            "GetComplianceScriptDeviceState",
-            self.get_compliance_state(request)
-        )
+        self.get_compliance_state(request).await
     }
 }
 

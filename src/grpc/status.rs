@@ -15,6 +15,9 @@ use crate::graph::{GraphError, StatusError};
 /// Response metadata key holding Graph's `request-id`.
 pub const GRAPH_REQUEST_ID: &str = "graph-request-id";
 
+/// Response metadata key holding the `client-request-id` sent to Graph.
+pub const CLIENT_REQUEST_ID: &str = "client-request-id";
+
 /// Graph's error code for a route it lists in metadata but does not serve.
 const UNSERVED_ROUTE: &str = "No method match route template";
 
@@ -33,6 +36,8 @@ pub fn code_for(status: StatusCode, method: &Method) -> Code {
         409 if *method == Method::POST => Code::AlreadyExists,
         409 => Code::Aborted,
         412 => Code::FailedPrecondition,
+        // Payload too large: the request's content is at fault.
+        413 => Code::InvalidArgument,
         429 => Code::ResourceExhausted,
         500 => Code::Internal,
         502..=504 => Code::Unavailable,
@@ -83,6 +88,13 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
                 details,
             )
         }
+        GraphError::BodyTooLarge { field, size } => invalid_argument(vec![FieldViolation::new(
+            snake_case(&field),
+            format!(
+                "makes the request {size} bytes once encoded as JSON for Graph, over the {} byte limit",
+                crate::graph::MAX_REQUEST_BODY_BYTES
+            ),
+        )]),
         GraphError::InvalidResponse(why) => {
             let details =
                 ErrorDetails::with_error_info("INVALID_GRAPH_RESPONSE", host, HashMap::new());
@@ -93,6 +105,20 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
             )
         }
     }
+}
+
+/// `resultMessage` → `result_message`.
+fn snake_case(json_name: &str) -> String {
+    let mut out = String::with_capacity(json_name.len() + 4);
+    for c in json_name.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn from_status_error(e: StatusError) -> Status {
@@ -159,6 +185,7 @@ mod tests {
             (405, Code::Unimplemented),
             (501, Code::Unimplemented),
             (412, Code::FailedPrecondition),
+            (413, Code::InvalidArgument),
             (429, Code::ResourceExhausted),
             (500, Code::Internal),
             (502, Code::Unavailable),

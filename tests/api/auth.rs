@@ -318,6 +318,9 @@ mod credentials {
                     CLIENT,
                     "--client-secret-file",
                     &secret,
+                    // All 1000 in flight at once on the one connection.
+                    "--max-streams-per-connection",
+                    "1000",
                 ],
                 |g| {
                     g.add_client_secret(CLIENT, "right");

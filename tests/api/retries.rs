@@ -35,12 +35,18 @@ async fn throttled_calls_are_retried_until_they_succeed() {
     assert!(!state.id.is_empty());
     let requests = app.requests();
     assert_eq!(requests.len(), 3);
-    // Every attempt carries a fresh client-request-id.
+    // Every attempt of one RPC carries the same client-request-id, and
+    // retries say which attempt they are (as Microsoft's SDKs do).
     let ids: std::collections::HashSet<_> = requests
         .iter()
         .map(|r| r.header("client-request-id").unwrap().to_string())
         .collect();
-    assert_eq!(ids.len(), 3);
+    assert_eq!(ids.len(), 1);
+    let attempts: Vec<_> = requests
+        .iter()
+        .map(|r| r.header("retry-attempt").map(str::to_owned))
+        .collect();
+    assert_eq!(attempts, [None, Some("1".into()), Some("2".into())]);
 }
 
 #[tokio::test]
