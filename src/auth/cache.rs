@@ -187,8 +187,8 @@ impl<K: Hash + Eq + Clone + Send + 'static> TokenCache<K> {
                 Err(TokenError::Unavailable { .. }) => "unavailable",
                 Err(_) => "error",
             };
-            metrics::counter!("runstate_token_fetches_total", "result" => label).increment(1);
-            metrics::histogram!("runstate_token_fetch_seconds")
+            metrics::counter!(crate::metrics::TOKEN_FETCHES, "result" => label).increment(1);
+            metrics::histogram!(crate::metrics::TOKEN_FETCH_DURATION)
                 .record(started.elapsed().as_secs_f64());
             match &result {
                 Ok(f) => {
