@@ -178,8 +178,8 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTATE_ALLOW_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub allow_plaintext: bool,
 
-    /// Longest wait for one token request to the identity platform (also cut
-    /// by the caller's deadline).
+    /// Longest time one token request to the identity platform may take; a
+    /// call waits for it at most until its own deadline.
     #[arg(long, env = "GRAPH_TOKEN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub token_timeout: Duration,
 
