@@ -10,9 +10,11 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
+use crate::budget::WriteBudget;
 use crate::config::{EmulatorArgs, ServeArgs};
 use crate::emulator::{Emulator, RunningEmulator};
 use crate::graph::{GraphClient, Options, RetryPolicy};
+use crate::grpc::idempotency::RequestIds;
 use crate::grpc::{RunStateApi, context};
 use crate::pb::{self, run_state_service_server::RunStateServiceServer};
 use crate::server::{self, Handshake, Limits};
@@ -67,9 +69,20 @@ impl Application {
             retry,
             h2c,
             connections: args.graph_connections,
+            client_ids: args.graph_client_ids,
         };
+        let redis = args
+            .state_store
+            .open()
+            .map_err(|e| anyhow::anyhow!("--state-store: {e}"))?;
+        let budget = args
+            .write_budget
+            .0
+            .map(|spec| std::sync::Arc::new(WriteBudget::new(spec, redis.clone(), args.replicas)));
         let graph = GraphClient::new(&graph_url, options)
-            .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?
+            .with_budget(budget);
+        let request_ids = std::sync::Arc::new(RequestIds::new(redis));
         let auth = crate::auth::from_args(
             &ServeArgs {
                 graph_token: token.clone(),
@@ -84,7 +97,9 @@ impl Application {
             .map(|t| context::bearer(t.expose()))
             .transpose()
             .map_err(|_| anyhow::anyhow!("--graph-token: not a valid header value"))?;
-        let api = RunStateApi::new(graph, token, args.request_timeout).with_auth(auth);
+        let api = RunStateApi::new(graph, token, args.request_timeout)
+            .with_request_ids(request_ids)
+            .with_auth(auth);
 
         let tls = crate::tls::TlsSource::from_args(args).map_err(|e| anyhow::anyhow!(e))?;
         let listener = TcpListener::bind(args.listen)

@@ -1,6 +1,7 @@
 //! Logging: `tracing` to stderr, text or JSON, filtered by `RUST_LOG`
-//! (default `info`). Tokens are never logged: they live in sensitive header
-//! values and in `config::Secret`, whose `Debug` output is redacted.
+//! (default `info`; an invalid value stops startup). Tokens are never logged:
+//! they live in sensitive header values and in `config::Secret`, whose `Debug`
+//! output is redacted.
 //!
 //! Text lines cannot be forged: every field value, the message included, is
 //! written with control characters escaped (`\n`, `\r`, `\u{1b}`...), so
@@ -19,14 +20,33 @@ use tracing_subscriber::{
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; a second call is a no-op.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber; a second call is a no-op. Fails when
+/// `RUST_LOG` is set but is not a valid filter.
+pub fn init(format: LogFormat) -> anyhow::Result<()> {
+    let filter = filter_from(std::env::var_os("RUST_LOG").as_deref())?;
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.fmt_fields(EscapedFields).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    Ok(())
+}
+
+/// The filter for a `RUST_LOG` value: `info` when unset or blank, an error
+/// naming `RUST_LOG` when it does not parse.
+pub fn filter_from(rust_log: Option<&std::ffi::OsStr>) -> anyhow::Result<EnvFilter> {
+    let Some(value) = rust_log else {
+        return Ok(EnvFilter::new("info"));
+    };
+    let Some(text) = value.to_str() else {
+        anyhow::bail!("RUST_LOG is not valid UTF-8");
+    };
+    if text.trim().is_empty() {
+        return Ok(EnvFilter::new("info"));
+    }
+    EnvFilter::builder()
+        .parse(text)
+        .map_err(|e| anyhow::anyhow!("RUST_LOG={text:?} is not a valid log filter: {e}"))
 }
 
 /// Formats text-log fields as `name=value` with control characters escaped.
@@ -138,7 +158,36 @@ pub fn escape_into(out: &mut String, value: &str, quoted: bool) {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+
     use super::*;
+
+    #[test]
+    fn unset_or_blank_rust_log_means_info() {
+        assert_eq!(filter_from(None).unwrap().to_string(), "info");
+        assert_eq!(
+            filter_from(Some(OsStr::new("  "))).unwrap().to_string(),
+            "info"
+        );
+    }
+
+    #[test]
+    fn valid_rust_log_is_used() {
+        let f = filter_from(Some(OsStr::new("warn,runstate_gateway=debug"))).unwrap();
+        let text = f.to_string();
+        assert!(
+            text.contains("runstate_gateway=debug") && text.contains("warn"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn invalid_rust_log_is_an_error_naming_it() {
+        for bad in ["info,x=loud", "[", "=info", "a[b{"] {
+            let err = filter_from(Some(OsStr::new(bad))).unwrap_err().to_string();
+            assert!(err.starts_with("RUST_LOG="), "{bad}: {err}");
+        }
+    }
 
     fn escaped(s: &str, quoted: bool) -> String {
         let mut out = String::new();

@@ -13,8 +13,15 @@ use http::{HeaderValue, Method, StatusCode, header};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
 
-use super::{GraphError, RetryPolicy, StatusError, retry::Retry, trace::Trace};
+use super::{
+    GraphError, RetryPolicy, StatusError,
+    ids::{ClientIds, Worlds, refuses_id},
+    retry::{self, Retry},
+    trace::Trace,
+};
+use crate::budget::WriteBudget;
 use crate::metrics as m;
+use crate::state::identity;
 
 /// Largest Graph response body read; run-state entities are a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -32,6 +39,8 @@ pub struct Options {
     pub h2c: bool,
     /// Independent connection pools (1..=64), used in turn.
     pub connections: usize,
+    /// Whether Graph keeps a client-chosen `id` on create (`--graph-client-ids`).
+    pub client_ids: ClientIds,
 }
 
 impl Default for Options {
@@ -40,6 +49,7 @@ impl Default for Options {
             retry: RetryPolicy::default(),
             h2c: false,
             connections: 8,
+            client_ids: ClientIds::Auto,
         }
     }
 }
@@ -55,6 +65,20 @@ pub struct GraphClient {
     root: String,
     host: String,
     retry: RetryPolicy,
+    /// What Graph does with client ids, per collection kind.
+    worlds: Arc<Worlds>,
+    /// The write budget, when on.
+    budget: Option<Arc<WriteBudget>>,
+}
+
+/// A create: the body (without `id`), the id the gateway would like Graph
+/// to keep, and whether a request id protects it.
+pub struct NewEntity<'a> {
+    pub collection: &'a str,
+    pub body: serde_json::Map<String, serde_json::Value>,
+    pub id: Option<&'a str>,
+    /// A request id makes the create safe to resolve after a lost answer.
+    pub request_id: bool,
 }
 
 /// Per-call inputs: whose token, and until when.
@@ -89,6 +113,7 @@ impl GraphClient {
             retry,
             h2c,
             connections,
+            client_ids,
         } = options;
         if !(1..=64).contains(&connections) {
             return Err(format!("{connections} connections: use 1 to 64"));
@@ -130,7 +155,26 @@ impl GraphClient {
             root: format!("{}/deviceManagement/", base_url.trim_end_matches('/')),
             host,
             retry,
+            worlds: Arc::new(Worlds::new(client_ids)),
+            budget: None,
         })
+    }
+
+    /// Holds every write to `budget`.
+    pub fn with_budget(mut self, budget: Option<Arc<WriteBudget>>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The write budget, for callers that send several writes in one request
+    /// (a JSON batch takes one slot per write item).
+    pub fn budget(&self) -> Option<&Arc<WriteBudget>> {
+        self.budget.as_ref()
+    }
+
+    /// What the client has learned about client ids, per collection kind.
+    pub fn worlds(&self) -> &Worlds {
+        &self.worlds
     }
 
     /// The Graph host, e.g. `graph.microsoft.com` (the `ErrorInfo` domain).
@@ -139,26 +183,104 @@ impl GraphClient {
     }
 
     /// POSTs `body` to a collection and reads the created entity (201).
-    ///
-    /// `replayable` says the body carries its own `id`, so a retry after an
-    /// ambiguous failure cannot create a duplicate.
+    /// A lost answer is [`GraphError::OutcomeUnknown`]; it is never re-sent.
     pub async fn create<B: Serialize, R: DeserializeOwned>(
         &self,
         collection: &str,
         body: &B,
         call: &Call<'_>,
-        replayable: bool,
+        _replayable: bool,
     ) -> Result<Reply<R>, GraphError> {
         let raw = self
-            .send(
-                Method::POST,
-                collection,
-                Some(encode(body)?),
-                call,
-                replayable,
-            )
-            .await?;
+            .send_tracked(Method::POST, collection, Some(encode(body)?), call)
+            .await
+            .map_err(unknown_if_ambiguous)?;
         decode(raw)
+    }
+
+    /// Creates an entity, exactly once as far as Graph allows:
+    ///
+    /// - the id is sent only where Graph is not known to ignore or refuse it,
+    ///   and the id Graph returns is compared with it (learning the world);
+    /// - a 400 refusing the `id` property re-sends once without it;
+    /// - a 409 is the caller's own entity only if `matches` says the stored
+    ///   entity is what this request would have written (else it stays 409);
+    /// - a lost answer (504, timeout, reset) is resolved by reading the id
+    ///   back where Graph honours ids and a request id protects the create
+    ///   (re-sent only when certainly absent); otherwise it is
+    ///   [`GraphError::OutcomeUnknown`], never re-sent.
+    pub async fn create_entity(
+        &self,
+        new: NewEntity<'_>,
+        matches: &(dyn Fn(&serde_json::Value) -> bool + Sync),
+        call: &Call<'_>,
+    ) -> Result<Reply<serde_json::Value>, GraphError> {
+        let kind = Worlds::kind(new.collection);
+        let mut id = new.id.filter(|_| self.worlds.send_id(&kind));
+        let mut resent_without_id = false;
+        let mut resent_after_read = false;
+        loop {
+            let mut body = new.body.clone();
+            if let Some(id) = id {
+                body.insert("id".into(), id.into());
+            }
+            let bytes = encode(&body)?;
+            let error = match self
+                .send_tracked(Method::POST, new.collection, Some(bytes), call)
+                .await
+            {
+                Ok(raw) => {
+                    let reply: Reply<serde_json::Value> = decode(raw)?;
+                    if let Some(sent) = id {
+                        let got = reply.value.get("id").and_then(|v| v.as_str());
+                        self.worlds.learn_from_answer(&kind, sent, got);
+                    }
+                    return Ok(reply);
+                }
+                Err(e) => e,
+            };
+            let Some(sent) = id else {
+                return Err(unknown_if_ambiguous(error));
+            };
+            match &error {
+                GraphError::Status(e)
+                    if e.status == StatusCode::BAD_REQUEST
+                        && !resent_without_id
+                        && refuses_id(&e.code, &e.message) =>
+                {
+                    // A 400 applied nothing: send again without the id.
+                    self.worlds.learn_rejected(&kind);
+                    tracing::warn!(kind = %kind, "Graph refuses client ids on create; sending without them from now on");
+                    resent_without_id = true;
+                    id = None;
+                    continue;
+                }
+                GraphError::Status(e) if e.status == StatusCode::CONFLICT => {
+                    // Graph keeps ids (it knows this one): read it back.
+                    self.worlds.learn_honoured(&kind);
+                    let item = format!("{}/{}", new.collection, encode_segment(sent));
+                    return match self.get::<serde_json::Value>(&item, call).await {
+                        Ok(stored) if matches(&stored.value) => Ok(stored),
+                        _ => Err(error),
+                    };
+                }
+                _ if retry::ambiguous(&error) => {}
+                _ => return Err(error),
+            }
+            // The answer was lost.
+            if !(new.request_id && self.worlds.honoured(&kind)) || resent_after_read {
+                return Err(GraphError::OutcomeUnknown(Box::new(error)));
+            }
+            let item = format!("{}/{}", new.collection, encode_segment(sent));
+            match self.get::<serde_json::Value>(&item, call).await {
+                Ok(stored) if matches(&stored.value) => return Ok(stored),
+                Err(GraphError::Status(e)) if e.status == StatusCode::NOT_FOUND => {
+                    // Certainly not applied: send it again, once.
+                    resent_after_read = true;
+                }
+                _ => return Err(GraphError::OutcomeUnknown(Box::new(error))),
+            }
+        }
     }
 
     /// PATCHes an entity. `None` when Graph answers 204 without a body.
@@ -201,13 +323,40 @@ impl GraphClient {
         path: &str,
         body: Option<Bytes>,
         call: &Call<'_>,
-        replayable: bool,
+        _replayable: bool,
+    ) -> Result<Raw, GraphError> {
+        self.send_tracked(method, path, body, call).await
+    }
+
+    /// Sends one request, retrying per the policy within the deadline; each
+    /// write attempt takes a slot of the write budget first. A POST is never
+    /// sent again after an answer that leaves its outcome unknown: that
+    /// error is returned as is ([`retry::ambiguous`]).
+    async fn send_tracked(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        call: &Call<'_>,
     ) -> Result<Raw, GraphError> {
         let url = format!("{}{path}", self.root);
         let route = m::route_template(path);
         let trace = Trace::current();
-        let mut ambiguous = false;
+        let write = method != Method::GET && method != Method::HEAD;
+        let tenant = match (&self.budget, write) {
+            (Some(_), true) => Some(identity::tenant(call.authorization)),
+            _ => None,
+        };
         for attempt in 0.. {
+            if let (Some(budget), Some(tenant)) = (&self.budget, &tenant) {
+                budget
+                    .acquire(tenant, call.deadline)
+                    .await
+                    .map_err(|retry_after| GraphError::WriteBudget { retry_after })?;
+            }
+            if Instant::now() >= call.deadline {
+                return Err(GraphError::Timeout);
+            }
             let sent = self.attempt(
                 &method,
                 &url,
@@ -219,20 +368,19 @@ impl GraphClient {
             );
             let error = match sent.await {
                 Ok(raw) => return Ok(raw),
-                Err(GraphError::Status(mut e)) => {
-                    e.after_ambiguous_retry = ambiguous;
-                    GraphError::Status(e)
-                }
                 Err(e) => e,
             };
-            let delay = match self.retry.decide(attempt, &method, replayable, &error) {
+            let delay = match self.retry.decide(attempt, &method, &error) {
                 Some(Retry::Safe(d)) => d,
-                Some(Retry::Ambiguous(d)) => {
-                    ambiguous = true;
-                    d
-                }
                 None => return Err(error),
             };
+            if let (GraphError::Status(e), Some(budget), Some(tenant)) =
+                (&error, &self.budget, &tenant)
+                && e.status == StatusCode::TOO_MANY_REQUESTS
+            {
+                // Graph throttles the tenant: hold every write, not only this one.
+                budget.pause(tenant, delay).await;
+            }
             if Instant::now() + delay >= call.deadline {
                 return Err(error);
             }
@@ -379,6 +527,26 @@ fn transport_error(e: reqwest::Error, deadline: Instant) -> GraphError {
         message,
         maybe_sent,
     }
+}
+
+/// A POST whose answer was lost is reported as such.
+fn unknown_if_ambiguous(error: GraphError) -> GraphError {
+    if retry::ambiguous(&error) {
+        GraphError::OutcomeUnknown(Box::new(error))
+    } else {
+        error
+    }
+}
+
+/// Percent-encodes one path segment (ids are validated before, this is a
+/// second guard).
+fn encode_segment(text: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
 }
 
 fn encode<B: Serialize>(body: &B) -> Result<Bytes, GraphError> {

@@ -32,6 +32,13 @@ pub enum GraphError {
         field: String,
         size: usize,
     },
+    /// A create was sent but its answer was lost (504, a timeout or a reset
+    /// after sending): it may or may not have been applied.
+    #[error("the create may have been applied: {0}")]
+    OutcomeUnknown(Box<GraphError>),
+    /// The write budget has no slot before the caller's deadline.
+    #[error("the write budget has no slot before the deadline")]
+    WriteBudget { retry_after: Duration },
 }
 
 /// An error status from Graph, with what Graph said about it.

@@ -4,7 +4,7 @@ pub mod codec;
 mod compliance_states;
 pub mod context;
 mod device_states;
-mod idempotency;
+pub mod idempotency;
 mod ops;
 pub mod status;
 mod user_states;
@@ -24,7 +24,7 @@ pub struct RunStateApi {
     token: Option<HeaderValue>,
     /// Deadline for calls that carry no `grpc-timeout`.
     default_timeout: Duration,
-    request_ids: idempotency::RequestIds,
+    request_ids: std::sync::Arc<idempotency::RequestIds>,
     /// Where tokens come from (`--auth`); without it, [`Self::token`] as before.
     auth: Option<std::sync::Arc<crate::auth::Authorizer>>,
 }
@@ -38,6 +38,13 @@ impl RunStateApi {
             request_ids: Default::default(),
             auth: None,
         }
+    }
+
+    /// Keeps request-id records in `records` (shared with batch handlers,
+    /// and through Redis with other replicas).
+    pub fn with_request_ids(mut self, records: std::sync::Arc<idempotency::RequestIds>) -> Self {
+        self.request_ids = records;
+        self
     }
 
     /// Takes Graph tokens from `auth` (see `--auth`).

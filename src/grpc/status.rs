@@ -95,6 +95,20 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
                 crate::graph::MAX_REQUEST_BODY_BYTES
             ),
         )]),
+        GraphError::OutcomeUnknown(cause) => outcome_unknown(&cause.to_string(), host),
+        GraphError::WriteBudget { retry_after } => {
+            let mut details =
+                ErrorDetails::with_error_info("WRITE_BUDGET_EXHAUSTED", host, HashMap::new());
+            details.set_retry_info(Some(retry_after));
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "the gateway's write budget for this tenant has no slot before the deadline (next in {} ms); retry later",
+                    retry_after.as_millis()
+                ),
+                details,
+            )
+        }
         GraphError::InvalidResponse(why) => {
             let details =
                 ErrorDetails::with_error_info("INVALID_GRAPH_RESPONSE", host, HashMap::new());
@@ -119,6 +133,21 @@ fn snake_case(json_name: &str) -> String {
         }
     }
     out
+}
+
+/// ErrorInfo reason of a write whose outcome is unknown.
+pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
+
+/// UNKNOWN with reason OUTCOME_UNKNOWN: the write may have been applied.
+pub fn outcome_unknown(cause: &str, host: &str) -> Status {
+    let details = ErrorDetails::with_error_info(OUTCOME_UNKNOWN, host, HashMap::new());
+    Status::with_error_details(
+        Code::Unknown,
+        format!(
+            "the create may have been applied: Graph's answer was lost ({cause}). Sending it again could create a duplicate; check (e.g. list the parent) before creating again"
+        ),
+        details,
+    )
 }
 
 fn from_status_error(e: StatusError) -> Status {
