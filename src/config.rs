@@ -482,6 +482,30 @@ mod tests {
     }
 
     #[test]
+    fn server_limits_have_defaults_and_ranges() {
+        let a = ServeArgs::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!(a.max_streams_per_connection, 100);
+        assert_eq!(a.max_connections, 1024);
+        assert_eq!(a.request_read_timeout, Duration::from_secs(5));
+        assert_eq!(a.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(a.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(a.connection_send_budget, 4 << 20);
+        assert!(a.admin_listen.is_none());
+        for bad in [
+            ["--max-streams-per-connection", "0"],
+            ["--max-streams-per-connection", "10001"],
+            ["--max-connections", "0"],
+            ["--connection-send-budget", "1024"],
+            ["--request-read-timeout", "0s"],
+            ["--handshake-timeout", "0s"],
+            ["--shutdown-grace", "0s"],
+            ["--admin-listen", "not-an-address"],
+        ] {
+            assert!(ServeArgs::from_args(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn zero_limits_are_refused() {
         for flag in [
             "--max-concurrent-requests",
