@@ -1,6 +1,6 @@
 //! The command line, with environment fallbacks. Read once at startup.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -27,6 +27,8 @@ syntax (e.g. RUST_LOG=info or RUST_LOG=warn,runstate_gateway=debug); it defaults
 invalid RUST_LOG stops startup with an error naming it. Every flag can also be set by the \
 environment variable shown in its [env: ...] note.";
 
+/// (Parsed once at startup: the size of `ServeArgs` does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (the default when no command is given).
@@ -182,6 +184,154 @@ pub struct ServeArgs {
     /// keeps 1/N of the write budget.
     #[arg(long, env = "RUNSTATE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub replicas: u32,
+
+    /// How the gateway gets Graph tokens. Without it, the caller's token is used
+    /// if sent, else the static token, else the call fails with UNAUTHENTICATED.
+    #[arg(long = "auth", env = "GRAPH_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// File holding the static Graph token; re-read when it changes (a mounted secret).
+    #[arg(long, env = "GRAPH_TOKEN_FILE", conflicts_with = "graph_token")]
+    pub graph_token_file: Option<PathBuf>,
+
+    /// Directory (tenant) id of the app registration, for the Entra ID modes.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub tenant_id: Option<String>,
+
+    /// Application (client) id; with managed-identity, the user-assigned identity to use.
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// File holding the client secret, re-read for every token request. The
+    /// secret itself is only read from the AZURE_CLIENT_SECRET environment variable.
+    #[arg(long, env = "AZURE_CLIENT_SECRET_FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// PEM file with the app's certificate and its RSA private key, for
+    /// client-certificate (and on-behalf-of with a certificate).
+    #[arg(long, env = "AZURE_CLIENT_CERTIFICATE_PATH")]
+    pub client_certificate_path: Option<PathBuf>,
+
+    /// Kubernetes projected service account token, re-read for every token request.
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    pub federated_token_file: Option<PathBuf>,
+
+    /// Entra ID authority, e.g. https://login.microsoftonline.com (default: the cloud's).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    pub authority_host: Option<String>,
+
+    /// App Service managed identity endpoint; its secret header comes from IDENTITY_HEADER.
+    #[arg(long, env = "IDENTITY_ENDPOINT")]
+    pub identity_endpoint: Option<String>,
+
+    /// Base URL of the instance metadata service used by managed-identity.
+    #[arg(
+        long,
+        env = "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        default_value = "http://169.254.169.254"
+    )]
+    pub imds_endpoint: String,
+
+    /// Use the gateway's own credential even when a caller sends `authorization` metadata.
+    #[arg(long, env = "GRAPH_IGNORE_CALLER_TOKEN", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub ignore_caller_token: bool,
+
+    /// National cloud: sets Graph's URL and the token authority unless
+    /// --graph-url or --authority-host say otherwise.
+    #[arg(long, env = "GRAPH_CLOUD", value_enum, default_value_t = Cloud::Global)]
+    pub cloud: Cloud,
+
+    /// Allow http:// Graph and authority URLs on hosts other than loopback
+    /// (tokens then travel in clear text; for docker compose with the emulator).
+    #[arg(long, env = "RUNSTATE_ALLOW_HTTP_UPSTREAM", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub allow_http_upstream: bool,
+
+    /// Allow a plaintext (no TLS) listener on an address other than loopback.
+    #[arg(long, env = "RUNSTATE_ALLOW_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub allow_plaintext: bool,
+
+    /// Longest time one token request to the identity platform may take; a
+    /// call waits for it at most until its own deadline.
+    #[arg(long, env = "GRAPH_TOKEN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub token_timeout: Duration,
+
+    /// Most users whose on-behalf-of tokens are cached (1-1000000).
+    #[arg(long, env = "GRAPH_OBO_CACHE_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub obo_cache_size: u32,
+
+    /// Serve TLS with this PEM certificate chain; reloaded when the file changes.
+    #[arg(long, env = "RUNSTATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert; reloaded when the file changes.
+    #[arg(long, env = "RUNSTATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by a CA in this PEM file (mutual TLS).
+    #[arg(long, env = "RUNSTATE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// A client certificate subject CN or SAN that may call (repeatable; with
+    /// --tls-client-ca). Other clients are refused at the handshake.
+    #[arg(
+        long = "allow-client",
+        env = "RUNSTATE_ALLOW_CLIENT",
+        value_delimiter = ',',
+        requires = "tls_client_ca"
+    )]
+    pub allow_client: Vec<String>,
+}
+
+/// Where Graph tokens come from (`--auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Forward the caller's `authorization` metadata; calls without it fail.
+    Passthrough,
+    /// A fixed token from --graph-token or --graph-token-file.
+    Static,
+    /// App-only tokens with a client secret (AZURE_CLIENT_SECRET or AZURE_CLIENT_SECRET_FILE).
+    ClientSecret,
+    /// App-only tokens with a certificate-signed assertion (AZURE_CLIENT_CERTIFICATE_PATH).
+    ClientCertificate,
+    /// Kubernetes workload identity (AZURE_FEDERATED_TOKEN_FILE).
+    WorkloadIdentity,
+    /// Azure managed identity: App Service (IDENTITY_ENDPOINT) or IMDS.
+    ManagedIdentity,
+    /// Exchange the caller's user token for a delegated Graph token.
+    OnBehalfOf,
+}
+
+/// A national cloud (`--cloud`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Cloud {
+    /// graph.microsoft.com, login.microsoftonline.com.
+    Global,
+    /// US Government L4: graph.microsoft.us, login.microsoftonline.us.
+    Usgov,
+    /// US Government L5 (DoD): dod-graph.microsoft.us, login.microsoftonline.us.
+    UsgovDod,
+    /// China (21Vianet): microsoftgraph.chinacloudapi.cn, login.chinacloudapi.cn.
+    China,
+}
+
+impl Cloud {
+    /// Graph's root URL (no version), which is also the token scope's resource.
+    pub fn graph_host(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://graph.microsoft.com",
+            Cloud::Usgov => "https://graph.microsoft.us",
+            Cloud::UsgovDod => "https://dod-graph.microsoft.us",
+            Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
+    pub fn authority(self) -> &'static str {
+        match self {
+            Cloud::Global => "https://login.microsoftonline.com",
+            Cloud::Usgov | Cloud::UsgovDod => "https://login.microsoftonline.us",
+            Cloud::China => "https://login.chinacloudapi.cn",
+        }
+    }
 }
 
 /// Options of the standalone emulator.

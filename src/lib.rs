@@ -25,9 +25,12 @@
 //! [`startup`] wires the server together, [`telemetry`] sets up logging.
 //! [`healthcheck`] is the `healthcheck` subcommand, a gRPC health client for
 //! container probes.
+//! [`auth`] decides which Graph token a call carries (the caller's, a static
+//! one, or the gateway's own credential); [`tls`] protects the listener.
 //! [`pb`] is the code generated from `proto/` by `build.rs`.
 
 pub mod admin;
+pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod convert;
@@ -40,6 +43,7 @@ pub mod server;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 
 /// Code generated from `proto/intune/runstates/v1`.
 pub mod pb {

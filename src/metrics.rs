@@ -29,6 +29,10 @@ pub const GRAPH_THROTTLE_WAIT: &str = "runstate_graph_throttle_wait_seconds";
 pub const CONNECTIONS_OPEN: &str = "runstate_connections_open";
 /// Client connections closed by the gateway, by `reason`.
 pub const CONNECTIONS_REFUSED: &str = "runstate_connections_refused_total";
+/// Token requests to the identity platform, by `result`.
+pub const TOKEN_FETCHES: &str = "runstate_token_fetches_total";
+/// Token request latency.
+pub const TOKEN_FETCH_DURATION: &str = "runstate_token_fetch_seconds";
 
 /// Creates answered again from a request-id record.
 pub const REQUEST_ID_REPLAYS: &str = "runstate_request_id_replays_total";
@@ -112,6 +116,15 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Client connections closed by the gateway, by reason."
+    );
+    describe_counter!(
+        TOKEN_FETCHES,
+        "Token requests to the identity platform, by result (ok, rejected, unavailable, timeout, error)."
+    );
+    describe_histogram!(
+        TOKEN_FETCH_DURATION,
+        Unit::Seconds,
+        "Token request latency."
     );
 }
 

@@ -22,6 +22,9 @@ use crate::server::{self, Handshake, Limits};
 /// The token the gateway sends to its embedded emulator when given none.
 const EMULATOR_TOKEN: &str = "emulator-token";
 
+/// `--graph-url`'s default; `--cloud` replaces it.
+const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com/beta";
+
 /// A built gateway, bound to its port but not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -36,6 +39,10 @@ pub struct Application {
 impl Application {
     pub async fn build(args: &ServeArgs) -> anyhow::Result<Self> {
         let mut graph_url = args.graph_url.clone();
+        if args.cloud != crate::config::Cloud::Global && graph_url == DEFAULT_GRAPH_URL {
+            graph_url = crate::auth::cloud_graph_url(args.cloud);
+        }
+        crate::tls::check_plaintext(args).map_err(|e| anyhow::anyhow!(e))?;
         let mut token = args.graph_token.clone();
         let mut h2c = args.graph_h2c;
         let emulator = if args.emulator {
@@ -45,7 +52,9 @@ impl Application {
                 .context("cannot start the embedded Graph emulator")?;
             graph_url = running.base_url();
             h2c = true;
-            token.get_or_insert_with(|| crate::config::Secret::new(EMULATOR_TOKEN));
+            if args.graph_token_file.is_none() {
+                token.get_or_insert_with(|| crate::config::Secret::new(EMULATOR_TOKEN));
+            }
             tracing::info!(url = %graph_url, "embedded Graph emulator started");
             Some(running)
         } else {
@@ -74,13 +83,25 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?
             .with_budget(budget);
         let request_ids = std::sync::Arc::new(RequestIds::new(redis));
+        let auth = crate::auth::from_args(
+            &ServeArgs {
+                graph_token: token.clone(),
+                ..args.clone()
+            },
+            &graph_url,
+            emulator.as_ref(),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        tracing::info!(mode = ?auth.mode(), "Graph tokens");
         let token = token
             .map(|t| context::bearer(t.expose()))
             .transpose()
             .map_err(|_| anyhow::anyhow!("--graph-token: not a valid header value"))?;
-        let api =
-            RunStateApi::new(graph, token, args.request_timeout).with_request_ids(request_ids);
+        let api = RunStateApi::new(graph, token, args.request_timeout)
+            .with_request_ids(request_ids)
+            .with_auth(auth);
 
+        let tls = crate::tls::TlsSource::from_args(args).map_err(|e| anyhow::anyhow!(e))?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -100,7 +121,7 @@ impl Application {
             args: args.clone(),
             emulator,
             admin,
-            handshake: None,
+            handshake: tls.map(|t| t.handshake()),
         })
     }
 

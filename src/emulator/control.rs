@@ -45,8 +45,13 @@ pub fn router(emulator: Emulator) -> Router {
         .route("/_emulator/health", get(health))
         .route("/_emulator/requests", get(list_requests))
         .route("/_emulator/settings", put(settings).get(current_settings))
+        .merge(super::identity::routes())
         .fallback(any(routes::graph))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            emulator.clone(),
+            super::identity::check_graph_token,
+        ))
         .with_state(emulator)
 }
 

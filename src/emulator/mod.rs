@@ -20,6 +20,7 @@ mod batch;
 pub mod control;
 mod dates;
 mod fault;
+mod identity;
 mod limit;
 mod model;
 mod paths;
@@ -28,6 +29,7 @@ mod record;
 mod routes;
 
 pub use fault::Fault;
+pub use identity::{Grant, Issued};
 pub use limit::parse_write_limit;
 pub use record::Recorded;
 
@@ -76,6 +78,8 @@ struct State {
     throttled: AtomicU64,
     /// Answers by status, `$batch` items included.
     answered: Mutex<std::collections::BTreeMap<u16, u64>>,
+    /// Entra ID and managed identity endpoints ([`identity`]).
+    identity: identity::Identity,
 }
 
 /// What the emulator does with an `id` in a POST body: the three plausible

@@ -1,4 +1,5 @@
 //! What a call carries besides its message: the Graph token and the deadline.
+//! With `--auth`, [`crate::auth::Authorizer`] decides the token.
 
 use std::time::Duration;
 
@@ -41,6 +42,22 @@ pub fn bearer(token: &str) -> Result<HeaderValue, http::header::InvalidHeaderVal
     };
     value.set_sensitive(true);
     Ok(value)
+}
+
+impl super::RunStateApi {
+    /// The `Authorization` value for this call: from `--auth` when set, else
+    /// the caller's token or the static one.
+    pub(super) async fn authorize(&self, metadata: &MetadataMap) -> Result<HeaderValue, Status> {
+        match &self.auth {
+            Some(auth) => {
+                let wait = grpc_timeout(metadata).unwrap_or(self.default_timeout);
+                let deadline =
+                    tokio::time::Instant::now() + wait.min(Duration::from_secs(24 * 3600));
+                auth.authorization(metadata, deadline).await
+            }
+            None => authorization(metadata, self.token.as_ref()),
+        }
+    }
 }
 
 /// The caller's `grpc-timeout`, if it sent a valid one.

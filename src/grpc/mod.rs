@@ -25,6 +25,8 @@ pub struct RunStateApi {
     /// Deadline for calls that carry no `grpc-timeout`.
     default_timeout: Duration,
     request_ids: std::sync::Arc<idempotency::RequestIds>,
+    /// Where tokens come from (`--auth`); without it, [`Self::token`] as before.
+    auth: Option<std::sync::Arc<crate::auth::Authorizer>>,
 }
 
 impl RunStateApi {
@@ -34,6 +36,7 @@ impl RunStateApi {
             token,
             default_timeout,
             request_ids: Default::default(),
+            auth: None,
         }
     }
 
@@ -41,6 +44,12 @@ impl RunStateApi {
     /// and through Redis with other replicas).
     pub fn with_request_ids(mut self, records: std::sync::Arc<idempotency::RequestIds>) -> Self {
         self.request_ids = records;
+        self
+    }
+
+    /// Takes Graph tokens from `auth` (see `--auth`).
+    pub fn with_auth(mut self, auth: std::sync::Arc<crate::auth::Authorizer>) -> Self {
+        self.auth = Some(auth);
         self
     }
 }

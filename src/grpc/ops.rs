@@ -244,7 +244,7 @@ impl RunStateApi {
         let (Some(parent), Some(body)) = (parent, body) else {
             return Err(internal("validation left no value"));
         };
-        let authorization = context::authorization(metadata, self.token.as_ref())?;
+        let authorization = self.authorize(metadata).await?;
         let deadline = self.deadline(metadata);
         let mut body = match serde_json::to_value(&body) {
             Ok(serde_json::Value::Object(map)) => map,
@@ -402,7 +402,7 @@ impl RunStateApi {
         let (Some(name), Some(body)) = (name, body) else {
             return Err(internal("validation left no value"));
         };
-        let authorization = context::authorization(metadata, self.token.as_ref())?;
+        let authorization = self.authorize(metadata).await?;
         let call = Call {
             authorization: &authorization,
             deadline: self.deadline(metadata),
@@ -448,7 +448,7 @@ impl RunStateApi {
         let Some(name) = name else {
             return Err(internal("validation left no value"));
         };
-        let authorization = context::authorization(metadata, self.token.as_ref())?;
+        let authorization = self.authorize(metadata).await?;
         let call = Call {
             authorization: &authorization,
             deadline: self.deadline(metadata),
