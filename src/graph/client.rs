@@ -46,9 +46,9 @@ pub struct GraphClient {
     http: Arc<[reqwest::Client]>,
     next: Arc<AtomicUsize>,
     /// Base URL plus `/deviceManagement/`.
-    root: String,
+    pub(super) root: String,
     host: String,
-    retry: RetryPolicy,
+    pub(super) retry: RetryPolicy,
 }
 
 /// Per-call inputs: whose token, and until when.
@@ -68,10 +68,10 @@ pub struct Reply<T> {
 }
 
 /// A raw success.
-struct Raw {
-    status: StatusCode,
-    body: Bytes,
-    request_id: Option<String>,
+pub(super) struct Raw {
+    pub(super) status: StatusCode,
+    pub(super) body: Bytes,
+    pub(super) request_id: Option<String>,
 }
 
 impl GraphClient {
@@ -189,7 +189,7 @@ impl GraphClient {
     }
 
     /// Sends one request, retrying per the policy within the deadline.
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
         path: &str,
@@ -225,7 +225,7 @@ impl GraphClient {
         unreachable!("the retry loop returns")
     }
 
-    async fn attempt(
+    pub(super) async fn attempt(
         &self,
         method: &Method,
         url: &str,
@@ -328,13 +328,13 @@ fn transport_error(e: reqwest::Error, deadline: Instant) -> GraphError {
     }
 }
 
-fn encode<B: Serialize>(body: &B) -> Result<Bytes, GraphError> {
+pub(super) fn encode<B: Serialize>(body: &B) -> Result<Bytes, GraphError> {
     serde_json::to_vec(body)
         .map(Bytes::from)
         .map_err(|e| GraphError::InvalidResponse(format!("cannot encode the request: {e}")))
 }
 
-fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphError> {
+pub(super) fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphError> {
     let value = serde_json::from_slice(&raw.body)
         .map_err(|e| GraphError::InvalidResponse(e.to_string()))?;
     Ok(Reply {

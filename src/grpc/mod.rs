@@ -1,12 +1,16 @@
 //! The gRPC service: one file per resource, the shared shapes in `ops`.
 
+pub mod batch;
 pub mod codec;
 mod compliance_states;
 pub mod context;
+mod delete;
 mod device_states;
 mod idempotency;
+mod list;
 mod ops;
 pub mod status;
+mod stream;
 mod user_states;
 
 use std::time::Duration;
@@ -14,6 +18,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use tonic::{Request, Response, Status};
 
+use crate::convert::page_token::PageTokens;
 use crate::graph::GraphClient;
 use crate::pb::{self, run_state_service_server::RunStateService};
 
@@ -25,6 +30,10 @@ pub struct RunStateApi {
     /// Deadline for calls that carry no `grpc-timeout`.
     default_timeout: Duration,
     request_ids: idempotency::RequestIds,
+    /// Seals and opens the List RPCs' page tokens.
+    page_tokens: PageTokens,
+    /// Limits of the Batch and Stream RPCs.
+    bulk: batch::BulkLimits,
 }
 
 impl RunStateApi {
@@ -34,7 +43,22 @@ impl RunStateApi {
             token,
             default_timeout,
             request_ids: Default::default(),
+            page_tokens: PageTokens::random()
+                .unwrap_or_else(|_| PageTokens::from_secret(&uuid::Uuid::new_v4().to_string())),
+            bulk: Default::default(),
         }
+    }
+
+    /// Uses these page tokens (a configured key) instead of a random key.
+    pub fn with_page_tokens(mut self, page_tokens: PageTokens) -> Self {
+        self.page_tokens = page_tokens;
+        self
+    }
+
+    /// Sets the limits of the Batch and Stream RPCs.
+    pub fn with_bulk_limits(mut self, limits: batch::BulkLimits) -> Self {
+        self.bulk = limits;
+        self
     }
 }
 
@@ -144,6 +168,86 @@ impl RunStateService for RunStateApi {
         observed!(
             "GetComplianceScriptDeviceState",
             self.get_compliance_state(request)
+        )
+    }
+
+    async fn list_script_user_states(
+        &self,
+        request: Request<pb::ListScriptUserStatesRequest>,
+    ) -> Result<Response<pb::ListScriptUserStatesResponse>, Status> {
+        observed!("ListScriptUserStates", self.list_user_states(request))
+    }
+
+    async fn delete_script_user_state(
+        &self,
+        request: Request<pb::DeleteScriptUserStateRequest>,
+    ) -> Result<Response<()>, Status> {
+        observed!("DeleteScriptUserState", self.delete_user_state(request))
+    }
+
+    async fn list_script_device_states(
+        &self,
+        request: Request<pb::ListScriptDeviceStatesRequest>,
+    ) -> Result<Response<pb::ListScriptDeviceStatesResponse>, Status> {
+        observed!("ListScriptDeviceStates", self.list_device_states(request))
+    }
+
+    async fn delete_script_device_state(
+        &self,
+        request: Request<pb::DeleteScriptDeviceStateRequest>,
+    ) -> Result<Response<()>, Status> {
+        observed!("DeleteScriptDeviceState", self.delete_device_state(request))
+    }
+
+    async fn batch_create_script_device_states(
+        &self,
+        request: Request<pb::BatchCreateScriptDeviceStatesRequest>,
+    ) -> Result<Response<pb::BatchCreateScriptDeviceStatesResponse>, Status> {
+        observed!(
+            "BatchCreateScriptDeviceStates",
+            self.batch_create_device_states(request)
+        )
+    }
+
+    type StreamCreateScriptDeviceStatesStream = stream::AnswerStream;
+
+    async fn stream_create_script_device_states(
+        &self,
+        request: Request<tonic::Streaming<pb::StreamCreateScriptDeviceStatesRequest>>,
+    ) -> Result<Response<Self::StreamCreateScriptDeviceStatesStream>, Status> {
+        observed!(
+            "StreamCreateScriptDeviceStates",
+            self.stream_create_device_states(request)
+        )
+    }
+
+    async fn list_compliance_script_device_states(
+        &self,
+        request: Request<pb::ListComplianceScriptDeviceStatesRequest>,
+    ) -> Result<Response<pb::ListComplianceScriptDeviceStatesResponse>, Status> {
+        observed!(
+            "ListComplianceScriptDeviceStates",
+            self.list_compliance_states(request)
+        )
+    }
+
+    async fn delete_compliance_script_device_state(
+        &self,
+        request: Request<pb::DeleteComplianceScriptDeviceStateRequest>,
+    ) -> Result<Response<()>, Status> {
+        observed!(
+            "DeleteComplianceScriptDeviceState",
+            self.delete_compliance_state(request)
+        )
+    }
+
+    async fn batch_create_compliance_script_device_states(
+        &self,
+        request: Request<pb::BatchCreateComplianceScriptDeviceStatesRequest>,
+    ) -> Result<Response<pb::BatchCreateComplianceScriptDeviceStatesResponse>, Status> {
+        observed!(
+            "BatchCreateComplianceScriptDeviceStates",
+            self.batch_create_compliance_states(request)
         )
     }
 }
