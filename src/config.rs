@@ -105,6 +105,16 @@ pub struct EmulatorArgs {
     #[arg(long, env = "EMULATOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// What to do with an `id` in a POST body: store it (a repeat is 409),
+    /// ignore it (assign a GUID) or reject the create (400).
+    #[arg(long, env = "EMULATOR_CLIENT_IDS", value_enum, default_value_t = crate::emulator::ClientIds::Ignore)]
+    pub client_ids: crate::emulator::ClientIds,
+
+    /// Answer 429 beyond N writes (POST/PATCH/DELETE) per window, e.g. `50/5s`
+    /// (sliding); none when unset.
+    #[arg(long, env = "EMULATOR_WRITE_LIMIT", value_parser = crate::emulator::parse_write_limit)]
+    pub write_limit: Option<(u32, Duration)>,
+
     /// Log format.
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -262,6 +272,30 @@ mod tests {
         let cli = Cli::try_parse_from(["runstate-gateway", "emulator", "--listen", "127.0.0.1:9"])
             .unwrap();
         assert!(matches!(cli.command, Some(Command::Emulator(a)) if a.listen.port() == 9));
+        let cli = Cli::try_parse_from([
+            "runstate-gateway",
+            "emulator",
+            "--client-ids",
+            "honour",
+            "--write-limit",
+            "50/5s",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::Emulator(a))
+            if a.client_ids == crate::emulator::ClientIds::Honour
+                && a.write_limit == Some((50, Duration::from_secs(5)))));
+        let cli = Cli::try_parse_from(["runstate-gateway", "emulator"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Emulator(a))
+            if a.client_ids == crate::emulator::ClientIds::Ignore && a.write_limit.is_none()));
+        for bad in [
+            ["--client-ids", "maybe"],
+            ["--write-limit", "0/5s"],
+            ["--write-limit", "50"],
+        ] {
+            let mut argv = vec!["runstate-gateway", "emulator"];
+            argv.extend(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
         let cli =
             Cli::try_parse_from(["runstate-gateway", "serve", "--listen", "127.0.0.1:7"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Serve(a)) if a.listen.port() == 7));

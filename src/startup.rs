@@ -145,7 +145,10 @@ impl Application {
 
 /// Runs the emulator alone until Ctrl-C or SIGTERM.
 pub async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<()> {
-    let running = Emulator::new()
+    let emulator = Emulator::new();
+    emulator.set_client_ids(args.client_ids);
+    emulator.set_write_limit(args.write_limit);
+    let running = emulator
         .spawn(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

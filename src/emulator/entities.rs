@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize, Serializer, de::DeserializeOwned};
 
+use super::ClientIds;
+
 use crate::convert::datetime::{self, Instant, MAX_SECONDS, MIN_SECONDS};
 use crate::graph::model::{COMPLIANCE_STATE_TYPE, DEVICE_STATE_TYPE, Field, USER_STATE_TYPE};
 
@@ -254,13 +256,23 @@ fn date(field: Field<String>) -> Result<Field<Instant>, GraphFailure> {
     })
 }
 
-fn new_id(field: Field<String>) -> Result<String, GraphFailure> {
-    match field {
-        Field::Value(id) if id.is_empty() || id.len() > 256 || id.contains('/') => Err(
-            GraphFailure::bad_request(format!("The key value '{id}' is not valid.")),
-        ),
-        Field::Value(id) => Ok(id),
-        _ => Ok(uuid::Uuid::new_v4().to_string()),
+fn new_id(field: Field<String>, ids: ClientIds) -> Result<String, GraphFailure> {
+    match (ids, field) {
+        (ClientIds::Ignore, _) | (_, Field::Absent) => Ok(uuid::Uuid::new_v4().to_string()),
+        (ClientIds::Reject, _) => Err(GraphFailure::bad_request(
+            "Invalid request body: the property 'id' is read-only and cannot be set on create.",
+        )),
+        (ClientIds::Honour, Field::Null) => Err(GraphFailure::bad_request(
+            "Cannot apply PATCH or POST: the property 'id' is not nullable.",
+        )),
+        (ClientIds::Honour, Field::Value(id))
+            if id.is_empty() || id.len() > 256 || id.contains('/') =>
+        {
+            Err(GraphFailure::bad_request(format!(
+                "The key value '{id}' is not valid."
+            )))
+        }
+        (ClientIds::Honour, Field::Value(id)) => Ok(id),
     }
 }
 
@@ -277,14 +289,14 @@ fn check_same_id(field: Field<String>, id: &str) -> Result<(), GraphFailure> {
 }
 
 impl Entity {
-    /// A new entity of `kind` from a POST body.
-    pub fn create(kind: Kind, body: &[u8]) -> Result<Entity, GraphFailure> {
+    /// A new entity of `kind` from a POST body; `ids` says what happens to an `id` in it.
+    pub fn create(kind: Kind, body: &[u8], ids: ClientIds) -> Result<Entity, GraphFailure> {
         match kind {
             Kind::User => {
                 let b: UserStateBody = parse_body(body)?;
                 check_type(b.odata_type.as_deref(), kind)?;
                 let mut e = UserState {
-                    id: new_id(b.id)?,
+                    id: new_id(b.id, ids)?,
                     success_device_count: 0,
                     error_device_count: 0,
                     user_principal_name: None,
@@ -299,7 +311,7 @@ impl Entity {
                 let b: DeviceStateBody = parse_body(body)?;
                 check_type(b.odata_type.as_deref(), kind)?;
                 let mut e = DeviceState {
-                    id: new_id(b.id)?,
+                    id: new_id(b.id, ids)?,
                     run_state: "unknown",
                     result_message: None,
                     last_state_update_date_time: NEVER,
@@ -316,7 +328,7 @@ impl Entity {
                 let b: ComplianceStateBody = parse_body(body)?;
                 check_type(b.odata_type.as_deref(), kind)?;
                 let mut e = ComplianceState {
-                    id: new_id(b.id)?,
+                    id: new_id(b.id, ids)?,
                     detection_state: "unknown",
                     last_state_update_date_time: NEVER,
                     expected_state_update_date_time: None,
@@ -499,7 +511,8 @@ mod tests {
     use serde_json::json;
 
     fn create(kind: Kind, body: serde_json::Value) -> Result<serde_json::Value, GraphFailure> {
-        Entity::create(kind, body.to_string().as_bytes()).map(|e| serde_json::to_value(e).unwrap())
+        Entity::create(kind, body.to_string().as_bytes(), ClientIds::Honour)
+            .map(|e| serde_json::to_value(e).unwrap())
     }
 
     #[test]
@@ -568,8 +581,30 @@ mod tests {
     }
 
     #[test]
+    fn client_ids_are_honoured_ignored_or_rejected() {
+        let body = br#"{"id": "chosen", "successDeviceCount": 1}"#;
+        let honoured = Entity::create(Kind::User, body, ClientIds::Honour).unwrap();
+        assert_eq!(honoured.id(), "chosen");
+        let ignored = Entity::create(Kind::User, body, ClientIds::Ignore).unwrap();
+        assert_ne!(ignored.id(), "chosen");
+        assert!(uuid::Uuid::parse_str(ignored.id()).is_ok());
+        let rejected = Entity::create(Kind::User, body, ClientIds::Reject).unwrap_err();
+        assert_eq!(rejected.status, 400);
+        assert!(rejected.message.contains("'id'"), "{}", rejected.message);
+        // Without an id every world creates.
+        for ids in ClientIds::ALL {
+            assert!(Entity::create(Kind::User, b"{}", ids).is_ok());
+        }
+    }
+
+    #[test]
     fn patch_is_all_or_nothing() {
-        let mut e = Entity::create(Kind::User, br#"{"successDeviceCount": 1}"#).unwrap();
+        let mut e = Entity::create(
+            Kind::User,
+            br#"{"successDeviceCount": 1}"#,
+            ClientIds::Ignore,
+        )
+        .unwrap();
         assert!(
             e.patch(br#"{"successDeviceCount": 5, "errorDeviceCount": "x"}"#)
                 .is_err()
@@ -586,7 +621,7 @@ mod tests {
     #[test]
     fn store_lists_direct_children_and_removes_nested_ones() {
         let mut s = Store::default();
-        let e = || Entity::create(Kind::User, b"{}").unwrap();
+        let e = || Entity::create(Kind::User, b"{}", ClientIds::Ignore).unwrap();
         s.insert("a/s/userRunStates/u1".into(), e());
         s.insert("a/s/userRunStates/u1/deviceRunStates/d".into(), e());
         s.insert("a/s/userRunStates/u2".into(), e());

@@ -19,9 +19,9 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -48,6 +48,76 @@ struct State {
     record_bodies: AtomicBool,
     /// Answer creates without keeping them (long benchmarks).
     forget_creates: AtomicBool,
+    /// A [`ClientIds`] as its index.
+    client_ids: AtomicU8,
+    write_limit: Mutex<WriteLimiter>,
+    /// 429s answered by the write limit.
+    throttled: AtomicU64,
+}
+
+/// What the emulator does with an `id` in a POST body: the three plausible
+/// behaviours of Graph, which is documented to treat `id` as read-only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIds {
+    /// Store it; a second POST with the same id is 409 Conflict.
+    Honour,
+    /// Drop it and assign a GUID (what public evidence says Intune does).
+    #[default]
+    Ignore,
+    /// Refuse the create: 400 naming the `id` property.
+    Reject,
+}
+
+impl ClientIds {
+    /// Stored as an index in this order, so that zero is the default.
+    const ALL: [ClientIds; 3] = [ClientIds::Ignore, ClientIds::Honour, ClientIds::Reject];
+}
+
+/// At most `writes` POST/PATCH/DELETE requests in any window of `window`
+/// (a sliding window over the accepted writes' arrival times).
+#[derive(Default)]
+struct WriteLimiter {
+    limit: Option<(u32, Duration)>,
+    accepted: VecDeque<Instant>,
+}
+
+impl WriteLimiter {
+    /// Counts a write, or says how long until one would be accepted.
+    fn admit(&mut self, now: Instant) -> Result<(), Duration> {
+        let Some((writes, window)) = self.limit else {
+            return Ok(());
+        };
+        while self
+            .accepted
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            self.accepted.pop_front();
+        }
+        if self.accepted.len() < writes as usize {
+            self.accepted.push_back(now);
+            return Ok(());
+        }
+        let oldest = self.accepted.front().copied().unwrap_or(now);
+        Err(window.saturating_sub(now.duration_since(oldest)))
+    }
+}
+
+/// Parses a write limit such as `50/5s` (writes per window; see
+/// [`crate::config::parse_duration`] for the window's units).
+pub fn parse_write_limit(text: &str) -> Result<(u32, Duration), String> {
+    let (n, window) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not a limit like 50/5s"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: the number of writes must be a whole number"))?;
+    if n == 0 {
+        return Err("the number of writes must be above zero".into());
+    }
+    Ok((n, crate::config::parse_duration(window)?))
 }
 
 /// A request the emulator received. The `authorization` header is kept for
@@ -314,6 +384,46 @@ impl Emulator {
         !self.state.forget_creates.load(Ordering::Relaxed)
     }
 
+    /// What to do with an `id` in a POST body (default [`ClientIds::Ignore`]).
+    pub fn set_client_ids(&self, mode: ClientIds) {
+        let index = ClientIds::ALL.iter().position(|m| *m == mode).unwrap_or(0);
+        self.state.client_ids.store(index as u8, Ordering::Relaxed);
+    }
+
+    pub fn client_ids(&self) -> ClientIds {
+        ClientIds::ALL[self.state.client_ids.load(Ordering::Relaxed) as usize % 3]
+    }
+
+    /// At most `writes` POST/PATCH/DELETE requests per `window` (sliding),
+    /// 429 with `Retry-After` beyond; `None` (the default) for no limit.
+    pub fn set_write_limit(&self, limit: Option<(u32, Duration)>) {
+        let mut limiter = lock(&self.state.write_limit);
+        limiter.limit = limit.filter(|(n, w)| *n > 0 && !w.is_zero());
+        limiter.accepted.clear();
+    }
+
+    pub fn write_limit(&self) -> Option<(u32, Duration)> {
+        lock(&self.state.write_limit).limit
+    }
+
+    /// How many requests the write limit answered with 429.
+    pub fn throttled_count(&self) -> u64 {
+        self.state.throttled.load(Ordering::Relaxed)
+    }
+
+    /// Counts a write against the limit; `Err` holds the `Retry-After` in
+    /// whole seconds (at least 1).
+    fn admit_write(&self, method: &str) -> Result<(), u64> {
+        if !matches!(method, "POST" | "PATCH" | "DELETE" | "PUT") {
+            return Ok(());
+        }
+        let waited = lock(&self.state.write_limit).admit(Instant::now());
+        waited.map_err(|wait| {
+            self.state.throttled.fetch_add(1, Ordering::Relaxed);
+            (wait.as_millis() as u64).div_ceil(1000).max(1)
+        })
+    }
+
     /// The requests received, oldest first (the last 10 000).
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state.recorded).iter().cloned().collect()
@@ -390,3 +500,6 @@ impl Emulator {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,9 @@
 //! - `/beta/deviceManagement/...`: the Graph API.
 //! - `POST /_emulator/faults` (a [`Fault`] as JSON), `DELETE /_emulator/faults`,
 //!   `GET /_emulator/requests`, `PUT /_emulator/settings`
-//!   (`{"patch_no_content": bool, "latency_ms": n, "record": bool, "store": bool}`):
+//!   (`{"patch_no_content": bool, "latency_ms": n, "record": bool, "store": bool,
+//!   "client_ids": "honour"|"ignore"|"reject", "write_limit": {"writes": n, "seconds": s} | "off"}`),
+//!   `GET /_emulator/settings` (the settings and the count of 429s from the write limit):
 //!   controls.
 
 use axum::{
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    Emulator, Fault,
+    ClientIds, Emulator, Fault,
     entities::{Entity, GraphFailure, Kind},
     lock,
 };
@@ -33,7 +35,7 @@ pub fn router(emulator: Emulator) -> Router {
     Router::new()
         .route("/_emulator/faults", post(add_fault).delete(clear_faults))
         .route("/_emulator/requests", get(list_requests))
-        .route("/_emulator/settings", put(settings))
+        .route("/_emulator/settings", put(settings).get(current_settings))
         .route("/beta/deviceManagement/{*rest}", any(graph))
         .route("/deviceManagement/{*rest}", any(graph))
         .fallback(any(graph))
@@ -57,14 +59,60 @@ async fn list_requests(State(e): State<Emulator>) -> Json<Vec<super::Recorded>> 
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Settings {
     patch_no_content: Option<bool>,
     latency_ms: Option<u64>,
     record: Option<bool>,
     store: Option<bool>,
+    client_ids: Option<ClientIds>,
+    /// `{"writes": 50, "seconds": 5}`, or `"off"`.
+    write_limit: Option<WriteLimitSetting>,
 }
 
-async fn settings(State(e): State<Emulator>, Json(s): Json<Settings>) -> StatusCode {
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WriteLimitSetting {
+    Limit { writes: u32, seconds: f64 },
+    Off(Off),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Off {
+    Off,
+}
+
+/// The current settings and counters.
+async fn current_settings(State(e): State<Emulator>) -> Json<serde_json::Value> {
+    Json(json!({
+        "client_ids": e.client_ids(),
+        "write_limit": e.write_limit().map_or(json!("off"), |(writes, window)| {
+            json!({"writes": writes, "seconds": window.as_secs_f64()})
+        }),
+        "throttled": e.throttled_count(),
+        "requests": e.request_count(),
+    }))
+}
+
+async fn settings(State(e): State<Emulator>, Json(s): Json<Settings>) -> Response {
+    match s.write_limit {
+        Some(WriteLimitSetting::Limit { writes, seconds }) => {
+            if writes == 0 || !(seconds > 0.0 && seconds <= 86_400.0) {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "write_limit needs writes above 0 and seconds in (0, 86400]",
+                )
+                    .into_response();
+            }
+            e.set_write_limit(Some((writes, std::time::Duration::from_secs_f64(seconds))));
+        }
+        Some(WriteLimitSetting::Off(Off::Off)) => e.set_write_limit(None),
+        None => {}
+    }
+    if let Some(mode) = s.client_ids {
+        e.set_client_ids(mode);
+    }
     if let Some(on) = s.patch_no_content {
         e.set_patch_no_content(on);
     }
@@ -77,7 +125,7 @@ async fn settings(State(e): State<Emulator>, Json(s): Json<Settings>) -> StatusC
     if let Some(on) = s.store {
         e.set_store(on);
     }
-    StatusCode::NO_CONTENT
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// What a Graph path names.
@@ -200,6 +248,17 @@ async fn graph(
             message: "Access token is empty.".into(),
         });
     }
+    if let Err(seconds) = e.admit_write(method.as_str()) {
+        let mut response = ids.error_parts(
+            429,
+            "TooManyRequests",
+            "Too many requests: the emulator's write limit is reached.",
+        );
+        if let Ok(v) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
     let fault = e.take_fault(method.as_str(), uri.path());
     if let Some(f) = fault.as_ref().filter(|f| !f.after_apply) {
         return ids.fault(f);
@@ -223,7 +282,7 @@ fn handle(e: &Emulator, method: &Method, target: Target, body: &[u8], ids: &Ids)
                     "The parent entity '{parent}' does not exist."
                 )))
             } else {
-                Entity::create(kind, body).and_then(|entity| {
+                Entity::create(kind, body, e.client_ids()).and_then(|entity| {
                     let item = format!("{path}/{}", entity.id());
                     if store.contains(&item) {
                         return Err(GraphFailure {

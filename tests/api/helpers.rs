@@ -40,6 +40,8 @@ pub async fn spawn_app() -> TestApp {
 /// A gateway with extra flags, in front of a fresh emulator.
 pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     let graph = Emulator::new();
+    // These tests were written for a Graph that keeps chosen ids.
+    graph.set_client_ids(runstate_gateway::emulator::ClientIds::Honour);
     let upstream = graph
         .spawn(([127, 0, 0, 1], 0).into())
         .await

