@@ -10,7 +10,7 @@ use crate::pb::RunState;
 /// Page size when the request gives none.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 /// Largest page size; larger requests are cut to it.
-pub const MAX_PAGE_SIZE: u32 = 1000;
+pub const MAX_PAGE_SIZE: u32 = 999;
 /// Longest filter accepted.
 const MAX_FILTER_LEN: usize = 512;
 
@@ -178,6 +178,26 @@ pub fn first_page(top: u32, filter: Option<&str>, select: Option<&str>) -> Strin
     q
 }
 
+/// The query of a later page: Graph's next-link query with `$top` set to
+/// this call's page size (AIP-158 lets it change from page to page).
+pub fn next_page(next_query: &str, top: u32) -> String {
+    let mut q: String = next_query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or_default();
+            !pair.is_empty()
+                && !key.eq_ignore_ascii_case("$top")
+                && !key.eq_ignore_ascii_case("%24top")
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    if !q.is_empty() {
+        q.push('&');
+    }
+    q.push_str(&format!("$top={top}"));
+    q
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +303,16 @@ mod tests {
         );
         assert!(select(Some(&mask(&["nope"])), READABLE).is_err());
         assert!(select(Some(&mask(&["*", "id"])), READABLE).is_err());
+    }
+
+    #[test]
+    fn later_pages_take_this_calls_page_size() {
+        assert_eq!(
+            next_page("$top=5&$skiptoken=abc%3D&$select=id", 7),
+            "$skiptoken=abc%3D&$select=id&$top=7"
+        );
+        assert_eq!(next_page("%24top=5&$skiptoken=x", 9), "$skiptoken=x&$top=9");
+        assert_eq!(next_page("$skiptoken=x", 9), "$skiptoken=x&$top=9");
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl RunStateApi {
         } else {
             self.page_tokens
                 .open(&binding, l.page_token)
+                .map(|next| query::next_page(&next, top))
                 .map_err(|why| {
                     status::invalid_argument(vec![FieldViolation::new("page_token", why)])
                 })?

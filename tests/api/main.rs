@@ -7,6 +7,7 @@ mod device_states;
 mod errors;
 mod helpers;
 mod idempotency;
+mod lifecycle;
 mod readme;
 mod retries;
 mod server;
