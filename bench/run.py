@@ -294,7 +294,7 @@ def slow_phase(args, procs: Procs, envoy: Path, descriptor: Path) -> dict:
     emulator_settings(eport, {"record": False, "store": False, "latency_ms": args.slow_ms})
     procs.start("gateway-slow", [GATEWAY, "--listen", f"127.0.0.1:{gport}", "--graph-url",
                                  f"http://127.0.0.1:{eport}/beta", "--graph-token", "t",
-                                 "--graph-h2c"],
+                                 "--graph-h2c", "--write-budget", "off"],
                 {"RUST_LOG": "warn", "TOKIO_WORKER_THREADS": "1"}, gport)
     cfg = envoy_config("envoy-slow", nport, eport, descriptor)
     procs.start("envoy-slow", [envoy, "-c", cfg, "--concurrency", "1", "-l", "warn",
@@ -597,7 +597,7 @@ def main():
         emulator_settings(ports["A"], {"record": False, "store": False})
         pids["B"] = procs.start("gateway", [GATEWAY, "--listen", f"127.0.0.1:{ports['B']}", "--graph-url",
                                             f"http://127.0.0.1:{ports['A']}/beta", "--graph-token", "t",
-                                            "--graph-h2c"],
+                                            "--graph-h2c", "--write-budget", "off"],
                                 one, ports["B"]).pid
         cfg = envoy_config("envoy", ports["C"], ports["A"], descriptor)
         pids["C"] = procs.start("envoy", [envoy, "-c", cfg, "--concurrency", "1", "-l", "warn",

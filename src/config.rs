@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "runstate-gateway",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = LOGGING_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -20,22 +21,41 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+/// Shown after every `--help`: logging is set by the environment, not by flags.
+pub const LOGGING_HELP: &str = "Logging: RUST_LOG sets what is logged, in tracing's filter \
+syntax (e.g. RUST_LOG=info or RUST_LOG=warn,runstate_gateway=debug); it defaults to info, and an \
+invalid RUST_LOG stops startup with an error naming it. Every flag can also be set by the \
+environment variable shown in its [env: ...] note.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway (the default).
+    /// Run the gateway (the default when no command is given).
+    #[command(after_help = LOGGING_HELP)]
     Serve(ServeArgs),
-    /// Run the Graph emulator alone.
+    /// Run the Graph emulator alone, for trying the gateway without a tenant.
+    #[command(after_help = LOGGING_HELP)]
     Emulator(EmulatorArgs),
+    /// Ask a running gateway's gRPC health service whether it serves (or, with --http, probe
+    /// a URL); exit 0 when healthy and 1 otherwise, printing one line that says why.
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
+
+/// Largest value of `--max-request-bytes` (64 MiB).
+pub const MAX_REQUEST_BYTES_CAP: u64 = 64 << 20;
+/// Largest value of `--max-concurrent-requests`.
+pub const MAX_CONCURRENT_REQUESTS_CAP: u64 = 1_000_000;
+/// Largest value of `--graph-max-retries`.
+pub const MAX_RETRIES_CAP: u32 = 10;
 
 /// Options of the gateway.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address the gRPC server listens on.
+    /// Address the gRPC server listens on; the loopback default keeps it private to the host
+    /// or pod, and port 0 picks a free port.
     #[arg(long, env = "RUNSTATE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Graph base URL (with the API version).
+    /// Base URL of Microsoft Graph, including the API version, to which calls are sent.
     #[arg(
         long,
         env = "GRAPH_URL",
@@ -43,40 +63,68 @@ pub struct ServeArgs {
     )]
     pub graph_url: String,
 
-    /// Static Graph token, used when a caller sends no `authorization` metadata.
+    /// Static Graph access token, sent to Graph when a caller sends no `authorization`
+    /// metadata; its value is never logged or shown.
     #[arg(long, env = "GRAPH_TOKEN", hide_env_values = true)]
     pub graph_token: Option<Secret>,
 
-    /// Also start the embedded Graph emulator on a loopback port and use it as Graph.
-    #[arg(long)]
+    /// Also start the embedded Graph emulator on a loopback port and send every call to it
+    /// instead of Graph, for trying the gateway without a tenant.
+    #[arg(long, env = "RUNSTATE_EMULATOR")]
     pub emulator: bool,
 
-    /// Speak HTTP/2 without TLS to an http:// Graph URL (on with --emulator).
+    /// Speak HTTP/2 without TLS (prior knowledge) to an http:// Graph URL; always on with
+    /// --emulator.
     #[arg(long, env = "GRAPH_H2C")]
     pub graph_h2c: bool,
 
-    /// Independent upstream connection pools used in turn (1-64); with HTTP/2,
-    /// each connection carries up to the server's stream limit.
-    #[arg(long, env = "GRAPH_CONNECTIONS", default_value_t = 8)]
+    /// Number of independent upstream connection pools used in turn, from 1 to 64; with
+    /// HTTP/2, each connection carries up to the server's stream limit.
+    #[arg(
+        long,
+        env = "GRAPH_CONNECTIONS",
+        default_value_t = 8,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64)
+    )]
     pub graph_connections: usize,
 
-    /// Deadline for calls that send no `grpc-timeout` (e.g. 30s, 500ms).
+    /// Deadline of calls that send no `grpc-timeout`, such as 30s or 500ms (at most 24h).
     #[arg(long, env = "RUNSTATE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
-    /// Retries of a throttled or unavailable Graph call, within the deadline.
-    #[arg(long, env = "GRAPH_MAX_RETRIES", default_value_t = 3)]
+    /// Number of times a throttled or unavailable Graph call is retried within its deadline,
+    /// from 0 to 10.
+    #[arg(
+        long,
+        env = "GRAPH_MAX_RETRIES",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(0..=MAX_RETRIES_CAP as i64)
+    )]
     pub graph_max_retries: u32,
 
-    /// Largest accepted gRPC request message, in bytes.
-    #[arg(long, env = "RUNSTATE_MAX_REQUEST_BYTES", default_value_t = 256 * 1024)]
+    /// Largest gRPC request message accepted, in bytes, from 1 to 67108864 (64 MiB); larger
+    /// messages are refused with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "RUNSTATE_MAX_REQUEST_BYTES",
+        default_value_t = 256 * 1024,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_REQUEST_BYTES_CAP)
+    )]
     pub max_request_bytes: usize,
 
-    /// Most RPCs in flight at once; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "RUNSTATE_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    /// Largest number of RPCs in flight at once, from 1 to 1000000; calls beyond it are
+    /// refused at once with RESOURCE_EXHAUSTED rather than queued.
+    #[arg(
+        long,
+        env = "RUNSTATE_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 4096,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+            .range(1..=MAX_CONCURRENT_REQUESTS_CAP)
+    )]
     pub max_concurrent_requests: usize,
 
-    /// Log format.
+    /// Format of the log lines written to stderr: text for people, json (one object per
+    /// line) for log collectors; RUST_LOG chooses what is logged.
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -96,33 +144,91 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTATE_BATCH_CONCURRENCY", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub batch_concurrency: u32,
+    /// How long in-flight calls may run after SIGTERM or SIGINT before they are cancelled (e.g. 10s).
+    #[arg(long, env = "RUNSTATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Address of the admin HTTP server (/metrics, /livez, /readyz); off unless set.
+    #[arg(long, env = "RUNSTATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Most concurrent HTTP/2 streams one client connection may open (1-10000).
+    #[arg(long, env = "RUNSTATE_MAX_STREAMS_PER_CONNECTION", default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_connection: u32,
+
+    /// Time a client has to send a whole request message once its call has started (e.g. 5s).
+    #[arg(long, env = "RUNSTATE_REQUEST_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub request_read_timeout: Duration,
+
+    /// Time a new connection has to complete its TLS and HTTP/2 handshake before it is closed (e.g. 5s).
+    #[arg(long, env = "RUNSTATE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Most client connections open at once; connections past it are closed as soon as they are accepted (1-1000000).
+    #[arg(long, env = "RUNSTATE_MAX_CONNECTIONS", default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Bytes of responses a connection may leave unread before its new calls are refused with RESOURCE_EXHAUSTED (65536-1073741824).
+    #[arg(long, env = "RUNSTATE_CONNECTION_SEND_BUDGET", default_value_t = 4 << 20,
+        value_parser = clap::value_parser!(u64).range(65_536..=1 << 30))]
+    pub connection_send_budget: u64,
+    /// Whether Graph keeps a client-chosen `id` on create: `auto` learns it
+    /// per collection kind from Graph's answers; `honour` or `ignore` tell it.
+    #[arg(long, env = "GRAPH_CLIENT_IDS", default_value = "auto")]
+    pub graph_client_ids: crate::graph::ClientIds,
+
+    /// Most writes to Graph per tenant in any window, e.g. `200/20s`
+    /// (Intune's limit), or `off`. Writes wait in order for a slot.
+    #[arg(long, env = "GRAPH_WRITE_BUDGET", default_value = "200/20s")]
+    pub write_budget: crate::budget::BudgetFlag,
+
+    /// Where request-id records and the write budget live: `memory`, or
+    /// `redis://HOST:PORT/DB` to share them between replicas.
+    #[arg(
+        long,
+        env = "RUNSTATE_STATE_STORE",
+        default_value = "memory",
+        hide_env_values = true
+    )]
+    pub state_store: crate::state::StoreSpec,
+
+    /// Replicas sharing the state store: while Redis is unreachable each
+    /// keeps 1/N of the write budget.
+    #[arg(long, env = "RUNSTATE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub replicas: u32,
 }
 
 /// Options of the standalone emulator.
 #[derive(Debug, Clone, Args)]
 pub struct EmulatorArgs {
-    /// Address the emulator listens on; Graph's base URL is then `http://ADDR/beta`.
+    /// Address the emulator listens on; the gateway's Graph URL is then http://ADDR/beta.
     #[arg(long, env = "EMULATOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// What to do with an `id` in a POST body: store it (a repeat is 409),
+    /// What the emulator does with an `id` in a POST body: store it (a repeat is 409),
     /// ignore it (assign a GUID) or reject the create (400).
     #[arg(long, env = "EMULATOR_CLIENT_IDS", value_enum, default_value_t = crate::emulator::ClientIds::Ignore)]
     pub client_ids: crate::emulator::ClientIds,
 
-    /// Answer 429 beyond N writes (POST/PATCH/DELETE) per window, e.g. `50/5s`
-    /// (sliding); none when unset.
+    /// Answer 429 beyond N writes (POST/PATCH/DELETE) per sliding window, such as
+    /// 50/5s; there is no limit when unset.
     #[arg(long, env = "EMULATOR_WRITE_LIMIT", value_parser = crate::emulator::parse_write_limit)]
     pub write_limit: Option<(u32, Duration)>,
 
-    /// Log format.
+    /// Format of the log lines written to stderr: text for people, json (one object per
+    /// line) for log collectors; RUST_LOG chooses what is logged.
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
+/// Format of the log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -263,6 +369,110 @@ mod tests {
         ] {
             assert!(ServeArgs::from_args(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        for flag in [
+            "--max-concurrent-requests",
+            "--max-request-bytes",
+            "--graph-connections",
+        ] {
+            let err = ServeArgs::from_args([flag, "0"]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag}"
+            );
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let ok = ServeArgs::from_args([
+            "--graph-connections",
+            "64",
+            "--max-request-bytes",
+            "67108864",
+            "--max-concurrent-requests",
+            "1000000",
+            "--graph-max-retries",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(ok.graph_connections, 64);
+        assert_eq!(ok.max_request_bytes, 64 << 20);
+        assert_eq!(ok.max_concurrent_requests, 1_000_000);
+        assert_eq!(ok.graph_max_retries, 0);
+        for (flag, bad) in [
+            ("--graph-connections", "65"),
+            ("--max-request-bytes", "67108865"),
+            ("--max-concurrent-requests", "1000001"),
+            ("--graph-max-retries", "11"),
+            ("--max-request-bytes", "-1"),
+            ("--request-timeout", "0s"),
+        ] {
+            assert!(ServeArgs::from_args([flag, bad]).is_err(), "{flag} {bad}");
+        }
+    }
+
+    /// Every option of every command has an env twin and a help sentence.
+    #[test]
+    fn every_flag_has_an_env_twin_and_help() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let mut commands = vec![&cli];
+        commands.extend(cli.get_subcommands());
+        let mut checked = 0;
+        for command in commands {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_positional() {
+                    continue;
+                }
+                assert!(
+                    arg.get_env().is_some(),
+                    "{} --{id} has no env twin",
+                    command.get_name()
+                );
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    help.split_whitespace().count() >= 5
+                        && help.starts_with(|c: char| c.is_ascii_uppercase()),
+                    "{} --{id}: help is not a sentence: {help:?}",
+                    command.get_name()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "only {checked} flags seen");
+    }
+
+    #[test]
+    fn help_mentions_rust_log() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("RUST_LOG"), "{help}");
+        assert!(help.contains("RUNSTATE_EMULATOR"), "{help}");
+    }
+
+    #[test]
+    fn healthcheck_parses() {
+        let cli = Cli::try_parse_from([
+            "runstate-gateway",
+            "healthcheck",
+            "--addr",
+            "127.0.0.1:9",
+            "--service",
+            "intune.runstates.v1.RunStateService",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Healthcheck(a)) if a.addr.as_deref() == Some("127.0.0.1:9")
+                && a.service == "intune.runstates.v1.RunStateService"
+        ));
     }
 
     #[test]

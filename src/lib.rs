@@ -11,17 +11,29 @@
 //! which knows nothing of protobuf. Graph's answer comes back the same way, and
 //! [`grpc::status`] turns a Graph error into a gRPC status with rich details.
 //!
+//! Writes wait for a slot of the [`budget`] (the write budget); request-id
+//! records and the budget live in [`state`] (in memory, or Redis for many
+//! replicas).
+//!
 //! [`emulator`] is an in-memory stand-in for Graph, used by `--emulator`, the
 //! `emulator` subcommand and the tests. [`config`] holds the command line,
 //! [`startup`] wires the server together, [`telemetry`] sets up logging.
+//! [`healthcheck`] is the `healthcheck` subcommand, a gRPC health client for
+//! container probes.
 //! [`pb`] is the code generated from `proto/` by `build.rs`.
 
+pub mod admin;
+pub mod budget;
 pub mod config;
 pub mod convert;
 pub mod emulator;
 pub mod graph;
 pub mod grpc;
+pub mod healthcheck;
+pub mod metrics;
+pub mod server;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 
 /// Code generated from `proto/intune/runstates/v1`.

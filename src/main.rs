@@ -2,7 +2,7 @@ use clap::Parser;
 
 use runstate_gateway::{
     config::{Cli, Command},
-    startup, telemetry,
+    healthcheck, startup, telemetry,
 };
 
 #[tokio::main]
@@ -10,16 +10,17 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Emulator(args)) => {
-            telemetry::init(args.log_format);
+            telemetry::init(args.log_format)?;
             startup::run_emulator(&args).await
         }
+        Some(Command::Healthcheck(args)) => std::process::exit(healthcheck::run(&args).await),
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     }
 }
 
 async fn serve(args: runstate_gateway::config::ServeArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format);
+    telemetry::init(args.log_format)?;
     let app = startup::Application::build(&args).await?;
     app.run_until(startup::shutdown_signal()).await
 }

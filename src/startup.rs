@@ -1,18 +1,23 @@
 //! Wires the gateway together. Order: (1) the embedded emulator, when asked
 //! for, so Graph's URL is known; (2) the Graph client; (3) the listening
-//! socket, so tests can bind port 0 and read the port; (4) the gRPC services.
+//! socket (and the admin socket), so tests can bind port 0 and read the
+//! ports; (4) the gRPC services, served by [`crate::server`] until shutdown.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
 
+use crate::budget::WriteBudget;
 use crate::config::{EmulatorArgs, ServeArgs};
 use crate::emulator::{Emulator, RunningEmulator};
 use crate::graph::{GraphClient, Options, RetryPolicy};
+use crate::grpc::idempotency::RequestIds;
 use crate::grpc::{RunStateApi, context};
 use crate::pb::{self, run_state_service_server::RunStateServiceServer};
+use crate::server::{self, Handshake, Limits};
 
 /// The token the gateway sends to its embedded emulator when given none.
 const EMULATOR_TOKEN: &str = "emulator-token";
@@ -24,6 +29,8 @@ pub struct Application {
     api: RunStateApi,
     args: ServeArgs,
     emulator: Option<RunningEmulator>,
+    admin: Option<TcpListener>,
+    handshake: Option<Handshake>,
 }
 
 impl Application {
@@ -53,19 +60,30 @@ impl Application {
             retry,
             h2c,
             connections: args.graph_connections,
+            client_ids: args.graph_client_ids,
         };
+        let redis = args
+            .state_store
+            .open()
+            .map_err(|e| anyhow::anyhow!("--state-store: {e}"))?;
+        let budget = args
+            .write_budget
+            .0
+            .map(|spec| std::sync::Arc::new(WriteBudget::new(spec, redis.clone(), args.replicas)));
         let graph = GraphClient::new(&graph_url, options)
-            .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?
+            .with_budget(budget);
+        let request_ids = std::sync::Arc::new(RequestIds::new(redis));
         let token = token
             .map(|t| context::bearer(t.expose()))
             .transpose()
             .map_err(|_| anyhow::anyhow!("--graph-token: not a valid header value"))?;
-        let mut api = RunStateApi::new(graph, token, args.request_timeout).with_bulk_limits(
-            crate::grpc::batch::BulkLimits {
+        let mut api = RunStateApi::new(graph, token, args.request_timeout)
+            .with_request_ids(request_ids)
+            .with_bulk_limits(crate::grpc::batch::BulkLimits {
                 batch_concurrency: args.batch_concurrency as usize,
                 stream_window: args.stream_max_in_flight as usize,
-            },
-        );
+            });
         if let Some(key) = &args.page_token_key {
             api = api.with_page_tokens(crate::convert::page_token::PageTokens::from_secret(
                 key.expose(),
@@ -76,13 +94,34 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local_addr = listener.local_addr()?;
+        let admin = match args.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
             api,
             args: args.clone(),
             emulator,
+            admin,
+            handshake: None,
         })
+    }
+
+    /// The address of the admin HTTP server, when `--admin-listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Wraps every accepted connection in `handshake` (TLS), within the
+    /// handshake timeout.
+    pub fn set_handshake(&mut self, handshake: Handshake) {
+        self.handshake = Some(handshake);
     }
 
     /// The address the gRPC server listens on.
@@ -95,8 +134,12 @@ impl Application {
         self.emulator.as_ref()
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight calls.
+    /// Serves until `shutdown` completes, then drains: health turns
+    /// NOT_SERVING, the listener closes, calls in flight get up to
+    /// `--shutdown-grace`, the rest are cancelled.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let metrics = crate::metrics::install();
+        let state = Arc::new(server::State::default());
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<RunStateServiceServer<RunStateApi>>()
@@ -119,22 +162,63 @@ impl Application {
             .max_decoding_message_size(self.args.max_request_bytes)
             .max_encoding_message_size(4 << 20);
 
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        tracing::info!(addr = %self.local_addr, "runstate-gateway listening");
-        Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .load_shed(true)
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                self.args.max_concurrent_requests,
-            ))
-            .add_service(health_service)
+        let routes = Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .context("the gRPC server failed")?;
+            .prepare();
+
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = self.admin.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin endpoint listening (/metrics, /livez, /readyz)");
+            }
+            let stop = async {
+                let _ = admin_stopped.await;
+            };
+            tokio::spawn(crate::admin::serve(
+                listener,
+                metrics,
+                Arc::clone(&state),
+                stop,
+            ))
+        });
+
+        let a = &self.args;
+        let limits = Limits {
+            max_connections: a.max_connections as usize,
+            max_streams_per_connection: a.max_streams_per_connection,
+            handshake_timeout: a.handshake_timeout,
+            request_read_timeout: a.request_read_timeout,
+            max_request_bytes: a.max_request_bytes,
+            max_concurrent_requests: a.max_concurrent_requests,
+            connection_send_budget: a.connection_send_budget as usize,
+            shutdown_grace: a.shutdown_grace,
+        };
+        let on_drain = async {
+            health_reporter
+                .set_not_serving::<RunStateServiceServer<RunStateApi>>()
+                .await;
+            health_reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            tracing::info!("health: NOT_SERVING");
+        };
+        tracing::info!(addr = %self.local_addr, "runstate-gateway listening");
+        server::serve(
+            self.listener,
+            routes,
+            limits,
+            state,
+            self.handshake,
+            shutdown,
+            on_drain,
+        )
+        .await;
+        let _ = admin_stop.send(());
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         if let Some(emulator) = self.emulator {
             emulator.stop().await;
         }

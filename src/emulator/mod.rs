@@ -1,17 +1,27 @@
 //! An in-memory stand-in for the Graph beta run-state API, for trying the
-//! gateway with no tenant and for tests.
+//! gateway with no tenant and for tests: the gateway's test oracle, so it
+//! shares none of the gateway's translation code (its own entity model, dates
+//! and paths; a test below keeps it that way).
 //!
 //! It serves the four script collections' `userRunStates`, `deviceRunStates`
-//! and nested device states with POST, GET, PATCH and DELETE, behaving like
-//! Graph per `graph-notes.md`: GUID ids, 201 with `@odata.context`, strict
-//! bodies (unknown properties, wrong types, bad enum names and dates are
-//! Graph-shaped 400s), timestamps stored as instants and returned in UTC with 7
-//! digits, bearer token required. Tests steer it through [`Emulator`]: chosen
-//! error answers ([`Fault`]), PATCH answered 204, added latency, and a record
-//! of every request it saw. The same controls are served over HTTP under
-//! `/_emulator/` (see [`routes`]).
+//! and nested device states with POST, GET (paged, `$filter`, `$select`),
+//! PATCH and DELETE, and `POST /$batch`, behaving like Graph per
+//! `graph-notes.md`: GUID ids, 201 with `@odata.context`, strict bodies
+//! (unknown properties, wrong types, bad enum names and dates are Graph-shaped
+//! 400s), timestamps stored as instants and returned in UTC with 7 digits,
+//! bearer token required. Tests steer it through [`Emulator`]: what it does
+//! with a client-chosen id ([`ClientIds`]), a write limit, chosen error answers
+//! ([`Fault`]), PATCH answered 204, added latency, and a bounded record of the
+//! requests it saw. The same controls are served over HTTP under `/_emulator/`
+//! (see [`control`]); they are for development only: anyone who can reach the
+//! port can use them.
 
-mod entities;
+mod batch;
+pub mod control;
+mod dates;
+mod model;
+mod paths;
+mod query;
 mod routes;
 
 use std::{
@@ -24,12 +34,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 /// How many requests are kept for [`Emulator::requests`].
 const RECORD_LIMIT: usize = 10_000;
+/// Bytes kept of one recorded body, and of one request's path and of its headers.
+pub const RECORD_BODY_BYTES: usize = 8 * 1024;
+/// Bytes kept of all recorded requests; the oldest go first.
+pub const RECORD_TOTAL_BYTES: usize = 4 * 1024 * 1024;
+/// The longest added latency.
+pub const MAX_LATENCY: Duration = Duration::from_secs(60);
 
 /// A handle on an emulator's state; cheap to clone.
 #[derive(Clone, Default)]
@@ -39,9 +54,9 @@ pub struct Emulator {
 
 #[derive(Default)]
 struct State {
-    store: Mutex<entities::Store>,
+    store: Mutex<model::Store>,
     faults: Mutex<Vec<Fault>>,
-    recorded: Mutex<VecDeque<Recorded>>,
+    recorded: Mutex<Record>,
     count: AtomicU64,
     patch_no_content: AtomicBool,
     latency_us: AtomicU64,
@@ -53,6 +68,8 @@ struct State {
     write_limit: Mutex<WriteLimiter>,
     /// 429s answered by the write limit.
     throttled: AtomicU64,
+    /// Answers by status, `$batch` items included.
+    answered: Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 /// What the emulator does with an `id` in a POST body: the three plausible
@@ -120,8 +137,17 @@ pub fn parse_write_limit(text: &str) -> Result<(u32, Duration), String> {
     Ok((n, crate::config::parse_duration(window)?))
 }
 
-/// A request the emulator received. The `authorization` header is kept for
-/// in-process tests, but redacted in `Debug` and over HTTP ([`Recorded::redacted`]).
+/// The recorded requests and the bytes they hold.
+#[derive(Default)]
+struct Record {
+    entries: VecDeque<Recorded>,
+    bytes: usize,
+}
+
+/// A request the emulator received (with a valid-looking token). The
+/// `authorization` header is kept for in-process tests, but redacted in
+/// `Debug` and over HTTP ([`Recorded::redacted`]). Path, headers and body are
+/// each cut at [`RECORD_BODY_BYTES`].
 #[derive(Clone, Serialize)]
 pub struct Recorded {
     pub method: String,
@@ -130,8 +156,10 @@ pub struct Recorded {
     /// Path and query as sent (still percent-encoded).
     pub path: String,
     pub headers: Vec<(String, String)>,
-    /// The body, as text.
+    /// The body, as text (invalid UTF-8 replaced), cut at [`RECORD_BODY_BYTES`].
     pub body: String,
+    /// The body's length as received.
+    pub body_len: usize,
 }
 
 impl std::fmt::Debug for Recorded {
@@ -171,6 +199,34 @@ impl Recorded {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_default()
     }
+
+    /// The bytes this record holds.
+    fn size(&self) -> usize {
+        self.method.len()
+            + self.version.len()
+            + self.path.len()
+            + self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// Text of at most `max` bytes from `bytes`. Invalid UTF-8 is replaced, and
+/// the cut is made after that, so replacement characters (3 bytes each) do not
+/// triple what is kept.
+fn text(bytes: &[u8], max: usize) -> String {
+    let mut text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
 }
 
 /// A chosen answer for matching requests, instead of (or after) the real one.
@@ -195,6 +251,8 @@ pub struct Fault {
     /// Apply the request first, then answer with the fault (a write whose
     /// answer was lost).
     pub after_apply: bool,
+    /// Match every request: over HTTP, a fault needs a matcher or this.
+    pub any: bool,
 }
 
 impl Fault {
@@ -261,6 +319,25 @@ impl Fault {
         self
     }
 
+    /// Checks a fault sent over HTTP: a real status, a matcher (or `any`),
+    /// bounded text.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(100..=599).contains(&self.status) {
+            return Err(format!("status {} is not in 100-599", self.status));
+        }
+        let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+        if empty(&self.method) && empty(&self.path_contains) && !self.any {
+            return Err(
+                "a fault needs \"method\" or \"path_contains\", or \"any\": true to match every request"
+                    .into(),
+            );
+        }
+        if self.times == Some(0) {
+            return Err("times must be at least 1 (or absent for every request)".into());
+        }
+        Ok(())
+    }
+
     fn matches(&self, method: &str, path: &str) -> bool {
         self.method
             .as_deref()
@@ -320,7 +397,7 @@ impl Emulator {
 
     /// The HTTP routes, for serving or for calling in-process.
     pub fn router(&self) -> axum::Router {
-        routes::router(self.clone())
+        control::router(self.clone())
     }
 
     /// Serves on `addr` (use port 0 for any free port) until stopped or dropped.
@@ -347,9 +424,30 @@ impl Emulator {
         })
     }
 
-    /// Adds a fault; the first matching fault answers.
+    /// Adds a fault; the first matching fault answers. In-process callers are
+    /// trusted: a fault with no matcher matches every request.
     pub fn inject(&self, fault: Fault) {
         lock(&self.state.faults).push(fault);
+    }
+
+    /// Adds a fault from an untrusted source (the HTTP control API): it must
+    /// pass [`Fault::validate`], and at most [`control::MAX_FAULTS`] are held.
+    pub fn try_inject(&self, fault: Fault) -> Result<(), String> {
+        fault.validate()?;
+        let mut faults = lock(&self.state.faults);
+        if faults.len() >= control::MAX_FAULTS {
+            return Err(format!(
+                "{} faults are held already; DELETE /_emulator/faults first",
+                control::MAX_FAULTS
+            ));
+        }
+        faults.push(fault);
+        Ok(())
+    }
+
+    /// How many faults are held.
+    pub fn fault_count(&self) -> usize {
+        lock(&self.state.faults).len()
     }
 
     pub fn clear_faults(&self) {
@@ -361,11 +459,12 @@ impl Emulator {
         self.state.patch_no_content.store(on, Ordering::Relaxed);
     }
 
-    /// Delay every answer (a slow upstream).
+    /// Delay every answer (a slow upstream), at most [`MAX_LATENCY`].
     pub fn set_latency(&self, latency: Duration) {
-        self.state
-            .latency_us
-            .store(latency.as_micros() as u64, Ordering::Relaxed);
+        self.state.latency_us.store(
+            latency.min(MAX_LATENCY).as_micros() as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// Keep request bodies and headers in the record (on by default; off for
@@ -411,6 +510,20 @@ impl Emulator {
         self.state.throttled.load(Ordering::Relaxed)
     }
 
+    /// How many answers had this status, from any cause (the write limit,
+    /// faults, the store), counting each `$batch` item and each envelope;
+    /// e.g. `answered(429) == 0` for "never throttled".
+    pub fn answered(&self, status: u16) -> u64 {
+        lock(&self.state.answered)
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_answer(&self, status: u16) {
+        *lock(&self.state.answered).entry(status).or_default() += 1;
+    }
+
     /// Counts a write against the limit; `Err` holds the `Retry-After` in
     /// whole seconds (at least 1).
     fn admit_write(&self, method: &str) -> Result<(), u64> {
@@ -424,9 +537,15 @@ impl Emulator {
         })
     }
 
-    /// The requests received, oldest first (the last 10 000).
+    /// The requests received, oldest first (the last 10 000, within
+    /// [`RECORD_TOTAL_BYTES`]).
     pub fn requests(&self) -> Vec<Recorded> {
-        lock(&self.state.recorded).iter().cloned().collect()
+        lock(&self.state.recorded).entries.iter().cloned().collect()
+    }
+
+    /// The bytes the record holds now (at most [`RECORD_TOTAL_BYTES`]).
+    pub fn recorded_bytes(&self) -> usize {
+        lock(&self.state.recorded).bytes
     }
 
     /// How many requests were received in all (control routes excluded).
@@ -436,7 +555,7 @@ impl Emulator {
 
     /// Forgets recorded requests and the count.
     pub fn clear_requests(&self) {
-        lock(&self.state.recorded).clear();
+        *lock(&self.state.recorded) = Record::default();
         self.state.count.store(0, Ordering::Relaxed);
     }
 
@@ -445,39 +564,58 @@ impl Emulator {
         method: &str,
         version: http::Version,
         path: &str,
-        headers: &http::HeaderMap,
-        body: &Bytes,
+        headers_in: &http::HeaderMap,
+        body: &[u8],
     ) {
         self.state.count.fetch_add(1, Ordering::Relaxed);
         if !self.state.record_bodies.load(Ordering::Relaxed) {
             return;
         }
-        let entry = Recorded {
-            method: method.to_owned(),
-            version: format!("{version:?}"),
-            path: path.to_owned(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: String::from_utf8_lossy(body).into_owned(),
-        };
-        let mut recorded = lock(&self.state.recorded);
-        if recorded.len() >= RECORD_LIMIT {
-            recorded.pop_front();
+        let mut headers = Vec::new();
+        let mut header_bytes = 0;
+        for (k, v) in headers_in {
+            header_bytes += k.as_str().len() + v.len();
+            if header_bytes > RECORD_BODY_BYTES {
+                break;
+            }
+            headers.push((k.as_str().to_owned(), text(v.as_bytes(), RECORD_BODY_BYTES)));
         }
-        recorded.push_back(entry);
+        let entry = Recorded {
+            method: text(method.as_bytes(), 16),
+            version: format!("{version:?}"),
+            path: text(path.as_bytes(), RECORD_BODY_BYTES),
+            headers,
+            body: text(body, RECORD_BODY_BYTES),
+            body_len: body.len(),
+        };
+        let size = entry.size();
+        let mut record = lock(&self.state.recorded);
+        while record.entries.len() >= RECORD_LIMIT || record.bytes + size > RECORD_TOTAL_BYTES {
+            match record.entries.pop_front() {
+                Some(old) => record.bytes -= old.size(),
+                None => break,
+            }
+        }
+        record.bytes += size;
+        record.entries.push_back(entry);
     }
 
     /// The first matching fault, counting it down.
     fn take_fault(&self, method: &str, path: &str) -> Option<Fault> {
+        self.take_fault_where(|f| f.matches(method, path))
+    }
+
+    /// The first fault for a `$batch` envelope: one whose `path_contains`
+    /// matches its path (faults without a path are for the items).
+    fn take_envelope_fault(&self, method: &str, path: &str) -> Option<Fault> {
+        self.take_fault_where(|f| {
+            f.path_contains.as_deref().is_some_and(|p| !p.is_empty()) && f.matches(method, path)
+        })
+    }
+
+    fn take_fault_where(&self, test: impl Fn(&Fault) -> bool) -> Option<Fault> {
         let mut faults = lock(&self.state.faults);
-        let at = faults.iter().position(|f| f.matches(method, path))?;
+        let at = faults.iter().position(test)?;
         let fault = faults[at].clone();
         if let Some(n) = &mut faults[at].times {
             *n = n.saturating_sub(1);

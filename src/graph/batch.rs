@@ -112,14 +112,14 @@ impl ItemReply {
 }
 
 impl GraphClient {
-    /// `POST {base}/$batch`. The batch POST is retried when Graph throttles
-    /// or refuses it as a whole; after an ambiguous failure (the batch may
-    /// have been applied) only when `replayable` (every item carries its id).
+    /// `POST {base}/$batch`. Each item first takes a slot of the write
+    /// budget. The batch POST is retried when Graph throttles or refuses it
+    /// as a whole, or no connection was made; never after an answer that
+    /// leaves it unknown whether the batch was applied.
     pub async fn batch<B: Serialize>(
         &self,
         items: &[BatchItem<'_, B>],
         call: &Call<'_>,
-        replayable: bool,
     ) -> Result<Reply<BatchReply>, GraphError> {
         let base = self
             .root
@@ -128,21 +128,57 @@ impl GraphClient {
         let url = format!("{base}$batch");
         let body = encode(&BatchBody { requests: items })?;
         let method = Method::POST;
+        let tenant = self
+            .budget()
+            .map(|_| crate::state::identity::tenant(call.authorization));
         for attempt in 0.. {
-            let error = match self.attempt(&method, &url, Some(body.clone()), call).await {
+            if let (Some(budget), Some(tenant)) = (self.budget(), &tenant) {
+                for _ in items {
+                    budget
+                        .acquire(tenant, call.deadline)
+                        .await
+                        .map_err(|retry_after| GraphError::WriteBudget { retry_after })?;
+                }
+            }
+            let sent = self.attempt(
+                &method,
+                &url,
+                Some(body.clone()),
+                call,
+                attempt,
+                "$batch",
+                None,
+            );
+            let error = match sent.await {
                 Ok(raw) => return decode(raw),
                 Err(e) => e,
             };
-            let delay = match self.retry.decide(attempt, &method, replayable, &error) {
-                Some(Retry::Safe(d) | Retry::Ambiguous(d)) => d,
-                None => return Err(error),
+            // A batch whose answer was lost may have been applied.
+            let lost = |e: GraphError| {
+                if super::retry::ambiguous(&e) {
+                    GraphError::OutcomeUnknown(Box::new(e))
+                } else {
+                    e
+                }
+            };
+            let delay = match self.retry.decide(attempt, &method, &error) {
+                Some(Retry::Safe(d)) => d,
+                None => return Err(lost(error)),
             };
             if Instant::now() + delay >= call.deadline {
-                return Err(error);
+                return Err(lost(error));
             }
             tracing::debug!(attempt, ?delay, %error, "retrying a Graph batch");
             tokio::time::sleep(delay).await;
         }
         unreachable!("the retry loop returns")
+    }
+
+    /// Holds every write of the caller's tenant for `delay` (Graph throttled).
+    pub async fn pause_writes(&self, call: &Call<'_>, delay: std::time::Duration) {
+        if let Some(budget) = self.budget() {
+            let tenant = crate::state::identity::tenant(call.authorization);
+            budget.pause(&tenant, delay).await;
+        }
     }
 }

@@ -13,10 +13,23 @@ use http::{HeaderValue, Method, StatusCode, header};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
 
-use super::{GraphError, RetryPolicy, StatusError, retry::Retry};
+use super::{
+    GraphError, RetryPolicy, StatusError,
+    ids::{ClientIds, Worlds, refuses_id},
+    retry::{self, Retry},
+    trace::Trace,
+};
+use crate::budget::WriteBudget;
+use crate::metrics as m;
+use crate::state::identity;
 
 /// Largest Graph response body read; run-state entities are a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Largest JSON body sent to Graph. Graph answers 413 to bodies it finds too
+/// large; the gateway refuses them first (escaping can make a string six
+/// times longer in JSON than in protobuf).
+pub const MAX_REQUEST_BODY_BYTES: usize = 1 << 20;
 
 /// How the Graph client connects.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +39,8 @@ pub struct Options {
     pub h2c: bool,
     /// Independent connection pools (1..=64), used in turn.
     pub connections: usize,
+    /// Whether Graph keeps a client-chosen `id` on create (`--graph-client-ids`).
+    pub client_ids: ClientIds,
 }
 
 impl Default for Options {
@@ -34,6 +49,7 @@ impl Default for Options {
             retry: RetryPolicy::default(),
             h2c: false,
             connections: 8,
+            client_ids: ClientIds::Auto,
         }
     }
 }
@@ -49,6 +65,20 @@ pub struct GraphClient {
     pub(super) root: String,
     host: String,
     pub(super) retry: RetryPolicy,
+    /// What Graph does with client ids, per collection kind.
+    worlds: Arc<Worlds>,
+    /// The write budget, when on.
+    budget: Option<Arc<WriteBudget>>,
+}
+
+/// A create: the body (without `id`), the id the gateway would like Graph
+/// to keep, and whether a request id protects it.
+pub struct NewEntity<'a> {
+    pub collection: &'a str,
+    pub body: serde_json::Map<String, serde_json::Value>,
+    pub id: Option<&'a str>,
+    /// A request id makes the create safe to resolve after a lost answer.
+    pub request_id: bool,
 }
 
 /// Per-call inputs: whose token, and until when.
@@ -83,6 +113,7 @@ impl GraphClient {
             retry,
             h2c,
             connections,
+            client_ids,
         } = options;
         if !(1..=64).contains(&connections) {
             return Err(format!("{connections} connections: use 1 to 64"));
@@ -124,7 +155,26 @@ impl GraphClient {
             root: format!("{}/deviceManagement/", base_url.trim_end_matches('/')),
             host,
             retry,
+            worlds: Arc::new(Worlds::new(client_ids)),
+            budget: None,
         })
+    }
+
+    /// Holds every write to `budget`.
+    pub fn with_budget(mut self, budget: Option<Arc<WriteBudget>>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The write budget, for callers that send several writes in one request
+    /// (a JSON batch takes one slot per write item).
+    pub fn budget(&self) -> Option<&Arc<WriteBudget>> {
+        self.budget.as_ref()
+    }
+
+    /// What the client has learned about client ids, per collection kind.
+    pub fn worlds(&self) -> &Worlds {
+        &self.worlds
     }
 
     /// The Graph host, e.g. `graph.microsoft.com` (the `ErrorInfo` domain).
@@ -133,26 +183,104 @@ impl GraphClient {
     }
 
     /// POSTs `body` to a collection and reads the created entity (201).
-    ///
-    /// `replayable` says the body carries its own `id`, so a retry after an
-    /// ambiguous failure cannot create a duplicate.
+    /// A lost answer is [`GraphError::OutcomeUnknown`]; it is never re-sent.
     pub async fn create<B: Serialize, R: DeserializeOwned>(
         &self,
         collection: &str,
         body: &B,
         call: &Call<'_>,
-        replayable: bool,
+        _replayable: bool,
     ) -> Result<Reply<R>, GraphError> {
         let raw = self
-            .send(
-                Method::POST,
-                collection,
-                Some(encode(body)?),
-                call,
-                replayable,
-            )
-            .await?;
+            .send_tracked(Method::POST, collection, Some(encode(body)?), call)
+            .await
+            .map_err(unknown_if_ambiguous)?;
         decode(raw)
+    }
+
+    /// Creates an entity, exactly once as far as Graph allows:
+    ///
+    /// - the id is sent only where Graph is not known to ignore or refuse it,
+    ///   and the id Graph returns is compared with it (learning the world);
+    /// - a 400 refusing the `id` property re-sends once without it;
+    /// - a 409 is the caller's own entity only if `matches` says the stored
+    ///   entity is what this request would have written (else it stays 409);
+    /// - a lost answer (504, timeout, reset) is resolved by reading the id
+    ///   back where Graph honours ids and a request id protects the create
+    ///   (re-sent only when certainly absent); otherwise it is
+    ///   [`GraphError::OutcomeUnknown`], never re-sent.
+    pub async fn create_entity(
+        &self,
+        new: NewEntity<'_>,
+        matches: &(dyn Fn(&serde_json::Value) -> bool + Sync),
+        call: &Call<'_>,
+    ) -> Result<Reply<serde_json::Value>, GraphError> {
+        let kind = Worlds::kind(new.collection);
+        let mut id = new.id.filter(|_| self.worlds.send_id(&kind));
+        let mut resent_without_id = false;
+        let mut resent_after_read = false;
+        loop {
+            let mut body = new.body.clone();
+            if let Some(id) = id {
+                body.insert("id".into(), id.into());
+            }
+            let bytes = encode(&body)?;
+            let error = match self
+                .send_tracked(Method::POST, new.collection, Some(bytes), call)
+                .await
+            {
+                Ok(raw) => {
+                    let reply: Reply<serde_json::Value> = decode(raw)?;
+                    if let Some(sent) = id {
+                        let got = reply.value.get("id").and_then(|v| v.as_str());
+                        self.worlds.learn_from_answer(&kind, sent, got);
+                    }
+                    return Ok(reply);
+                }
+                Err(e) => e,
+            };
+            let Some(sent) = id else {
+                return Err(unknown_if_ambiguous(error));
+            };
+            match &error {
+                GraphError::Status(e)
+                    if e.status == StatusCode::BAD_REQUEST
+                        && !resent_without_id
+                        && refuses_id(&e.code, &e.message) =>
+                {
+                    // A 400 applied nothing: send again without the id.
+                    self.worlds.learn_rejected(&kind);
+                    tracing::warn!(kind = %kind, "Graph refuses client ids on create; sending without them from now on");
+                    resent_without_id = true;
+                    id = None;
+                    continue;
+                }
+                GraphError::Status(e) if e.status == StatusCode::CONFLICT => {
+                    // Graph keeps ids (it knows this one): read it back.
+                    self.worlds.learn_honoured(&kind);
+                    let item = format!("{}/{}", new.collection, encode_segment(sent));
+                    return match self.get::<serde_json::Value>(&item, call).await {
+                        Ok(stored) if matches(&stored.value) => Ok(stored),
+                        _ => Err(error),
+                    };
+                }
+                _ if retry::ambiguous(&error) => {}
+                _ => return Err(error),
+            }
+            // The answer was lost.
+            if !(new.request_id && self.worlds.honoured(&kind)) || resent_after_read {
+                return Err(GraphError::OutcomeUnknown(Box::new(error)));
+            }
+            let item = format!("{}/{}", new.collection, encode_segment(sent));
+            match self.get::<serde_json::Value>(&item, call).await {
+                Ok(stored) if matches(&stored.value) => return Ok(stored),
+                Err(GraphError::Status(e)) if e.status == StatusCode::NOT_FOUND => {
+                    // Certainly not applied: send it again, once.
+                    resent_after_read = true;
+                }
+                _ => return Err(GraphError::OutcomeUnknown(Box::new(error))),
+            }
+        }
     }
 
     /// PATCHes an entity. `None` when Graph answers 204 without a body.
@@ -195,31 +323,75 @@ impl GraphClient {
         path: &str,
         body: Option<Bytes>,
         call: &Call<'_>,
-        replayable: bool,
+        _replayable: bool,
+    ) -> Result<Raw, GraphError> {
+        self.send_tracked(method, path, body, call).await
+    }
+
+    /// Sends one request, retrying per the policy within the deadline; each
+    /// write attempt takes a slot of the write budget first. A POST is never
+    /// sent again after an answer that leaves its outcome unknown: that
+    /// error is returned as is ([`retry::ambiguous`]).
+    async fn send_tracked(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        call: &Call<'_>,
     ) -> Result<Raw, GraphError> {
         let url = format!("{}{path}", self.root);
-        let mut ambiguous = false;
+        let route = m::route_template(path);
+        let trace = Trace::current();
+        let write = method != Method::GET && method != Method::HEAD;
+        let tenant = match (&self.budget, write) {
+            (Some(_), true) => Some(identity::tenant(call.authorization)),
+            _ => None,
+        };
         for attempt in 0.. {
-            let error = match self.attempt(&method, &url, body.clone(), call).await {
+            if let (Some(budget), Some(tenant)) = (&self.budget, &tenant) {
+                budget
+                    .acquire(tenant, call.deadline)
+                    .await
+                    .map_err(|retry_after| GraphError::WriteBudget { retry_after })?;
+            }
+            if Instant::now() >= call.deadline {
+                return Err(GraphError::Timeout);
+            }
+            let sent = self.attempt(
+                &method,
+                &url,
+                body.clone(),
+                call,
+                attempt,
+                &route,
+                trace.as_deref(),
+            );
+            let error = match sent.await {
                 Ok(raw) => return Ok(raw),
-                Err(GraphError::Status(mut e)) => {
-                    e.after_ambiguous_retry = ambiguous;
-                    GraphError::Status(e)
-                }
                 Err(e) => e,
             };
-            let delay = match self.retry.decide(attempt, &method, replayable, &error) {
+            let delay = match self.retry.decide(attempt, &method, &error) {
                 Some(Retry::Safe(d)) => d,
-                Some(Retry::Ambiguous(d)) => {
-                    ambiguous = true;
-                    d
-                }
                 None => return Err(error),
             };
+            if let (GraphError::Status(e), Some(budget), Some(tenant)) =
+                (&error, &self.budget, &tenant)
+                && e.status == StatusCode::TOO_MANY_REQUESTS
+            {
+                // Graph throttles the tenant: hold every write, not only this one.
+                budget.pause(tenant, delay).await;
+            }
             if Instant::now() + delay >= call.deadline {
                 return Err(error);
             }
-            tracing::debug!(%method, attempt, ?delay, %error, "retrying Graph call");
+            let reason = retry_reason(&error);
+            metrics::counter!(m::GRAPH_RETRIES, "reason" => reason).increment(1);
+            if reason == "throttled" {
+                metrics::histogram!(m::GRAPH_THROTTLE_WAIT).record(delay.as_secs_f64());
+                tracing::warn!(%method, route, attempt, delay_ms = delay.as_millis() as u64, error = %error, "Graph throttled the request; retrying");
+            } else {
+                tracing::info!(%method, route, attempt, delay_ms = delay.as_millis() as u64, reason, error = %error, "retrying Graph call");
+            }
             tokio::time::sleep(delay).await;
         }
         unreachable!("the retry loop returns")
@@ -231,12 +403,19 @@ impl GraphClient {
         url: &str,
         body: Option<Bytes>,
         call: &Call<'_>,
+        attempt: u32,
+        route: &str,
+        trace: Option<&Trace>,
     ) -> Result<Raw, GraphError> {
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GraphError::Timeout);
         }
-        let client_request_id = uuid::Uuid::new_v4().to_string();
+        // One id for every attempt of an RPC (the caller's, when it sent one).
+        let client_request_id = trace.map_or_else(
+            || uuid::Uuid::new_v4().to_string(),
+            |t| t.client_request_id().to_owned(),
+        );
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.http.len();
         let mut request = self.http[turn]
             .request(method.clone(), url)
@@ -244,6 +423,22 @@ impl GraphClient {
             .header(header::AUTHORIZATION, call.authorization.clone())
             .header("client-request-id", &client_request_id)
             .header(header::ACCEPT, "application/json");
+        if attempt > 0 {
+            request = request.header("Retry-Attempt", attempt.to_string());
+        }
+        if let Some(t) = trace {
+            t.attempt();
+        }
+        let started = std::time::Instant::now();
+        let record = |status: &str| {
+            let labels = [
+                ("method", method.as_str().to_owned()),
+                ("route", route.to_owned()),
+                ("status", status.to_owned()),
+            ];
+            metrics::counter!(m::GRAPH_REQUESTS, &labels).increment(1);
+            metrics::histogram!(m::GRAPH_DURATION, &labels).record(started.elapsed().as_secs_f64());
+        };
         if let Some(body) = body {
             request = request
                 .header(header::CONTENT_TYPE, "application/json")
@@ -251,11 +446,17 @@ impl GraphClient {
         }
         // Boxed: reqwest's future is large, and every enclosing future would
         // otherwise carry (and move) it.
-        let mut response = Box::pin(request.send())
-            .await
-            .map_err(|e| transport_error(e, call.deadline))?;
+        let mut response = Box::pin(request.send()).await.map_err(|e| {
+            record("error");
+            transport_error(e, call.deadline)
+        })?;
         let status = response.status();
         let headers = std::mem::take(response.headers_mut());
+        record(status.as_str());
+        if let Some(t) = trace {
+            let id = headers.get("request-id").and_then(|v| v.to_str().ok());
+            t.answered(status.as_u16(), id);
+        }
         let body = read_body(response, call.deadline).await?;
         if status.is_success() {
             let request_id = headers
@@ -328,10 +529,63 @@ fn transport_error(e: reqwest::Error, deadline: Instant) -> GraphError {
     }
 }
 
+/// A POST whose answer was lost is reported as such.
+fn unknown_if_ambiguous(error: GraphError) -> GraphError {
+    if retry::ambiguous(&error) {
+        GraphError::OutcomeUnknown(Box::new(error))
+    } else {
+        error
+    }
+}
+
+/// Percent-encodes one path segment (ids are validated before, this is a
+/// second guard).
+fn encode_segment(text: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
+}
+
 pub(super) fn encode<B: Serialize>(body: &B) -> Result<Bytes, GraphError> {
-    serde_json::to_vec(body)
-        .map(Bytes::from)
-        .map_err(|e| GraphError::InvalidResponse(format!("cannot encode the request: {e}")))
+    let bytes = serde_json::to_vec(body)
+        .map_err(|e| GraphError::InvalidResponse(format!("cannot encode the request: {e}")))?;
+    if bytes.len() > MAX_REQUEST_BODY_BYTES {
+        return Err(GraphError::BodyTooLarge {
+            field: largest_field(body),
+            size: bytes.len(),
+        });
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// The JSON member with the longest encoded value (the one to blame for a
+/// body over the limit).
+fn largest_field<B: Serialize>(body: &B) -> String {
+    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(body) else {
+        return String::new();
+    };
+    map.iter()
+        .max_by_key(|(_, v)| v.to_string().len())
+        .map(|(k, _)| k.clone())
+        .unwrap_or_default()
+}
+
+/// The `reason` label of a retry.
+fn retry_reason(error: &GraphError) -> &'static str {
+    match error {
+        GraphError::Status(e) if e.status == StatusCode::TOO_MANY_REQUESTS => "throttled",
+        GraphError::Status(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        GraphError::Status(e) if e.status == StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+        GraphError::Status(_) => "status",
+        GraphError::Unavailable {
+            maybe_sent: false, ..
+        } => "connect",
+        GraphError::Unavailable { .. } => "connection_lost",
+        _ => "other",
+    }
 }
 
 pub(super) fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphError> {

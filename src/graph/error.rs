@@ -25,6 +25,20 @@ pub enum GraphError {
     /// Graph answered success with a body the gateway cannot read.
     #[error("Graph sent a response the gateway cannot read: {0}")]
     InvalidResponse(String),
+    /// The JSON body would be over the upstream limit; never sent.
+    #[error("the request body is {size} bytes in JSON, over Graph's limit")]
+    BodyTooLarge {
+        /// The JSON member with the longest value.
+        field: String,
+        size: usize,
+    },
+    /// A create was sent but its answer was lost (504, a timeout or a reset
+    /// after sending): it may or may not have been applied.
+    #[error("the create may have been applied: {0}")]
+    OutcomeUnknown(Box<GraphError>),
+    /// The write budget has no slot before the caller's deadline.
+    #[error("the write budget has no slot before the deadline")]
+    WriteBudget { retry_after: Duration },
 }
 
 /// An error status from Graph, with what Graph said about it.

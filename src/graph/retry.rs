@@ -1,9 +1,10 @@
 //! When a failed Graph call is tried again, and after how long.
 //!
-//! - 429 is always retried: Graph did not apply the request.
-//! - 503, 504 and broken connections are retried for GET and PATCH, and for a
-//!   POST only when it is replayable (it carries its own `id`, so a second copy
-//!   is refused with 409 instead of creating a duplicate).
+//! - 429 and 503 mean Graph did not apply the request: every method is
+//!   retried (POST included), honouring `Retry-After`, within the deadline.
+//! - 504 and broken connections are retried for GET, PATCH and DELETE. For a
+//!   POST they are ambiguous (it may have been applied): it is never sent
+//!   blindly again; the create path resolves the outcome itself.
 //! - A connection that was never opened is retried for every method.
 //! - `Retry-After` is honoured as a floor; without it the delay grows
 //!   exponentially with jitter. The caller never sleeps past its deadline.
@@ -17,13 +18,17 @@ use super::GraphError;
 /// How many times and how patiently to retry.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    /// Retries after the first attempt.
+    /// Retries after the first attempt (throttling gets at least
+    /// [`MIN_THROTTLE_RETRIES`], within the deadline, unless this is 0).
     pub max_retries: u32,
     /// Delay before the first retry when Graph gives no `Retry-After`.
     pub base_delay: Duration,
     /// Longest backoff delay (a `Retry-After` may be longer).
     pub max_delay: Duration,
 }
+
+/// Throttled calls are retried this often at least: only the deadline ends them.
+pub const MIN_THROTTLE_RETRIES: u32 = 20;
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -38,10 +43,19 @@ impl Default for RetryPolicy {
 /// Why a retry is needed, when it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Retry {
-    /// The request was not applied (429, or no connection).
+    /// The request was not applied (429, 503, or no connection), or it is
+    /// idempotent.
     Safe(Duration),
-    /// The request may have been applied (a replayable POST).
-    Ambiguous(Duration),
+}
+
+/// Whether a failed POST may have been applied.
+pub(super) fn ambiguous(error: &GraphError) -> bool {
+    match error {
+        GraphError::Status(e) => e.status == StatusCode::GATEWAY_TIMEOUT,
+        GraphError::Unavailable { maybe_sent, .. } => *maybe_sent,
+        GraphError::Timeout => true,
+        _ => false,
+    }
 }
 
 impl RetryPolicy {
@@ -50,32 +64,31 @@ impl RetryPolicy {
         &self,
         attempt: u32,
         method: &Method,
-        replayable: bool,
         error: &GraphError,
     ) -> Option<Retry> {
-        if attempt >= self.max_retries {
+        if self.max_retries == 0 {
             return None;
         }
         let idempotent = *method != Method::POST;
         let backoff = self.backoff(attempt);
+        let throttled = |e: &super::StatusError| {
+            matches!(
+                e.status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            )
+        };
         match error {
-            GraphError::Status(e) if e.status == StatusCode::TOO_MANY_REQUESTS => Some(
-                Retry::Safe(e.retry_after.map_or(backoff, |r| r.max(backoff / 2))),
-            ),
-            GraphError::Status(e)
-                if matches!(
-                    e.status,
-                    StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-                ) =>
-            {
-                let delay = e.retry_after.unwrap_or(backoff);
-                if idempotent {
-                    Some(Retry::Safe(delay))
-                } else if replayable {
-                    Some(Retry::Ambiguous(delay))
-                } else {
-                    None
+            GraphError::Status(e) if throttled(e) => {
+                if attempt >= self.max_retries.max(MIN_THROTTLE_RETRIES) {
+                    return None;
                 }
+                Some(Retry::Safe(
+                    e.retry_after.map_or(backoff, |r| r.max(backoff / 2)),
+                ))
+            }
+            _ if attempt >= self.max_retries => None,
+            GraphError::Status(e) if e.status == StatusCode::GATEWAY_TIMEOUT && idempotent => {
+                Some(Retry::Safe(e.retry_after.unwrap_or(backoff)))
             }
             GraphError::Unavailable {
                 maybe_sent: false, ..
@@ -83,9 +96,6 @@ impl RetryPolicy {
             GraphError::Unavailable {
                 maybe_sent: true, ..
             } if idempotent => Some(Retry::Safe(backoff)),
-            GraphError::Unavailable {
-                maybe_sent: true, ..
-            } if replayable => Some(Retry::Ambiguous(backoff)),
             _ => None,
         }
     }
@@ -131,34 +141,48 @@ mod tests {
     #[test]
     fn retries_throttling_for_every_method_honouring_retry_after() {
         let p = RetryPolicy::default();
-        for m in [Method::POST, Method::PATCH, Method::GET] {
-            assert_eq!(
-                p.decide(0, &m, false, &status(429, Some(3))),
-                Some(Retry::Safe(Duration::from_secs(3)))
-            );
-            assert!(matches!(
-                p.decide(0, &m, false, &status(429, None)),
-                Some(Retry::Safe(_))
-            ));
+        for m in [Method::POST, Method::PATCH, Method::GET, Method::DELETE] {
+            for code in [429, 503] {
+                assert_eq!(
+                    p.decide(0, &m, &status(code, Some(3))),
+                    Some(Retry::Safe(Duration::from_secs(3)))
+                );
+                assert!(matches!(
+                    p.decide(0, &m, &status(code, None)),
+                    Some(Retry::Safe(_))
+                ));
+                // Throttling outlasts max_retries (the deadline ends it).
+                assert!(p.decide(5, &m, &status(code, None)).is_some());
+                assert!(
+                    p.decide(MIN_THROTTLE_RETRIES, &m, &status(code, None))
+                        .is_none()
+                );
+            }
         }
+        let none = RetryPolicy {
+            max_retries: 0,
+            ..Default::default()
+        };
+        assert_eq!(none.decide(0, &Method::GET, &status(429, None)), None);
     }
 
     #[test]
-    fn post_is_retried_after_ambiguous_failures_only_when_replayable() {
+    fn a_post_is_never_resent_after_an_ambiguous_failure() {
         let p = RetryPolicy::default();
-        for e in [status(503, None), status(504, None), unavailable(true)] {
-            assert_eq!(p.decide(0, &Method::POST, false, &e), None);
+        for e in [status(504, None), unavailable(true), GraphError::Timeout] {
+            assert!(ambiguous(&e));
+            assert_eq!(p.decide(0, &Method::POST, &e), None);
+        }
+        for e in [status(504, None), unavailable(true)] {
             assert!(matches!(
-                p.decide(0, &Method::POST, true, &e),
-                Some(Retry::Ambiguous(_))
-            ));
-            assert!(matches!(
-                p.decide(0, &Method::PATCH, false, &e),
+                p.decide(0, &Method::PATCH, &e),
                 Some(Retry::Safe(_))
             ));
         }
+        assert!(!ambiguous(&unavailable(false)));
+        assert!(!ambiguous(&status(503, None)));
         assert!(matches!(
-            p.decide(0, &Method::POST, false, &unavailable(false)),
+            p.decide(0, &Method::POST, &unavailable(false)),
             Some(Retry::Safe(_))
         ));
     }
@@ -168,13 +192,13 @@ mod tests {
         let p = RetryPolicy::default();
         for code in [400, 401, 403, 404, 409, 412, 500, 502] {
             assert_eq!(
-                p.decide(0, &Method::GET, true, &status(code, None)),
+                p.decide(0, &Method::GET, &status(code, None)),
                 None,
                 "{code}"
             );
         }
-        assert_eq!(p.decide(0, &Method::GET, true, &GraphError::Timeout), None);
-        assert_eq!(p.decide(3, &Method::GET, true, &status(429, None)), None);
+        assert_eq!(p.decide(0, &Method::GET, &GraphError::Timeout), None);
+        assert_eq!(p.decide(3, &Method::GET, &status(504, None)), None);
     }
 
     #[test]

@@ -12,7 +12,6 @@
 use std::{collections::HashMap, time::Duration};
 
 use futures_util::{StreamExt, stream};
-use http::StatusCode;
 use prost::Message;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
@@ -24,7 +23,7 @@ use crate::convert::{
     names::{ComplianceScriptName, DeviceStateParent, Id, Parent},
     resources::Resource,
 };
-use crate::graph::{BatchItem, Call, GraphClient, GraphError, MAX_BATCH};
+use crate::graph::{BatchItem, Call, GraphClient, GraphError, MAX_BATCH, ids::Worlds};
 use crate::pb;
 
 /// Most creates in one Batch request.
@@ -56,7 +55,8 @@ impl Default for BulkLimits {
 pub(super) struct Prepared<P, R: Resource> {
     pub parent: P,
     pub body: R::Graph,
-    /// The id sent in the body (chosen, or the request id).
+    /// The id to send in the body (chosen, or the request id), where Graph
+    /// is not known to ignore or refuse client ids.
     pub id: Option<Id>,
     /// The id came from a request id: a 409 is this request's own first copy.
     pub replay: bool,
@@ -108,12 +108,9 @@ pub(super) fn prepare<P: Parent, R: Resource>(
     if errors.len() > before {
         return None;
     }
-    let (parent, mut body) = (parent?, body?);
+    let (parent, body) = (parent?, body?);
     let replay = id.is_none() && request_id.is_some();
     let id = id.or_else(|| request_id.and_then(|u| Id::parse(&u.hyphenated().to_string()).ok()));
-    if let Some(id) = &id {
-        R::set_graph_id(&mut body, id.as_str().to_owned());
-    }
     Some(Prepared {
         parent,
         body,
@@ -175,27 +172,6 @@ async fn read_back<P: Parent, R: Resource>(
     ))
 }
 
-/// Creates one item with a single POST (the stream's path).
-pub(super) async fn create_one<P: Parent, R: Resource>(
-    graph: &GraphClient,
-    item: &Prepared<P, R>,
-    call: &Call<'_>,
-) -> Result<R, Status> {
-    let collection = item.parent.collection_path();
-    match graph
-        .create::<_, R::Graph>(&collection, &item.body, call, item.id.is_some())
-        .await
-    {
-        Ok(reply) => created(item, reply.value),
-        Err(GraphError::Status(e))
-            if e.status == StatusCode::CONFLICT && (item.replay || e.after_ambiguous_retry) =>
-        {
-            read_back(graph, item, call).await
-        }
-        Err(e) => Err(status::from_graph(e, graph.host())),
-    }
-}
-
 /// What became of one item in one batch.
 enum Outcome<R> {
     Done(Result<R, Status>),
@@ -212,18 +188,30 @@ async fn send_group<P: Parent, R: Resource>(
     group: Vec<usize>,
     call: &Call<'_>,
 ) -> Vec<(usize, Outcome<R>)> {
-    let requests: Vec<_> = group
+    // Where Graph is known to ignore or refuse client ids, items go without.
+    let bodies: Vec<_> = group
         .iter()
         .map(|&i| {
-            BatchItem::post(
-                i.to_string(),
-                &items[i].parent.collection_path(),
-                &items[i].body,
-            )
+            let item = &items[i];
+            let kind = Worlds::kind(&item.parent.collection_path());
+            let mut body = serde_json::to_value(&item.body).unwrap_or_default();
+            match (&item.id, body.as_object_mut()) {
+                (Some(id), Some(map)) if graph.worlds().send_id(&kind) => {
+                    map.insert("id".into(), id.as_str().into());
+                    (body, Some(id.clone()))
+                }
+                _ => (body, None),
+            }
         })
         .collect();
-    let replayable = group.iter().all(|&i| items[i].id.is_some());
-    let reply = match graph.batch(&requests, call, replayable).await {
+    let requests: Vec<_> = group
+        .iter()
+        .zip(&bodies)
+        .map(|(&i, (body, _))| {
+            BatchItem::post(i.to_string(), &items[i].parent.collection_path(), body)
+        })
+        .collect();
+    let reply = match graph.batch(&requests, call).await {
         Ok(reply) => reply.value,
         Err(e) => {
             let s = status::from_graph(e, graph.host());
@@ -237,10 +225,12 @@ async fn send_group<P: Parent, R: Resource>(
     for r in reply.responses {
         answers.entry(r.id.clone()).or_insert(r);
     }
+    let sent_ids: Vec<Option<Id>> = bodies.iter().map(|(_, id)| id.clone()).collect();
     group
         .iter()
         .zip(requests.iter())
-        .map(|(&i, request)| {
+        .enumerate()
+        .map(|(pos, (&i, request))| {
             let item = &items[i];
             let Some(answer) = answers.remove(&request.id) else {
                 let s = Status::unavailable(
@@ -259,7 +249,17 @@ async fn send_group<P: Parent, R: Resource>(
                         .map(serde_json::from_value::<R::Graph>)
                         .transpose();
                     match value {
-                        Ok(Some(v)) => Outcome::Done(created(item, v)),
+                        Ok(Some(v)) => {
+                            if let Some(sent) = &sent_ids[pos] {
+                                let kind = Worlds::kind(&item.parent.collection_path());
+                                graph.worlds().learn_from_answer(
+                                    &kind,
+                                    sent.as_str(),
+                                    R::graph_id(&v),
+                                );
+                            }
+                            Outcome::Done(created(item, v))
+                        }
                         Ok(None) => Outcome::Done(Err(Status::internal(
                             "Graph's answer to the create has no body",
                         ))),
@@ -269,7 +269,7 @@ async fn send_group<P: Parent, R: Resource>(
                         ))),
                     }
                 }
-                409 if item.replay => Outcome::ReadBack,
+                409 if item.replay && sent_ids[pos].is_some() => Outcome::ReadBack,
                 status_code => {
                     let client_request_id = request
                         .headers

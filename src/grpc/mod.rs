@@ -6,7 +6,7 @@ mod compliance_states;
 pub mod context;
 mod delete;
 mod device_states;
-mod idempotency;
+pub mod idempotency;
 mod list;
 mod ops;
 pub mod status;
@@ -29,7 +29,7 @@ pub struct RunStateApi {
     token: Option<HeaderValue>,
     /// Deadline for calls that carry no `grpc-timeout`.
     default_timeout: Duration,
-    request_ids: idempotency::RequestIds,
+    request_ids: std::sync::Arc<idempotency::RequestIds>,
     /// Seals and opens the List RPCs' page tokens.
     page_tokens: PageTokens,
     /// Limits of the Batch and Stream RPCs.
@@ -60,41 +60,13 @@ impl RunStateApi {
         self.bulk = limits;
         self
     }
-}
 
-/// Logs the outcome of one RPC: failures at info, successes at debug.
-///
-/// Called after the handler's future is awaited in place: wrapping it in
-/// another `async fn` would store the (large) future twice.
-fn log_outcome<T>(
-    rpc: &'static str,
-    started: std::time::Instant,
-    result: &Result<Response<T>, Status>,
-) {
-    let elapsed_us = started.elapsed().as_micros() as u64;
-    let (metadata, failure) = match result {
-        Ok(r) => (r.metadata(), None),
-        Err(s) => (s.metadata(), Some(s)),
-    };
-    let graph_request_id = metadata
-        .get(status::GRAPH_REQUEST_ID)
-        .and_then(|v| v.to_str().ok());
-    match failure {
-        None => tracing::debug!(rpc, elapsed_us, graph_request_id, "ok"),
-        Some(s) => {
-            tracing::info!(rpc, elapsed_us, code = ?s.code(), message = s.message(), graph_request_id, "failed")
-        }
+    /// Keeps request-id records in `records` (shared with batch handlers,
+    /// and through Redis with other replicas).
+    pub fn with_request_ids(mut self, records: std::sync::Arc<idempotency::RequestIds>) -> Self {
+        self.request_ids = records;
+        self
     }
-}
-
-/// Runs a handler and logs its outcome.
-macro_rules! observed {
-    ($rpc:literal, $call:expr) => {{
-        let started = std::time::Instant::now();
-        let result = $call.await;
-        log_outcome($rpc, started, &result);
-        result
-    }};
 }
 
 #[tonic::async_trait]
@@ -103,110 +75,98 @@ impl RunStateService for RunStateApi {
         &self,
         request: Request<pb::CreateScriptUserStateRequest>,
     ) -> Result<Response<pb::ScriptUserState>, Status> {
-        observed!("CreateScriptUserState", self.create_user_state(request))
+        self.create_user_state(request).await
     }
 
     async fn update_script_user_state(
         &self,
         request: Request<pb::UpdateScriptUserStateRequest>,
     ) -> Result<Response<pb::ScriptUserState>, Status> {
-        observed!("UpdateScriptUserState", self.update_user_state(request))
+        self.update_user_state(request).await
     }
 
     async fn get_script_user_state(
         &self,
         request: Request<pb::GetScriptUserStateRequest>,
     ) -> Result<Response<pb::ScriptUserState>, Status> {
-        observed!("GetScriptUserState", self.get_user_state(request))
+        self.get_user_state(request).await
     }
 
     async fn create_script_device_state(
         &self,
         request: Request<pb::CreateScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ScriptDeviceState>, Status> {
-        observed!("CreateScriptDeviceState", self.create_device_state(request))
+        self.create_device_state(request).await
     }
 
     async fn update_script_device_state(
         &self,
         request: Request<pb::UpdateScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ScriptDeviceState>, Status> {
-        observed!("UpdateScriptDeviceState", self.update_device_state(request))
+        self.update_device_state(request).await
     }
 
     async fn get_script_device_state(
         &self,
         request: Request<pb::GetScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ScriptDeviceState>, Status> {
-        observed!("GetScriptDeviceState", self.get_device_state(request))
+        self.get_device_state(request).await
     }
 
     async fn create_compliance_script_device_state(
         &self,
         request: Request<pb::CreateComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
-        observed!(
-            "CreateComplianceScriptDeviceState",
-            self.create_compliance_state(request)
-        )
+        self.create_compliance_state(request).await
     }
 
     async fn update_compliance_script_device_state(
         &self,
         request: Request<pb::UpdateComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
-        observed!(
-            "UpdateComplianceScriptDeviceState",
-            self.update_compliance_state(request)
-        )
+        self.update_compliance_state(request).await
     }
 
     async fn get_compliance_script_device_state(
         &self,
         request: Request<pb::GetComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
-        observed!(
-            "GetComplianceScriptDeviceState",
-            self.get_compliance_state(request)
-        )
+        self.get_compliance_state(request).await
     }
 
     async fn list_script_user_states(
         &self,
         request: Request<pb::ListScriptUserStatesRequest>,
     ) -> Result<Response<pb::ListScriptUserStatesResponse>, Status> {
-        observed!("ListScriptUserStates", self.list_user_states(request))
+        self.list_user_states(request).await
     }
 
     async fn delete_script_user_state(
         &self,
         request: Request<pb::DeleteScriptUserStateRequest>,
     ) -> Result<Response<()>, Status> {
-        observed!("DeleteScriptUserState", self.delete_user_state(request))
+        self.delete_user_state(request).await
     }
 
     async fn list_script_device_states(
         &self,
         request: Request<pb::ListScriptDeviceStatesRequest>,
     ) -> Result<Response<pb::ListScriptDeviceStatesResponse>, Status> {
-        observed!("ListScriptDeviceStates", self.list_device_states(request))
+        self.list_device_states(request).await
     }
 
     async fn delete_script_device_state(
         &self,
         request: Request<pb::DeleteScriptDeviceStateRequest>,
     ) -> Result<Response<()>, Status> {
-        observed!("DeleteScriptDeviceState", self.delete_device_state(request))
+        self.delete_device_state(request).await
     }
 
     async fn batch_create_script_device_states(
         &self,
         request: Request<pb::BatchCreateScriptDeviceStatesRequest>,
     ) -> Result<Response<pb::BatchCreateScriptDeviceStatesResponse>, Status> {
-        observed!(
-            "BatchCreateScriptDeviceStates",
-            self.batch_create_device_states(request)
-        )
+        self.batch_create_device_states(request).await
     }
 
     type StreamCreateScriptDeviceStatesStream = stream::AnswerStream;
@@ -215,40 +175,28 @@ impl RunStateService for RunStateApi {
         &self,
         request: Request<tonic::Streaming<pb::StreamCreateScriptDeviceStatesRequest>>,
     ) -> Result<Response<Self::StreamCreateScriptDeviceStatesStream>, Status> {
-        observed!(
-            "StreamCreateScriptDeviceStates",
-            self.stream_create_device_states(request)
-        )
+        self.stream_create_device_states(request).await
     }
 
     async fn list_compliance_script_device_states(
         &self,
         request: Request<pb::ListComplianceScriptDeviceStatesRequest>,
     ) -> Result<Response<pb::ListComplianceScriptDeviceStatesResponse>, Status> {
-        observed!(
-            "ListComplianceScriptDeviceStates",
-            self.list_compliance_states(request)
-        )
+        self.list_compliance_states(request).await
     }
 
     async fn delete_compliance_script_device_state(
         &self,
         request: Request<pb::DeleteComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<()>, Status> {
-        observed!(
-            "DeleteComplianceScriptDeviceState",
-            self.delete_compliance_state(request)
-        )
+        self.delete_compliance_state(request).await
     }
 
     async fn batch_create_compliance_script_device_states(
         &self,
         request: Request<pb::BatchCreateComplianceScriptDeviceStatesRequest>,
     ) -> Result<Response<pb::BatchCreateComplianceScriptDeviceStatesResponse>, Status> {
-        observed!(
-            "BatchCreateComplianceScriptDeviceStates",
-            self.batch_create_compliance_states(request)
-        )
+        self.batch_create_compliance_states(request).await
     }
 }
 

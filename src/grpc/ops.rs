@@ -7,19 +7,24 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::HeaderValue;
 use prost_types::FieldMask;
 use tokio::time::timeout_at;
 use tonic::{Response, Status, metadata::MetadataMap};
 
-use super::{RunStateApi, context, idempotency::Refused, status};
+use super::{
+    RunStateApi, context,
+    idempotency::{Begin, MAX_STORED_RESPONSE, Outcome, RecordKey, Refused},
+    status,
+};
 use crate::convert::{
     FieldViolation,
     mask::{self, Selection},
     names::{Id, Parent, ResourcePath},
     resources::Resource,
 };
-use crate::graph::{Call, GraphError};
+use crate::graph::{Call, GraphClient, GraphError, NewEntity};
+use crate::state::identity;
 
 /// The fields of a create request, before validation.
 pub(super) struct Create<'a, P, R> {
@@ -61,11 +66,77 @@ fn applied_but_unread(status: Status, what: &str) -> Status {
     )
 }
 
-/// Who is calling, as a hash of the token: request ids are per caller.
-fn caller(authorization: &http::HeaderValue) -> u64 {
-    let mut h = DefaultHasher::new();
-    authorization.as_bytes().hash(&mut h);
-    h.finish()
+/// Everything a create needs, owned, so it can run in a task of its own.
+struct CreateWork {
+    graph: GraphClient,
+    collection: String,
+    /// `{parent}/{children}/`: the new resource's name is this plus its id.
+    name_prefix: String,
+    body: serde_json::Map<String, serde_json::Value>,
+    wish: Option<String>,
+    request_id: bool,
+    authorization: HeaderValue,
+    deadline: tokio::time::Instant,
+}
+
+/// Extra time past the deadline for the Graph client to report how a
+/// create ended (it stops at the deadline itself).
+const CREATE_GRACE: Duration = Duration::from_secs(2);
+
+impl CreateWork {
+    async fn run<R: Resource>(&self) -> Result<(R, Option<String>), GraphError> {
+        let call = Call {
+            authorization: &self.authorization,
+            deadline: self.deadline,
+        };
+        let new = NewEntity {
+            collection: &self.collection,
+            body: self.body.clone(),
+            id: self.wish.as_deref(),
+            request_id: self.request_id,
+        };
+        let body = &self.body;
+        let matches = move |stored: &serde_json::Value| same_fields(body, stored);
+        let reply = timeout_at(
+            self.deadline + CREATE_GRACE,
+            self.graph.create_entity(new, &matches, &call),
+        )
+        .await
+        .unwrap_or_else(|_| Err(GraphError::OutcomeUnknown(Box::new(GraphError::Timeout))))?;
+        let value: R::Graph = serde_json::from_value(reply.value)
+            .map_err(|e| GraphError::InvalidResponse(e.to_string()))?;
+        let id = R::graph_id(&value)
+            .ok_or_else(|| GraphError::InvalidResponse("the created entity has no id".into()))?;
+        let id = Id::parse(id).map_err(|why| {
+            GraphError::InvalidResponse(format!("Graph returned an id that {why}"))
+        })?;
+        let name = format!("{}{}", self.name_prefix, id.as_str());
+        Ok((R::from_graph(value, name), reply.request_id))
+    }
+}
+
+/// Whether a stored entity holds every field this create would write (so a
+/// 409 or a read-back found the caller's own write, not someone else's).
+fn same_fields(
+    body: &serde_json::Map<String, serde_json::Value>,
+    stored: &serde_json::Value,
+) -> bool {
+    use serde_json::Value;
+    body.iter()
+        .filter(|(k, _)| *k != "id" && !k.starts_with('@'))
+        .all(|(k, want)| {
+            let got = stored.get(k).unwrap_or(&Value::Null);
+            match (want, got) {
+                (Value::String(a), Value::String(b)) if a != b => {
+                    // Graph may write a timestamp in another form.
+                    matches!(
+                        (crate::convert::datetime::parse(a), crate::convert::datetime::parse(b)),
+                        (Ok(x), Ok(y)) if x == y
+                    )
+                }
+                _ => want == got,
+            }
+        })
 }
 
 /// Collects field violations; nothing reaches Graph while there is one.
@@ -150,6 +221,10 @@ impl RunStateApi {
     }
 
     /// POST `{parent}/{children}`; returns the created resource.
+    ///
+    /// With a `request_id`, the first call claims the id and the create runs
+    /// in a task of its own, so its answer is recorded even when the caller
+    /// goes away; later calls with the id get that answer.
     pub(super) async fn create<P: Parent, R: Resource>(
         &self,
         metadata: &MetadataMap,
@@ -166,109 +241,137 @@ impl RunStateApi {
         let resource = v.required(R::FIELD, c.resource);
         let body = resource.and_then(|r| v.extend(r.to_graph(&Selection::Create)));
         v.finish()?;
-        let (Some(parent), Some(mut body)) = (parent, body) else {
+        let (Some(parent), Some(body)) = (parent, body) else {
             return Err(internal("validation left no value"));
         };
         let authorization = context::authorization(metadata, self.token.as_ref())?;
-        let call = Call {
-            authorization: &authorization,
-            deadline: self.deadline(metadata),
+        let deadline = self.deadline(metadata);
+        let mut body = match serde_json::to_value(&body) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => return Err(internal("the Graph body is not a JSON object")),
         };
-        // With a request_id and no chosen id, the request_id becomes the new
-        // state's id: a retry (after a lost answer, a timeout or a restart)
-        // then meets its own first copy (409) and reads it back.
-        let id =
-            id.or_else(|| request_id.and_then(|u| Id::parse(&u.hyphenated().to_string()).ok()));
-        if let Some(id) = &id {
-            R::set_graph_id(&mut body, id.as_str().to_owned());
-        }
-        let replay = request_id.is_some();
+        body.remove("id");
+        // The id the gateway would like Graph to keep: the caller's wish, else
+        // the request id (where Graph keeps ids, a replay then meets its own
+        // first copy). Graph may ignore it; the answer carries Graph's id.
+        let wish = id
+            .map(|i| i.as_str().to_owned())
+            .or_else(|| request_id.map(|u| u.hyphenated().to_string()));
+        let work = CreateWork {
+            graph: self.graph.clone(),
+            collection: parent.collection_path(),
+            name_prefix: format!("{parent}/{}/", P::CHILDREN),
+            body,
+            wish,
+            request_id: request_id.is_some(),
+            authorization,
+            deadline,
+        };
+        let Some(rid) = request_id else {
+            let (resource, graph_request_id) = work
+                .run::<R>()
+                .await
+                .map_err(|e| status::from_graph(e, self.graph.host()))?;
+            return Ok(respond(resource, graph_request_id));
+        };
 
-        let work = || self.create_in_graph::<P, R>(&parent, &body, &call, id.as_ref(), replay);
-        let (resource, graph_request_id) = match request_id {
-            None => timeout_at(call.deadline, work())
-                .await
-                .unwrap_or_else(|_| Err(self.deadline_exceeded()))?,
-            Some(key) => {
-                let encoded = || async {
-                    let (r, rid) = work().await?;
-                    Ok::<_, Status>((Bytes::from(r.encode_to_vec()), rid))
-                };
-                let outcome = timeout_at(call.deadline, async {
-                    match self
-                        .request_ids
-                        .run(c.rpc, key, caller(&authorization), c.fingerprint, encoded)
-                        .await
-                    {
-                        Ok(result) => result,
-                        Err(Refused::Reused) => {
-                            Err(status::invalid_argument(vec![FieldViolation::new(
-                                "request_id",
-                                "was already used with a different request",
-                            )]))
-                        }
-                    }
-                })
-                .await
-                .unwrap_or_else(|_| Err(self.deadline_exceeded()))?;
-                let resource =
-                    R::decode(outcome.0).map_err(|e| internal(format!("cached response: {e}")))?;
-                (resource, outcome.1)
+        // Keyed by the new resource's collection (its parent plus the kind of
+        // child), so a user state and a device state under one script differ.
+        let key = RecordKey::new(
+            &identity::caller(&work.authorization),
+            &work.name_prefix,
+            rid,
+        );
+        let claim = match self.request_ids.begin(&key, c.fingerprint, deadline).await {
+            Err(Refused::Reused) => {
+                return Err(status::invalid_argument(vec![FieldViolation::new(
+                    "request_id",
+                    "was already used with a different request",
+                )]));
             }
+            Err(Refused::Deadline) => return Err(self.deadline_exceeded()),
+            Ok(Begin::Replay(outcome)) => {
+                return self.replay::<P, R>(outcome, &parent, &work).await;
+            }
+            Ok(Begin::Owner(claim)) => claim,
         };
+        let host = self.graph.host().to_owned();
+        let rpc = c.rpc;
+        let task = tokio::spawn(async move {
+            let result = work.run::<R>().await;
+            match &result {
+                Ok((resource, graph_request_id)) => {
+                    let encoded = resource.encode_to_vec();
+                    let outcome = Outcome::Created {
+                        name: resource.name().to_owned(),
+                        response: (encoded.len() <= MAX_STORED_RESPONSE)
+                            .then(|| Bytes::from(encoded)),
+                        graph_request_id: graph_request_id.clone(),
+                    };
+                    claim.finish(outcome).await;
+                }
+                Err(GraphError::OutcomeUnknown(_)) => {
+                    let message = result
+                        .as_ref()
+                        .err()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    claim.finish(Outcome::Unknown { message }).await;
+                }
+                // Nothing was applied: release the id for a retry.
+                Err(e) => {
+                    tracing::debug!(rpc, error = %e, "create failed; request id released");
+                    drop(claim)
+                }
+            }
+            result
+        });
+        let (resource, graph_request_id) = task
+            .await
+            .map_err(|_| internal("the create task failed"))?
+            .map_err(|e| status::from_graph(e, &host))?;
         Ok(respond(resource, graph_request_id))
     }
 
-    async fn create_in_graph<P: Parent, R: Resource>(
+    /// The answer recorded for a request id, again.
+    async fn replay<P: Parent, R: Resource>(
         &self,
+        outcome: Outcome,
         parent: &P,
-        body: &R::Graph,
-        call: &Call<'_>,
-        chosen: Option<&Id>,
-        replay: bool,
-    ) -> Result<(R, Option<String>), Status> {
-        let collection = parent.collection_path();
-        let reply = match self
-            .graph
-            .create::<_, R::Graph>(&collection, body, call, chosen.is_some())
-            .await
-        {
-            Ok(reply) => reply,
-            // A retried POST (or a replayed request_id) met its own first
-            // copy: read that back.
-            Err(GraphError::Status(e))
-                if e.status == StatusCode::CONFLICT && (e.after_ambiguous_retry || replay) =>
-            {
-                let Some(id) = chosen else {
-                    return Err(self.graph_status(GraphError::Status(e)));
+        work: &CreateWork,
+    ) -> Result<Response<R>, Status> {
+        match outcome {
+            Outcome::Unknown { message } => Err(status::outcome_unknown(
+                message.trim_start_matches("the create may have been applied: "),
+                self.graph.host(),
+            )),
+            Outcome::Created {
+                response: Some(bytes),
+                graph_request_id,
+                ..
+            } => {
+                let resource =
+                    R::decode(bytes).map_err(|e| internal(format!("recorded response: {e}")))?;
+                Ok(respond(resource, graph_request_id))
+            }
+            // Too large to keep: read it back.
+            Outcome::Created { name, .. } => {
+                let id = name.rsplit('/').next().unwrap_or_default();
+                let id = Id::parse(id).map_err(|e| internal(format!("recorded name: {e}")))?;
+                let call = Call {
+                    authorization: &work.authorization,
+                    deadline: work.deadline,
                 };
-                let reply = self
-                    .graph
-                    .get::<R::Graph>(&parent.child_path(id), call)
-                    .await
-                    .map_err(|e| applied_but_unread(self.graph_status(e), "the state exists"))?;
-                return Ok((
-                    R::from_graph(reply.value, parent.child_name(id.as_str())),
-                    reply.request_id,
-                ));
+                let got = timeout_at(
+                    call.deadline,
+                    self.graph.get::<R::Graph>(&parent.child_path(&id), &call),
+                )
+                .await
+                .unwrap_or(Err(GraphError::Timeout))
+                .map_err(|e| self.graph_status(e))?;
+                Ok(respond(R::from_graph(got.value, name), got.request_id))
             }
-            Err(e) => return Err(self.graph_status(e)),
-        };
-        let mut value = reply.value;
-        let id = match (R::graph_id(&value), chosen) {
-            (Some(id), _) => {
-                Id::parse(id).map_err(|why| internal(format!("Graph returned an id that {why}")))?
-            }
-            (None, Some(id)) => {
-                R::set_graph_id(&mut value, id.as_str().to_owned());
-                id.clone()
-            }
-            (None, None) => return Err(internal("Graph's answer to the create has no id")),
-        };
-        Ok((
-            R::from_graph(value, parent.child_name(id.as_str())),
-            reply.request_id,
-        ))
+        }
     }
 
     /// PATCH `{name}` with the masked fields; returns the stored resource.

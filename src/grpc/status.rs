@@ -15,6 +15,9 @@ use crate::graph::{GraphError, StatusError};
 /// Response metadata key holding Graph's `request-id`.
 pub const GRAPH_REQUEST_ID: &str = "graph-request-id";
 
+/// Response metadata key holding the `client-request-id` sent to Graph.
+pub const CLIENT_REQUEST_ID: &str = "client-request-id";
+
 /// Graph's error code for a route it lists in metadata but does not serve.
 const UNSERVED_ROUTE: &str = "No method match route template";
 
@@ -33,6 +36,8 @@ pub fn code_for(status: StatusCode, method: &Method) -> Code {
         409 if *method == Method::POST => Code::AlreadyExists,
         409 => Code::Aborted,
         412 => Code::FailedPrecondition,
+        // Payload too large: the request's content is at fault.
+        413 => Code::InvalidArgument,
         429 => Code::ResourceExhausted,
         500 => Code::Internal,
         502..=504 => Code::Unavailable,
@@ -83,6 +88,27 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
                 details,
             )
         }
+        GraphError::BodyTooLarge { field, size } => invalid_argument(vec![FieldViolation::new(
+            snake_case(&field),
+            format!(
+                "makes the request {size} bytes once encoded as JSON for Graph, over the {} byte limit",
+                crate::graph::MAX_REQUEST_BODY_BYTES
+            ),
+        )]),
+        GraphError::OutcomeUnknown(cause) => outcome_unknown(&cause.to_string(), host),
+        GraphError::WriteBudget { retry_after } => {
+            let mut details =
+                ErrorDetails::with_error_info("WRITE_BUDGET_EXHAUSTED", host, HashMap::new());
+            details.set_retry_info(Some(retry_after));
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "the gateway's write budget for this tenant has no slot before the deadline (next in {} ms); retry later",
+                    retry_after.as_millis()
+                ),
+                details,
+            )
+        }
         GraphError::InvalidResponse(why) => {
             let details =
                 ErrorDetails::with_error_info("INVALID_GRAPH_RESPONSE", host, HashMap::new());
@@ -93,6 +119,35 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
             )
         }
     }
+}
+
+/// `resultMessage` → `result_message`.
+fn snake_case(json_name: &str) -> String {
+    let mut out = String::with_capacity(json_name.len() + 4);
+    for c in json_name.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// ErrorInfo reason of a write whose outcome is unknown.
+pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
+
+/// UNKNOWN with reason OUTCOME_UNKNOWN: the write may have been applied.
+pub fn outcome_unknown(cause: &str, host: &str) -> Status {
+    let details = ErrorDetails::with_error_info(OUTCOME_UNKNOWN, host, HashMap::new());
+    Status::with_error_details(
+        Code::Unknown,
+        format!(
+            "the create may have been applied: Graph's answer was lost ({cause}). Sending it again could create a duplicate; check (e.g. list the parent) before creating again"
+        ),
+        details,
+    )
 }
 
 fn from_status_error(e: StatusError) -> Status {
@@ -159,6 +214,7 @@ mod tests {
             (405, Code::Unimplemented),
             (501, Code::Unimplemented),
             (412, Code::FailedPrecondition),
+            (413, Code::InvalidArgument),
             (429, Code::ResourceExhausted),
             (500, Code::Internal),
             (502, Code::Unavailable),

@@ -7,27 +7,26 @@
 //! sender faster than Graph waits on HTTP/2 flow control instead of
 //! growing the gateway's memory.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use http::HeaderValue;
 use tokio::{
     sync::{Semaphore, mpsc},
     time::Instant,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 
 use super::{
     RunStateApi,
-    batch::{create_one, prepare, rpc_status},
+    batch::rpc_status,
     context,
-    ops::Create,
+    ops::{Create, fingerprint},
     status,
 };
 use crate::convert::names::DeviceStateParent;
-use crate::graph::{Call, GraphClient};
+use crate::graph::GraphError;
 use crate::pb::{
-    self, StreamCreateScriptDeviceStatesRequest as Item,
+    StreamCreateScriptDeviceStatesRequest as Item,
     StreamCreateScriptDeviceStatesResponse as Answer, stream_create_script_device_states_response,
 };
 
@@ -36,27 +35,44 @@ pub type AnswerStream = ReceiverStream<Result<Answer, Status>>;
 
 /// What every item of one stream shares.
 struct Feed {
-    graph: GraphClient,
-    authorization: HeaderValue,
-    /// Deadline of each item, from when it is read.
-    item_timeout: Duration,
+    /// A handle on the service: each item is one `CreateScriptDeviceState`
+    /// (validation, request-id records, client ids, write budget).
+    api: RunStateApi,
+    /// The caller's `authorization` only: each item gets the default deadline.
+    metadata: MetadataMap,
     /// The caller's deadline for the whole stream, if it gave one.
     deadline: Option<Instant>,
 }
 
 impl RunStateApi {
+    /// Another handle on the same service state (clients, records, keys).
+    fn handle(&self) -> RunStateApi {
+        RunStateApi {
+            graph: self.graph.clone(),
+            token: self.token.clone(),
+            default_timeout: self.default_timeout,
+            request_ids: self.request_ids.clone(),
+            page_tokens: self.page_tokens.clone(),
+            bulk: self.bulk,
+        }
+    }
+
     pub(super) async fn stream_create_device_states(
         &self,
         request: Request<Streaming<Item>>,
     ) -> Result<Response<AnswerStream>, Status> {
         let (metadata, _, inbound) = request.into_parts();
-        let authorization = context::authorization(&metadata, self.token.as_ref())?;
+        // Refuse a stream without a token at once, not item by item.
+        context::authorization(&metadata, self.token.as_ref())?;
+        let mut item_metadata = MetadataMap::new();
+        if let Some(value) = metadata.get("authorization") {
+            item_metadata.insert("authorization", value.clone());
+        }
         let window = self.bulk.stream_window.max(1);
         let (tx, rx) = mpsc::channel(window);
         let feed = Arc::new(Feed {
-            graph: self.graph.clone(),
-            authorization,
-            item_timeout: self.default_timeout,
+            api: self.handle(),
+            metadata: item_metadata,
             deadline: context::grpc_timeout(&metadata).map(|t| Instant::now() + t),
         });
         tokio::spawn(pump(inbound, tx, feed, window));
@@ -109,43 +125,30 @@ async fn pump(
 
 async fn create(feed: &Feed, index: u64, item: Item) -> Answer {
     use stream_create_script_device_states_response::Result as Outcome;
-    let request_id = item.request_id;
     let c = Create {
         rpc: "StreamCreateScriptDeviceStates",
+        fingerprint: fingerprint(&item, &item.request_id),
         parent: DeviceStateParent::parse(&item.parent),
-        resource: item.script_device_state,
+        resource: item.script_device_state.clone(),
         id_field: "script_device_state_id",
         id: &item.script_device_state_id,
-        request_id: &request_id,
-        fingerprint: 0,
+        request_id: &item.request_id,
     };
-    let mut errors = Vec::new();
-    let result = match prepare::<DeviceStateParent, pb::ScriptDeviceState>(c, "", &mut errors) {
-        None => Err(status::invalid_argument(errors)),
-        Some(prepared) => {
-            let mut deadline = Instant::now() + feed.item_timeout;
-            if let Some(d) = feed.deadline {
-                deadline = deadline.min(d);
-            }
-            let call = Call {
-                authorization: &feed.authorization,
-                deadline,
-            };
-            tokio::time::timeout_at(deadline, create_one(&feed.graph, &prepared, &call))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(status::from_graph(
-                        crate::graph::GraphError::Timeout,
-                        feed.graph.host(),
-                    ))
-                })
-        }
+    let work = feed.api.create(&feed.metadata, c);
+    let result = match feed.deadline {
+        None => work.await,
+        Some(d) => tokio::time::timeout_at(d, work).await.unwrap_or_else(|_| {
+            Err(status::from_graph(
+                GraphError::Timeout,
+                feed.api.graph.host(),
+            ))
+        }),
     };
     Answer {
         index,
-        request_id,
+        request_id: item.request_id.clone(),
         result: Some(match result {
-            Ok(state) => Outcome::ScriptDeviceState(state),
+            Ok(state) => Outcome::ScriptDeviceState(state.into_inner()),
             Err(s) => Outcome::Status(rpc_status(&s)),
         }),
     }

@@ -22,6 +22,12 @@ fn create() -> CreateScriptUserStateRequest {
     }
 }
 
+fn get() -> GetScriptUserStateRequest {
+    GetScriptUserStateRequest {
+        name: "deviceShellScripts/s/userRunStates/u".into(),
+    }
+}
+
 fn update() -> UpdateScriptUserStateRequest {
     UpdateScriptUserStateRequest {
         script_user_state: Some(ScriptUserState {
@@ -47,8 +53,8 @@ async fn every_graph_status_maps_with_error_info_and_request_info() {
         (500, "InternalServerError", Code::Internal),
         (501, "NotImplemented", Code::Unimplemented),
         (502, "", Code::Unavailable),
-        (503, "ServiceUnavailable", Code::Unavailable),
-        (504, "GatewayTimeout", Code::Unavailable),
+        // 503 is retried for a create, and a 504 leaves it OUTCOME_UNKNOWN
+        // (tests/api/worlds.rs); the mapping itself is unit-tested.
     ];
     let mut app = spawn_app().await;
     for (http, code, want) in table {
@@ -227,14 +233,10 @@ async fn unreachable_graph_is_unavailable() {
 async fn a_slow_graph_meets_the_callers_deadline() {
     let mut app = spawn_app().await;
     app.graph.set_latency(Duration::from_secs(3));
-    let mut request = Request::new(create());
+    let mut request = Request::new(get());
     request.set_timeout(Duration::from_millis(300));
     let started = std::time::Instant::now();
-    let status = app
-        .client
-        .create_script_user_state(request)
-        .await
-        .unwrap_err();
+    let status = app.client.get_script_user_state(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -247,10 +249,24 @@ async fn a_slow_graph_meets_the_callers_deadline() {
 async fn server_side_deadline_applies_without_grpc_timeout() {
     let mut app = spawn_app_with(&["--graph-token", "t", "--request-timeout", "300ms"]).await;
     app.graph.set_latency(Duration::from_secs(3));
+    let status = app.client.get_script_user_state(get()).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn a_create_cut_off_by_the_deadline_may_have_been_applied() {
+    let mut app = spawn_app().await;
+    app.graph.set_latency(Duration::from_secs(3));
+    let mut request = Request::new(create());
+    request.set_timeout(Duration::from_millis(300));
     let status = app
         .client
-        .create_script_user_state(create())
+        .create_script_user_state(request)
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded);
+    // The POST was sent: its outcome is unknown, not a plain deadline.
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    let info = status.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "OUTCOME_UNKNOWN");
+    assert!(status.message().contains("may have been applied"));
 }

@@ -4,7 +4,7 @@ use runstate_gateway::pb::{
     ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest, RunState,
 };
 
-use crate::helpers::{assert_violation, spawn_app};
+use crate::helpers::{TOKEN, assert_violation, spawn_app, spawn_app_with};
 
 fn create(request_id: &str, output: &str) -> CreateComplianceScriptDeviceStateRequest {
     CreateComplianceScriptDeviceStateRequest {
@@ -93,7 +93,7 @@ async fn a_failed_create_can_be_retried_with_the_same_id() {
 
 #[tokio::test]
 async fn a_request_id_survives_a_lost_answer_without_a_duplicate() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_app_with(&["--graph-token", TOKEN, "--graph-client-ids", "honour"]).await;
     // Graph stores the first POST, but its answer is lost behind a 504.
     app.graph.inject(
         runstate_gateway::emulator::Fault::status(504)
@@ -110,8 +110,95 @@ async fn a_request_id_survives_a_lost_answer_without_a_duplicate() {
         .into_inner();
     assert_eq!(state.id, id, "the request_id is the new state's id");
     let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
-    assert_eq!(methods, ["POST", "POST", "GET"]);
+    assert_eq!(methods, ["POST", "GET"], "read back, never sent twice");
     assert_eq!(app.requests()[0].json()["id"], id);
+}
+
+#[tokio::test]
+async fn auto_learns_that_ids_are_kept_then_resolves_a_lost_answer() {
+    let mut app = spawn_app().await;
+    // Before anything is known, a lost answer stays unknown...
+    app.graph.inject(
+        runstate_gateway::emulator::Fault::status(504)
+            .method("POST")
+            .after_apply()
+            .times(1),
+    );
+    let first = uuid::Uuid::new_v4().to_string();
+    let err = app
+        .client
+        .create_compliance_script_device_state(create(&first, "a"))
+        .await
+        .unwrap_err();
+    assert_outcome_unknown(&err);
+    // ...and a create that comes back with the id sent teaches the gateway.
+    app.client
+        .create_compliance_script_device_state(create(&uuid::Uuid::new_v4().to_string(), "b"))
+        .await
+        .unwrap();
+    app.graph.clear_requests();
+    app.graph.inject(
+        runstate_gateway::emulator::Fault::status(504)
+            .method("POST")
+            .after_apply()
+            .times(1),
+    );
+    let id = uuid::Uuid::new_v4().to_string();
+    let state = app
+        .client
+        .create_compliance_script_device_state(create(&id, "c"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.id, id);
+    let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods, ["POST", "GET"]);
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_answered_again_without_a_second_post() {
+    // The gateway is told Graph ignores ids: nothing can resolve a lost answer.
+    let mut app = spawn_app_with(&["--graph-token", TOKEN, "--graph-client-ids", "ignore"]).await;
+    app.graph.inject(
+        runstate_gateway::emulator::Fault::status(504)
+            .method("POST")
+            .after_apply()
+            .times(1),
+    );
+    let id = uuid::Uuid::new_v4().to_string();
+    let first = app
+        .client
+        .create_compliance_script_device_state(create(&id, "a"))
+        .await
+        .unwrap_err();
+    assert_outcome_unknown(&first);
+    assert!(app.requests()[0].json().get("id").is_none(), "no id sent");
+    for _ in 0..3 {
+        let again = app
+            .client
+            .create_compliance_script_device_state(create(&id, "a"))
+            .await
+            .unwrap_err();
+        assert_outcome_unknown(&again);
+        assert_eq!(again.message(), first.message());
+    }
+    assert_eq!(app.graph.request_count(), 1, "never a second POST");
+}
+
+pub fn assert_outcome_unknown(status: &tonic::Status) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::Unknown, "{status:?}");
+    let info = status
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, "OUTCOME_UNKNOWN");
+    assert!(
+        status.message().contains("may have been applied"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -146,5 +233,32 @@ async fn a_request_id_is_honoured_by_another_gateway_instance() {
         methods,
         ["POST", "POST", "GET"],
         "the replay met a 409 and read the state back"
+    );
+}
+
+#[tokio::test]
+async fn a_large_answer_is_not_kept_but_read_back_on_replay() {
+    // Records are bounded in bytes: a 200 KB answer keeps only its name.
+    let mut app = spawn_app().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let big = "x".repeat(200 * 1024);
+    let first = app
+        .client
+        .create_compliance_script_device_state(create(&id, &big))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = app
+        .client
+        .create_compliance_script_device_state(create(&id, &big))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(
+        methods,
+        ["POST", "GET"],
+        "replayed by reading the state back"
     );
 }

@@ -290,17 +290,27 @@ async fn lists_every_parent_shape_with_top_filter_and_select() {
         )
     );
 
-    // User states, filtered by user principal name (quotes escaped).
+    // User states: unfiltered, then filtered by user principal name (quotes
+    // escaped; the emulator filters on enums only, so only the wire is checked).
     let page = app
+        .client
+        .list_script_user_states(ListScriptUserStatesRequest {
+            parent: "deviceManagementScripts/s1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.script_user_states.len(), 2);
+    assert!(page.script_user_states.iter().any(|u| u.name == user.name));
+    let _ = app
         .client
         .list_script_user_states(ListScriptUserStatesRequest {
             parent: "deviceManagementScripts/s1".into(),
             filter: "user_principal_name = \"o'neil@example.com\"".into(),
             ..Default::default()
         })
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     let sent = app.requests().pop().unwrap();
     assert!(
         sent.path
@@ -308,7 +318,6 @@ async fn lists_every_parent_shape_with_top_filter_and_select() {
         "{}",
         sent.path
     );
-    assert!(page.script_user_states.iter().any(|u| u.name == user.name));
 
     // Compliance states by detection state.
     app.client
@@ -453,4 +462,69 @@ async fn forged_truncated_and_foreign_page_tokens_are_refused_without_upstream_c
         sent[0].path,
         "/beta/deviceManagement/deviceManagementScripts/s1/deviceRunStates?$skiptoken=2&$top=3"
     );
+}
+
+#[tokio::test]
+async fn lists_through_three_pages_with_top_and_the_filter_kept() {
+    let mut app = spawn_app().await;
+    let parent = "deviceCustomAttributeShellScripts/s7";
+    let mut want = Vec::new();
+    for i in 0..10 {
+        let state = if i % 4 == 3 {
+            RunState::Success
+        } else {
+            RunState::Fail
+        };
+        let s = device_state(&mut app, parent, state).await;
+        if state == RunState::Fail {
+            want.push(s.name);
+        }
+    }
+    app.graph.clear_requests();
+    let mut got = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = app
+            .client
+            .list_script_device_states(ListScriptDeviceStatesRequest {
+                parent: parent.into(),
+                page_size: 3,
+                page_token: token,
+                filter: "run_state = RUN_STATE_FAIL".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(page.script_device_states.len() <= 3);
+        assert!(
+            page.script_device_states
+                .iter()
+                .all(|s| s.run_state == RunState::Fail as i32)
+        );
+        got.extend(page.script_device_states.into_iter().map(|s| s.name));
+        token = page.next_page_token;
+        if token.is_empty() || pages > 10 {
+            break;
+        }
+        assert!(!token.contains("skiptoken"), "the token is opaque");
+    }
+    assert_eq!(pages, 3, "7 states in pages of 3");
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    let sent = app.requests();
+    assert_eq!(sent.len(), 3);
+    for r in &sent {
+        assert!(r.path.contains("$top=3"), "{}", r.path);
+        assert!(
+            r.path
+                .starts_with(&format!("/beta/deviceManagement/{parent}/deviceRunStates?")),
+            "{}",
+            r.path
+        );
+    }
+    assert!(sent[1].path.contains("skiptoken"), "{}", sent[1].path);
 }

@@ -2,15 +2,21 @@
 //! in-process Graph emulator and calls it with the generated tonic client.
 
 mod auth;
+mod budget;
+mod bulk;
+mod cli;
 mod compliance_states;
 mod device_states;
 mod errors;
+mod healthcheck;
 mod helpers;
 mod idempotency;
 mod lifecycle;
 mod readme;
+mod replicas;
 mod retries;
 mod server;
 mod timestamps;
 mod user_states;
 mod validation;
+mod worlds;

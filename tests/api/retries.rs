@@ -8,7 +8,8 @@ use runstate_gateway::{
 };
 use tonic::{Code, Request};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TOKEN, spawn_app, spawn_app_with};
+use tonic_types::StatusExt;
 
 fn create() -> CreateScriptUserStateRequest {
     CreateScriptUserStateRequest {
@@ -35,12 +36,18 @@ async fn throttled_calls_are_retried_until_they_succeed() {
     assert!(!state.id.is_empty());
     let requests = app.requests();
     assert_eq!(requests.len(), 3);
-    // Every attempt carries a fresh client-request-id.
+    // Every attempt of one RPC carries the same client-request-id, and
+    // retries say which attempt they are (as Microsoft's SDKs do).
     let ids: std::collections::HashSet<_> = requests
         .iter()
         .map(|r| r.header("client-request-id").unwrap().to_string())
         .collect();
-    assert_eq!(ids.len(), 3);
+    assert_eq!(ids.len(), 1);
+    let attempts: Vec<_> = requests
+        .iter()
+        .map(|r| r.header("retry-attempt").map(str::to_owned))
+        .collect();
+    assert_eq!(attempts, [None, Some("1".into()), Some("2".into())]);
 }
 
 #[tokio::test]
@@ -74,18 +81,26 @@ async fn a_post_that_may_have_been_applied_is_not_blindly_retried() {
         .create_script_user_state(create())
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(app.graph.request_count(), 1, "no second POST without an id");
+    assert_eq!(status.code(), Code::Unknown);
+    let info = status.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "OUTCOME_UNKNOWN");
+    assert!(
+        status.message().contains("may have been applied"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(app.graph.request_count(), 1, "no second POST");
 }
 
 #[tokio::test]
-async fn a_post_with_its_own_id_is_retried_without_a_duplicate() {
-    let mut app = spawn_app().await;
+async fn a_post_with_a_request_id_is_resolved_by_reading_back_where_ids_are_honoured() {
+    let mut app = spawn_app_with(&["--graph-token", TOKEN, "--graph-client-ids", "honour"]).await;
     // The first POST is stored but its answer is lost behind a 504.
     app.graph
         .inject(Fault::status(504).method("POST").after_apply().times(1));
     let mut req = create();
     req.script_user_state_id = "u-1".into();
+    req.request_id = uuid::Uuid::new_v4().to_string();
     let state = app
         .client
         .create_script_user_state(req)
@@ -95,13 +110,21 @@ async fn a_post_with_its_own_id_is_retried_without_a_duplicate() {
     assert_eq!(state.name, "deviceShellScripts/s/userRunStates/u-1");
     assert_eq!(state.success_device_count, 1);
     let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
-    assert_eq!(
-        methods,
-        ["POST", "POST", "GET"],
-        "the retry met a 409 and read the state back"
-    );
+    assert_eq!(methods, ["POST", "GET"], "read back, not sent again");
     let list = reqwest_list(&app).await;
     assert_eq!(list, 1, "exactly one state stored");
+}
+
+#[tokio::test]
+async fn server_errors_other_than_503_are_not_retried_for_a_post_but_503_is() {
+    let mut app = spawn_app().await;
+    app.graph
+        .inject(Fault::status(503).method("POST").retry_after("0").times(2));
+    app.client
+        .create_script_user_state(create())
+        .await
+        .expect("503 applied nothing: retried");
+    assert_eq!(app.graph.request_count(), 3);
 }
 
 #[tokio::test]

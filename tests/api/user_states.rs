@@ -110,9 +110,22 @@ async fn caller_can_choose_the_id() {
         "deviceManagementScripts/s/userRunStates/user:42@contoso"
     );
     assert_eq!(app.requests()[0].json()["id"], "user:42@contoso");
-    // The same id again is a conflict on create.
-    let err = app.client.create_script_user_state(req).await.unwrap_err();
+    // The same id with other content is a conflict on create...
+    let mut other = req.clone();
+    other
+        .script_user_state
+        .as_mut()
+        .unwrap()
+        .success_device_count += 1;
+    let err = app
+        .client
+        .create_script_user_state(other)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
+    // ...while the very same create finds its own entity.
+    let again = app.client.create_script_user_state(req).await.unwrap();
+    assert_eq!(again.into_inner(), state);
 }
 
 async fn created(app: &mut crate::helpers::TestApp) -> ScriptUserState {

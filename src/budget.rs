@@ -1,0 +1,409 @@
+//! The write budget (`--write-budget 200/20s`): at most N writes to Graph in
+//! any window of S seconds, per tenant, as a sliding window over send times.
+//!
+//! Every write reserves the earliest slot that keeps the window within the
+//! limit, in arrival order (FIFO), and sleeps until it. A slot past the
+//! caller's deadline is refused at once, with the wait it would have needed.
+//! A 429 from Graph pauses every write of the tenant for its `Retry-After`.
+//! With Redis the send times live in one sorted set per tenant, updated by one
+//! atomic script, so every replica draws from the same budget; while Redis is
+//! unreachable each replica keeps 1/`replicas` of it locally.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::state::redis::Redis;
+
+/// N writes per S seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSpec {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+/// `--write-budget`: a budget, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetFlag(pub Option<BudgetSpec>);
+
+impl Default for BudgetFlag {
+    /// Intune's documented write limit per app and tenant.
+    fn default() -> Self {
+        BudgetFlag(Some(BudgetSpec {
+            limit: 200,
+            window: Duration::from_secs(20),
+        }))
+    }
+}
+
+impl fmt::Display for BudgetFlag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("off"),
+            Some(s) => write!(f, "{}/{}ms", s.limit, s.window.as_millis()),
+        }
+    }
+}
+
+impl FromStr for BudgetFlag {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "off" {
+            return Ok(BudgetFlag(None));
+        }
+        let (n, window) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: use N/DURATION like 200/20s, or off"))?;
+        let limit: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{n:?} is not a number of writes"))?;
+        if !(1..=1_000_000).contains(&limit) {
+            return Err("the number of writes must be 1 to 1000000".into());
+        }
+        let window = crate::config::parse_duration(window)?;
+        Ok(BudgetFlag(Some(BudgetSpec { limit, window })))
+    }
+}
+
+/// Kept between sends so that jitter on the way to Graph cannot squeeze N+1
+/// sends into a window as Graph measures it.
+fn margin(window: Duration) -> Duration {
+    (window / 20).min(Duration::from_millis(500))
+}
+
+/// One tenant's send times (including reserved future ones, in order).
+#[derive(Default)]
+struct Window {
+    sends: VecDeque<Instant>,
+    paused_until: Option<Instant>,
+}
+
+impl Window {
+    /// Reserves the earliest slot at or after `now`; `Err(slot)` when it
+    /// would be later than `latest`.
+    fn reserve(
+        &mut self,
+        now: Instant,
+        latest: Instant,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Instant, Instant> {
+        let span = window + margin(window);
+        while self.sends.front().is_some_and(|t| *t + span <= now) {
+            self.sends.pop_front();
+        }
+        let limit = limit as usize;
+        let mut slot = now;
+        if let Some(last) = self.sends.back() {
+            slot = slot.max(*last);
+        }
+        if self.sends.len() >= limit {
+            slot = slot.max(self.sends[self.sends.len() - limit] + span);
+        }
+        if let Some(p) = self.paused_until {
+            slot = slot.max(p);
+        }
+        if slot > latest {
+            return Err(slot);
+        }
+        self.sends.push_back(slot);
+        // Only the last `limit` sends matter for later slots.
+        while self.sends.len() > limit {
+            self.sends.pop_front();
+        }
+        Ok(slot)
+    }
+
+    fn idle(&self, now: Instant, window: Duration) -> bool {
+        self.sends.back().is_none_or(|t| *t + window * 2 <= now)
+            && self.paused_until.is_none_or(|p| p <= now)
+    }
+}
+
+/// Most tenants tracked locally; idle ones are dropped past it.
+const MAX_TENANTS: usize = 10_000;
+
+/// The write budget of all tenants.
+pub struct WriteBudget {
+    spec: BudgetSpec,
+    /// The share of the budget used while Redis is unreachable.
+    local_limit: u32,
+    local: Mutex<HashMap<String, Window>>,
+    redis: Option<Arc<Redis>>,
+}
+
+impl fmt::Debug for WriteBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBudget")
+            .field("spec", &self.spec)
+            .field("shared", &self.redis.is_some())
+            .finish()
+    }
+}
+
+/// The sliding window over a tenant's sorted set of send times (ms, Redis
+/// clock). Returns {1, wait_ms} for a reserved slot, {0, wait_ms} when the
+/// wait would exceed ARGV[3].
+const RESERVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local span = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+local slot = now
+local n = redis.call('ZCARD', KEYS[1])
+if n > 0 then
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  slot = math.max(slot, tonumber(last[2]))
+end
+if n >= limit then
+  local e = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
+  slot = math.max(slot, tonumber(e[2]) + span)
+end
+local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
+if pause > now then slot = math.max(slot, pause) end
+local wait = slot - now
+if wait > max_wait then return {0, wait} end
+redis.call('ZADD', KEYS[1], slot, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], span * 2 + wait)
+return {1, wait}
+";
+
+/// Sets the pause to now + ARGV[1] ms unless a later one is set.
+const PAUSE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now + tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_ms > cur then
+  redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 1000)
+end
+return 1
+";
+
+impl WriteBudget {
+    /// A budget; with Redis, shared with the other replicas (`replicas` of
+    /// them, for the local share while Redis is down).
+    pub fn new(spec: BudgetSpec, redis: Option<Arc<Redis>>, replicas: u32) -> Self {
+        let local_limit = if redis.is_some() {
+            (spec.limit / replicas.max(1)).max(1)
+        } else {
+            spec.limit
+        };
+        Self {
+            spec,
+            local_limit,
+            local: Mutex::default(),
+            redis,
+        }
+    }
+
+    pub fn spec(&self) -> BudgetSpec {
+        self.spec
+    }
+
+    /// Waits for a write slot of `tenant`. `Err(wait)` at once when the slot
+    /// would come after `deadline`: the caller answers RESOURCE_EXHAUSTED
+    /// with that wait as `RetryInfo`.
+    pub async fn acquire(&self, tenant: &str, deadline: Instant) -> Result<(), Duration> {
+        let started = Instant::now();
+        let slot = match self.reserve_shared(tenant, deadline).await {
+            Some(result) => result,
+            None => self.reserve_local(tenant, deadline),
+        };
+        match slot {
+            Ok(at) => {
+                tokio::time::sleep_until(at).await;
+                metrics::histogram!("runstate_write_budget_wait_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(wait) => {
+                metrics::counter!("runstate_write_budget_rejected_total").increment(1);
+                Err(wait)
+            }
+        }
+    }
+
+    fn reserve_local(&self, tenant: &str, deadline: Instant) -> Result<Instant, Duration> {
+        let now = Instant::now();
+        let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() >= MAX_TENANTS && !windows.contains_key(tenant) {
+            windows.retain(|_, w| !w.idle(now, self.spec.window));
+        }
+        windows
+            .entry(tenant.to_owned())
+            .or_default()
+            .reserve(now, deadline, self.local_limit, self.spec.window)
+            .map_err(|slot| slot - now)
+    }
+
+    /// The slot from Redis; `None` when Redis cannot be used.
+    async fn reserve_shared(
+        &self,
+        tenant: &str,
+        deadline: Instant,
+    ) -> Option<Result<Instant, Duration>> {
+        let redis = self.redis.as_ref()?;
+        let span = self.spec.window + margin(self.spec.window);
+        let max_wait = deadline.saturating_duration_since(Instant::now());
+        let member = uuid::Uuid::new_v4().simple().to_string();
+        let (granted, wait_ms): (i64, i64) = redis
+            .run("write budget", |mut c| async move {
+                redis::Script::new(RESERVE)
+                    .key(format!("runstate:budget:{tenant}"))
+                    .key(format!("runstate:pause:{tenant}"))
+                    .arg(span.as_millis() as u64)
+                    .arg(self.spec.limit)
+                    .arg(max_wait.as_millis() as u64)
+                    .arg(member)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let wait = Duration::from_millis(wait_ms.max(0) as u64);
+        Some(if granted == 1 {
+            Ok(Instant::now() + wait)
+        } else {
+            Err(wait)
+        })
+    }
+
+    /// Pauses every write of `tenant` for `delay` (after a 429 from Graph).
+    pub async fn pause(&self, tenant: &str, delay: Duration) {
+        let until = Instant::now() + delay;
+        {
+            let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            let w = windows.entry(tenant.to_owned()).or_default();
+            w.paused_until = Some(w.paused_until.map_or(until, |p| p.max(until)));
+        }
+        if let Some(redis) = &self.redis {
+            redis
+                .run("write pause", |mut c| async move {
+                    redis::Script::new(PAUSE)
+                        .key(format!("runstate:pause:{tenant}"))
+                        .arg(delay.as_millis() as u64)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(limit: u32, secs: u64) -> BudgetSpec {
+        BudgetSpec {
+            limit,
+            window: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn parses_the_flag() {
+        assert_eq!(
+            "200/20s".parse::<BudgetFlag>(),
+            Ok(BudgetFlag(Some(spec(200, 20))))
+        );
+        assert_eq!("off".parse::<BudgetFlag>(), Ok(BudgetFlag(None)));
+        assert_eq!(BudgetFlag::default(), BudgetFlag(Some(spec(200, 20))));
+        for bad in ["", "200", "0/20s", "x/20s", "200/0s", "200/20x", "-1/1s"] {
+            assert!(bad.parse::<BudgetFlag>().is_err(), "{bad}");
+        }
+    }
+
+    /// Checks that no window of `window` (plus nothing) holds more than `limit`.
+    fn max_in_any_window(times: &[Instant], window: Duration) -> usize {
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|t| **t < times[i] + window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn never_more_than_n_in_any_window_and_fifo() {
+        let now = Instant::now();
+        let mut w = Window::default();
+        let window = Duration::from_secs(5);
+        let far = now + Duration::from_secs(3600);
+        let mut slots = Vec::new();
+        // 170 writes arriving in bursts at various times.
+        for i in 0..170u64 {
+            let arrive = now + Duration::from_millis((i / 20) * 700);
+            slots.push(w.reserve(arrive, far, 50, window).unwrap());
+        }
+        assert!(slots.windows(2).all(|p| p[0] <= p[1]), "slots in order");
+        assert_eq!(max_in_any_window(&slots, window), 50);
+        // The first 50 go at once.
+        assert!(
+            slots[..50]
+                .iter()
+                .all(|s| *s - now < Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn a_slot_past_the_deadline_is_refused_without_reserving() {
+        let now = Instant::now();
+        let mut w = Window::default();
+        let window = Duration::from_secs(10);
+        for _ in 0..3 {
+            w.reserve(now, now, 3, window).unwrap();
+        }
+        let err = w
+            .reserve(now, now + Duration::from_secs(1), 3, window)
+            .unwrap_err();
+        assert!(err - now >= window);
+        assert_eq!(w.sends.len(), 3);
+    }
+
+    #[test]
+    fn a_pause_delays_every_later_slot() {
+        let now = Instant::now();
+        let mut w = Window {
+            paused_until: Some(now + Duration::from_secs(7)),
+            ..Default::default()
+        };
+        let far = now + Duration::from_secs(60);
+        let slot = w.reserve(now, far, 100, Duration::from_secs(1)).unwrap();
+        assert_eq!(slot, now + Duration::from_secs(7));
+    }
+
+    #[tokio::test]
+    async fn acquire_waits_then_refuses_past_the_deadline() {
+        let window = Duration::from_millis(300);
+        let b = WriteBudget::new(BudgetSpec { limit: 2, window }, None, 1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        b.acquire("t", deadline).await.unwrap();
+        b.acquire("t", deadline).await.unwrap();
+        // Another tenant has its own budget.
+        b.acquire("u", deadline).await.unwrap();
+        let started = Instant::now();
+        b.acquire("t", deadline).await.unwrap();
+        // A third write waited for the first to leave the window.
+        assert!(Instant::now() - started >= window);
+        // A slot past the deadline is refused with the wait it needs.
+        let slow = WriteBudget::new(spec(1, 60), None, 1);
+        slow.acquire("t", deadline).await.unwrap();
+        let wait = slow.acquire("t", deadline).await.unwrap_err();
+        assert!(wait > Duration::from_secs(50), "{wait:?}");
+    }
+}

@@ -1,0 +1,170 @@
+//! The emulator's HTTP routes: the Graph API, and its controls under
+//! `/_emulator/`, which are for development only (no authentication: anyone
+//! who reaches the port can steer the emulator).
+//!
+//! - `POST /_emulator/faults`: a [`Fault`] as JSON. It needs a status in
+//!   100-599 and a matcher (`method` or `path_contains`), or `"any": true`;
+//!   at most [`MAX_FAULTS`], each at most [`MAX_FAULT_BYTES`]. `DELETE` clears them.
+//! - `GET /_emulator/requests`: the record, tokens redacted.
+//! - `PUT /_emulator/settings`: `{"patch_no_content": bool, "latency_ms": n (at
+//!   most 60000), "record": bool, "store": bool, "client_ids":
+//!   "honour"|"ignore"|"reject", "write_limit": {"writes": n, "seconds": s} | "off"}`;
+//!   `GET` shows them with the count of 429s the write limit answered.
+
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{any, get, post, put},
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ClientIds, Emulator, Fault, MAX_LATENCY, Recorded, routes};
+
+/// The most faults held at once (over HTTP).
+pub const MAX_FAULTS: usize = 100;
+/// The largest fault, as JSON.
+pub const MAX_FAULT_BYTES: usize = 64 * 1024;
+/// The largest Graph request body.
+const MAX_BODY: usize = 1 << 20;
+
+pub fn router(emulator: Emulator) -> Router {
+    Router::new()
+        .route(
+            "/_emulator/faults",
+            post(add_fault)
+                .delete(clear_faults)
+                .layer(DefaultBodyLimit::max(MAX_FAULT_BYTES)),
+        )
+        .route("/_emulator/requests", get(list_requests))
+        .route("/_emulator/settings", put(settings).get(current_settings))
+        .route("/_emulator/health", get(health))
+        .fallback(any(routes::graph))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(emulator)
+}
+
+/// `GET /_emulator/health`: 200 while the emulator serves, for container health checks
+/// (`runstate-gateway healthcheck --http http://HOST:PORT/_emulator/health`).
+async fn health() -> &'static str {
+    "ok"
+}
+
+fn refuse(message: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": message.into()})),
+    )
+        .into_response()
+}
+
+async fn add_fault(State(e): State<Emulator>, body: Bytes) -> Response {
+    let fault: Fault = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(err) => return refuse(format!("not a fault: {err}")),
+    };
+    match e.try_inject(fault) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(message) => refuse(message),
+    }
+}
+
+async fn clear_faults(State(e): State<Emulator>) -> StatusCode {
+    e.clear_faults();
+    StatusCode::NO_CONTENT
+}
+
+/// The record, with tokens redacted: any local process can ask for it.
+async fn list_requests(State(e): State<Emulator>) -> Json<Vec<Recorded>> {
+    Json(e.requests().iter().map(Recorded::redacted).collect())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    patch_no_content: Option<bool>,
+    latency_ms: Option<u64>,
+    record: Option<bool>,
+    store: Option<bool>,
+    client_ids: Option<ClientIds>,
+    /// `{"writes": 50, "seconds": 5}`, or `"off"`.
+    write_limit: Option<WriteLimitSetting>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WriteLimitSetting {
+    Limit { writes: u32, seconds: f64 },
+    Off(Off),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Off {
+    Off,
+}
+
+/// The current settings and counters.
+async fn current_settings(State(e): State<Emulator>) -> Json<serde_json::Value> {
+    Json(json!({
+        "client_ids": e.client_ids(),
+        "write_limit": e.write_limit().map_or(json!("off"), |(writes, window)| {
+            json!({"writes": writes, "seconds": window.as_secs_f64()})
+        }),
+        "throttled": e.throttled_count(),
+        "answered_429": e.answered(429),
+        "requests": e.request_count(),
+        "recorded_bytes": e.recorded_bytes(),
+    }))
+}
+
+async fn settings(State(e): State<Emulator>, body: Bytes) -> Response {
+    let s: Settings = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(err) => return refuse(format!("not settings: {err}")),
+    };
+    // Check everything before changing anything.
+    let latency = match s.latency_ms.map(Duration::from_millis) {
+        Some(l) if l > MAX_LATENCY => {
+            return refuse(format!(
+                "latency_ms must be at most {}",
+                MAX_LATENCY.as_millis()
+            ));
+        }
+        l => l,
+    };
+    let limit = match s.write_limit {
+        Some(WriteLimitSetting::Limit { writes, seconds }) => {
+            if writes == 0 || !(seconds > 0.0 && seconds <= 86_400.0) {
+                return refuse("write_limit needs writes above 0 and seconds in (0, 86400]");
+            }
+            Some(Some((writes, Duration::from_secs_f64(seconds))))
+        }
+        Some(WriteLimitSetting::Off(Off::Off)) => Some(None),
+        None => None,
+    };
+    if let Some(limit) = limit {
+        e.set_write_limit(limit);
+    }
+    if let Some(latency) = latency {
+        e.set_latency(latency);
+    }
+    if let Some(mode) = s.client_ids {
+        e.set_client_ids(mode);
+    }
+    if let Some(on) = s.patch_no_content {
+        e.set_patch_no_content(on);
+    }
+    if let Some(on) = s.record {
+        e.set_recording(on);
+    }
+    if let Some(on) = s.store {
+        e.set_store(on);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}

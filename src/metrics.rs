@@ -1,0 +1,139 @@
+//! Prometheus metrics: names, the process-wide recorder, bounded labels.
+//!
+//! Every module emits through the `metrics` facade; [`install`] puts the
+//! Prometheus recorder behind it once per process, and the admin server
+//! renders it. Label values are bounded: methods and route templates come
+//! from the code, never from a raw path or caller text.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// RPCs handled, by `method` and gRPC `code`.
+pub const RPC_REQUESTS: &str = "runstate_rpc_requests_total";
+/// RPC latency, by `method` and `code`.
+pub const RPC_DURATION: &str = "runstate_rpc_duration_seconds";
+/// RPCs being handled now.
+pub const RPC_IN_FLIGHT: &str = "runstate_rpc_in_flight";
+/// RPCs refused before reaching a handler, by `reason`.
+pub const RPC_SHED: &str = "runstate_rpc_shed_total";
+/// Requests sent to Graph, by `method`, `route` and HTTP `status`.
+pub const GRAPH_REQUESTS: &str = "runstate_graph_requests_total";
+/// Graph request latency, by `method`, `route` and `status`.
+pub const GRAPH_DURATION: &str = "runstate_graph_request_duration_seconds";
+/// Graph requests retried, by `reason`.
+pub const GRAPH_RETRIES: &str = "runstate_graph_retries_total";
+/// Time spent waiting after Graph throttled a request (429).
+pub const GRAPH_THROTTLE_WAIT: &str = "runstate_graph_throttle_wait_seconds";
+/// Client connections open now.
+pub const CONNECTIONS_OPEN: &str = "runstate_connections_open";
+/// Client connections closed by the gateway, by `reason`.
+pub const CONNECTIONS_REFUSED: &str = "runstate_connections_refused_total";
+
+/// Latency buckets, in seconds: 1 ms to 60 s.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its
+/// handle; None when another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(RPC_REQUESTS, "RPCs handled, by method and gRPC code.");
+    describe_histogram!(
+        RPC_DURATION,
+        Unit::Seconds,
+        "RPC latency, by method and gRPC code."
+    );
+    describe_gauge!(RPC_IN_FLIGHT, "RPCs being handled now.");
+    describe_counter!(
+        RPC_SHED,
+        "RPCs refused before reaching a handler, by reason."
+    );
+    describe_counter!(
+        GRAPH_REQUESTS,
+        "Requests sent to Graph, by method, route and HTTP status."
+    );
+    describe_histogram!(
+        GRAPH_DURATION,
+        Unit::Seconds,
+        "Graph request latency, by method, route and HTTP status."
+    );
+    describe_counter!(GRAPH_RETRIES, "Graph requests sent again, by reason.");
+    describe_histogram!(
+        GRAPH_THROTTLE_WAIT,
+        Unit::Seconds,
+        "Waits after Graph throttled a request (429)."
+    );
+    describe_gauge!(CONNECTIONS_OPEN, "Client connections open now.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections closed by the gateway, by reason."
+    );
+}
+
+/// A Graph path with its ids replaced: `deviceManagementScripts/{id}/userRunStates/{id}`.
+///
+/// Segments alternate collection and id; a collection segment that is not a
+/// plain word becomes `other`, so the label set stays small whatever the path.
+pub fn route_template(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut out = String::new();
+    for (i, segment) in path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .take(8)
+    {
+        if i > 0 {
+            out.push('/');
+        }
+        if i % 2 == 1 {
+            out.push_str("{id}");
+        } else if !segment.is_empty()
+            && segment.len() <= 64
+            && segment.bytes().all(|b| b.is_ascii_alphabetic())
+        {
+            out.push_str(segment);
+        } else {
+            out.push_str("other");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_templates_hide_ids_and_stay_bounded() {
+        assert_eq!(
+            route_template("deviceManagementScripts/abc-1/userRunStates/u%2F1"),
+            "deviceManagementScripts/{id}/userRunStates/{id}"
+        );
+        assert_eq!(
+            route_template("deviceShellScripts/s/deviceRunStates"),
+            "deviceShellScripts/{id}/deviceRunStates"
+        );
+        assert_eq!(route_template("evil\nname/x/y"), "other/{id}/y");
+        assert!(route_template(&"a/b/".repeat(100)).split('/').count() <= 8);
+    }
+}

@@ -1,0 +1,582 @@
+//! The gate every API call passes before its handler, and the one place
+//! that observes calls (metrics, the per-call log line).
+//!
+//! In order: refuse while draining or while the connection has too many
+//! unread response bytes; read the whole request message within
+//! `--request-read-timeout` and `--max-request-bytes`; check it decodes
+//! (a plain INVALID_ARGUMENT otherwise); take a `--max-concurrent-requests`
+//! permit or shed the call. Health and reflection skip the gate, so probes
+//! are answered under any load.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use prost::Message;
+use tokio::{sync::OwnedSemaphorePermit, time::timeout};
+use tonic::{Code, Status, body::Body, service::Routes};
+use tower::Service;
+
+use super::Shared;
+use crate::convert::FieldViolation;
+use crate::graph::trace::Trace;
+use crate::grpc::status::{CLIENT_REQUEST_ID, invalid_argument};
+use crate::metrics as m;
+use crate::pb;
+
+/// The service's path prefix.
+const API_PREFIX: &str = "/intune.runstates.v1.RunStateService/";
+
+/// Largest response chunk handed to HTTP/2 at once: a slow reader's unread
+/// responses stay in the gate, where the send budget counts them.
+const CHUNK: usize = 16 << 10;
+
+/// Longest resource name written to a log line.
+const MAX_LOGGED_NAME: usize = 256;
+
+/// Per-connection state.
+#[derive(Debug, Default)]
+struct Conn {
+    /// Response bytes produced but not yet taken by the HTTP/2 layer.
+    unsent: AtomicUsize,
+}
+
+/// The tower service hyper calls for each stream of one connection.
+#[derive(Clone)]
+pub(super) struct Gate {
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    routes: Routes,
+}
+
+impl Gate {
+    pub(super) fn new(shared: Arc<Shared>, routes: Routes) -> Self {
+        Self {
+            shared,
+            conn: Arc::default(),
+            routes,
+        }
+    }
+}
+
+type GateFuture = Pin<Box<dyn Future<Output = Result<Response<GateBody>, Infallible>> + Send>>;
+
+impl Service<Request<Incoming>> for Gate {
+    type Response = Response<GateBody>;
+    type Error = Infallible;
+    type Future = GateFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> GateFuture {
+        let path = request.uri().path();
+        if path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.") {
+            let answer = self.routes.call(request);
+            return Box::pin(async move {
+                let Ok(response) = answer.await;
+                Ok(response.map(GateBody::plain))
+            });
+        }
+        Box::pin(self.clone().api_call(request))
+    }
+}
+
+impl Gate {
+    async fn api_call(
+        mut self,
+        request: Request<Incoming>,
+    ) -> Result<Response<GateBody>, Infallible> {
+        let method = rpc_name(request.uri().path());
+        let trace = Trace::new(client_request_id(request.headers()));
+        let mut call = Observed::new(method, Arc::clone(&trace), &self);
+        let admitted = self.admit(request, &mut call).await;
+        let response = match admitted {
+            Err(status) => status.into_http::<Body>(),
+            Ok((request, permit)) => {
+                let answer = self.routes.call(request);
+                let Ok(response) = trace.scope(answer).await;
+                drop(permit);
+                response
+            }
+        };
+        Ok(call.respond(response).await)
+    }
+
+    /// Checks the call and reads its message; the permit is its slot.
+    async fn admit(
+        &self,
+        request: Request<Incoming>,
+        call: &mut Observed,
+    ) -> Result<(Request<Full<Bytes>>, OwnedSemaphorePermit), Status> {
+        let limits = &self.shared.limits;
+        if self.shared.state.draining() {
+            shed("draining");
+            return Err(Status::unavailable(
+                "the gateway is shutting down; retry on another instance",
+            ));
+        }
+        let unsent = self.conn.unsent.load(Ordering::Relaxed);
+        if unsent >= limits.connection_send_budget {
+            shed("send_budget");
+            return Err(Status::resource_exhausted(format!(
+                "this connection has {unsent} bytes of responses it has not read; read them before starting more calls"
+            )));
+        }
+        let (parts, body) = request.into_parts();
+        let read = timeout(
+            limits.request_read_timeout,
+            read_message(body, limits.max_request_bytes),
+        );
+        let message = read.await.map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "the request message did not arrive within {} ms (--request-read-timeout)",
+                limits.request_read_timeout.as_millis()
+            ))
+        })??;
+        call.resource = check_message(call.method, &message)?;
+        let permit = Arc::clone(&self.shared.permits)
+            .try_acquire_owned()
+            .map_err(|_| {
+                shed("concurrency");
+                Status::resource_exhausted(format!(
+                    "the gateway is handling its limit of {} calls (--max-concurrent-requests); retry later",
+                    limits.max_concurrent_requests
+                ))
+            })?;
+        Ok((Request::from_parts(parts, Full::new(message)), permit))
+    }
+}
+
+fn shed(reason: &'static str) {
+    metrics::counter!(m::RPC_SHED, "reason" => reason).increment(1);
+}
+
+/// Reads a whole unary request body, refusing one over `max` message bytes
+/// as soon as its gRPC length prefix announces it.
+async fn read_message(mut body: Incoming, max: usize) -> Result<Bytes, Status> {
+    let too_large = |n: usize| {
+        Status::resource_exhausted(format!(
+            "the request message is {n} bytes, over the limit of {max} (--max-request-bytes)"
+        ))
+    };
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| Status::cancelled("the client stopped sending the request"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() >= 5 {
+            let announced = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if announced > max {
+                return Err(too_large(announced));
+            }
+        }
+        if buf.len() > max.saturating_add(5) {
+            return Err(too_large(buf.len() - 5));
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The RPC's short name, from a fixed list (a bounded metric label).
+fn rpc_name(path: &str) -> &'static str {
+    const RPCS: [&str; 9] = [
+        "CreateScriptUserState",
+        "UpdateScriptUserState",
+        "GetScriptUserState",
+        "CreateScriptDeviceState",
+        "UpdateScriptDeviceState",
+        "GetScriptDeviceState",
+        "CreateComplianceScriptDeviceState",
+        "UpdateComplianceScriptDeviceState",
+        "GetComplianceScriptDeviceState",
+    ];
+    let name = path.strip_prefix(API_PREFIX).unwrap_or_default();
+    RPCS.iter()
+        .find(|r| **r == name)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// Decodes the message for its RPC; returns the resource it names (the
+/// parent of a create). Framing the gateway does not handle (compression,
+/// a short body) is left to tonic, which answers it.
+fn check_message(rpc: &str, framed: &[u8]) -> Result<String, Status> {
+    if framed.len() < 5 || framed[0] != 0 {
+        return Ok(String::new());
+    }
+    let b = &framed[5..];
+    let decoded = match rpc {
+        "CreateScriptUserState" => pb::CreateScriptUserStateRequest::decode(b).map(|m| m.parent),
+        "CreateScriptDeviceState" => {
+            pb::CreateScriptDeviceStateRequest::decode(b).map(|m| m.parent)
+        }
+        "CreateComplianceScriptDeviceState" => {
+            pb::CreateComplianceScriptDeviceStateRequest::decode(b).map(|m| m.parent)
+        }
+        "GetScriptUserState" => pb::GetScriptUserStateRequest::decode(b).map(|m| m.name),
+        "GetScriptDeviceState" => pb::GetScriptDeviceStateRequest::decode(b).map(|m| m.name),
+        "GetComplianceScriptDeviceState" => {
+            pb::GetComplianceScriptDeviceStateRequest::decode(b).map(|m| m.name)
+        }
+        "UpdateScriptUserState" => pb::UpdateScriptUserStateRequest::decode(b)
+            .map(|m| m.script_user_state.map(|s| s.name).unwrap_or_default()),
+        "UpdateScriptDeviceState" => pb::UpdateScriptDeviceStateRequest::decode(b)
+            .map(|m| m.script_device_state.map(|s| s.name).unwrap_or_default()),
+        "UpdateComplianceScriptDeviceState" => {
+            pb::UpdateComplianceScriptDeviceStateRequest::decode(b).map(|m| {
+                m.compliance_script_device_state
+                    .map(|s| s.name)
+                    .unwrap_or_default()
+            })
+        }
+        _ => return Ok(String::new()),
+    };
+    decoded.map_err(|e| malformed(&e))
+}
+
+/// INVALID_ARGUMENT for a message that does not decode, naming the field
+/// (in proto terms) without the internal message type names.
+fn malformed(error: &prost::DecodeError) -> Status {
+    // prost writes "failed to decode Protobuf message: Inner.field: Outer.field: why".
+    let text = error.to_string();
+    let text = text
+        .strip_prefix("failed to decode Protobuf message: ")
+        .unwrap_or(&text);
+    let mut fields = Vec::new();
+    let mut why = text;
+    while let Some((head, rest)) = why.split_once(": ") {
+        match head.split_once('.') {
+            Some((message, field))
+                if !message.is_empty()
+                    && message
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && field
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                fields.push(field);
+                why = rest;
+            }
+            _ => break,
+        }
+    }
+    fields.reverse();
+    let why = if why.contains("UTF-8") {
+        "is not valid UTF-8".to_owned()
+    } else {
+        format!("is not valid protobuf ({why})")
+    };
+    let field = if fields.is_empty() {
+        "request".to_owned()
+    } else {
+        fields.join(".")
+    };
+    invalid_argument(vec![FieldViolation::new(field, why)])
+}
+
+/// The `client-request-id` for Graph: the caller's `x-request-id` or
+/// `client-request-id` when it is a GUID, else a new one.
+fn client_request_id(headers: &HeaderMap) -> String {
+    ["x-request-id", "client-request-id"]
+        .iter()
+        .filter_map(|name| headers.get(*name)?.to_str().ok())
+        .find_map(|v| uuid::Uuid::try_parse(v.trim()).ok())
+        .unwrap_or_else(uuid::Uuid::new_v4)
+        .hyphenated()
+        .to_string()
+}
+
+/// One API call being observed; it reports (metrics, log line) when dropped:
+/// when its response ends, or when the call is cancelled.
+struct Observed {
+    method: &'static str,
+    started: Instant,
+    trace: Arc<Trace>,
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    resource: String,
+    code: Option<Code>,
+    message: String,
+}
+
+impl Observed {
+    fn new(method: &'static str, trace: Arc<Trace>, gate: &Gate) -> Self {
+        gate.shared.call_started();
+        metrics::gauge!(m::RPC_IN_FLIGHT).increment(1);
+        Self {
+            method,
+            started: Instant::now(),
+            trace,
+            shared: Arc::clone(&gate.shared),
+            conn: Arc::clone(&gate.conn),
+            resource: String::new(),
+            code: None,
+            message: String::new(),
+        }
+    }
+
+    /// Reads a status from headers or trailers.
+    fn read_status(&mut self, headers: &HeaderMap) {
+        if let Some(code) = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+        {
+            self.code = Some(Code::from_i32(code));
+            self.message = headers
+                .get("grpc-message")
+                .map(|v| {
+                    percent_encoding::percent_decode(v.as_bytes())
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_default();
+        }
+    }
+
+    /// Takes the response: adds `client-request-id`, and counts the message
+    /// against the connection's send budget until HTTP/2 takes it.
+    async fn respond(mut self, response: Response<Body>) -> Response<GateBody> {
+        let (mut parts, mut body) = response.into_parts();
+        self.read_status(&parts.headers);
+        if let Ok(value) = HeaderValue::from_str(self.trace.client_request_id()) {
+            parts.headers.insert(CLIENT_REQUEST_ID, value);
+        }
+        let mut pending = Bytes::new();
+        let mut after = None;
+        if self.code.is_none() {
+            match body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => pending = data,
+                    Err(frame) => after = Some(Ok(frame)),
+                },
+                Some(Err(status)) => after = Some(Err(status)),
+                None => {}
+            }
+        }
+        self.conn.unsent.fetch_add(pending.len(), Ordering::Relaxed);
+        Response::from_parts(
+            parts,
+            GateBody {
+                inner: body,
+                pending,
+                after,
+                observed: Some(self),
+            },
+        )
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or(Code::Cancelled);
+        let code_name = code_name(code);
+        let elapsed = self.started.elapsed();
+        metrics::gauge!(m::RPC_IN_FLIGHT).decrement(1);
+        let labels = [("method", self.method), ("code", code_name)];
+        metrics::counter!(m::RPC_REQUESTS, &labels).increment(1);
+        metrics::histogram!(m::RPC_DURATION, &labels).record(elapsed.as_secs_f64());
+        let trace = &self.trace;
+        let resource: String = self.resource.chars().take(MAX_LOGGED_NAME).collect();
+        let error = (code != Code::Ok).then_some(self.message.as_str());
+        tracing::info!(
+            target: "runstate_gateway::rpc",
+            rpc = self.method,
+            resource = resource.as_str(),
+            code = code_name,
+            graph_status = trace.last_status(),
+            graph_request_id = trace.request_id().as_deref(),
+            client_request_id = trace.client_request_id(),
+            attempts = trace.attempts(),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            error,
+            "rpc"
+        );
+        self.shared.call_ended();
+    }
+}
+
+/// The canonical name of a gRPC code, as in `grpc-status` documentation.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A response body: the message in chunks, then the rest of tonic's body.
+pub(super) struct GateBody {
+    inner: Body,
+    /// Message bytes not yet handed to HTTP/2 (counted in `Conn::unsent`).
+    pending: Bytes,
+    /// A frame read ahead after the message.
+    after: Option<Result<Frame<Bytes>, Status>>,
+    observed: Option<Observed>,
+}
+
+impl GateBody {
+    fn plain(inner: Body) -> Self {
+        Self {
+            inner,
+            pending: Bytes::new(),
+            after: None,
+            observed: None,
+        }
+    }
+
+    fn release(&mut self, n: usize) {
+        if let Some(o) = &self.observed {
+            o.conn.unsent.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for GateBody {
+    fn drop(&mut self) {
+        let n = self.pending.len();
+        self.release(n);
+    }
+}
+
+impl HttpBody for GateBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(CHUNK);
+            let chunk = self.pending.split_to(n);
+            self.release(n);
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        let next = match self.after.take() {
+            Some(frame) => Some(frame),
+            None => std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)),
+        };
+        match &next {
+            Some(Ok(frame)) => {
+                if let (Some(trailers), Some(o)) = (frame.trailers_ref(), self.observed.as_mut()) {
+                    o.read_status(trailers);
+                }
+            }
+            Some(Err(status)) => {
+                if let Some(o) = self.observed.as_mut() {
+                    o.code = Some(status.code());
+                    o.message = status.message().to_owned();
+                }
+            }
+            None => {}
+        }
+        if next.is_none() || self.is_end_stream() {
+            // The call is over: report it now rather than when hyper drops the body.
+            self.observed.take();
+        }
+        Poll::Ready(next)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty() && self.after.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        let extra = self.pending.len() as u64;
+        hint.set_lower(hint.lower() + extra);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_messages_name_the_field_not_the_type() {
+        // parent (field 1, length-delimited) holding invalid UTF-8.
+        let bytes = [0x0a, 0x02, 0xff, 0xfe];
+        let err = pb::CreateScriptUserStateRequest::decode(&bytes[..]).unwrap_err();
+        let status = malformed(&err);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "parent: is not valid UTF-8");
+        assert!(
+            !status.message().contains("Request"),
+            "{}",
+            status.message()
+        );
+        let err = pb::GetScriptUserStateRequest::decode(&[0x0a, 0x09][..]).unwrap_err();
+        let status = malformed(&err);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            !status.message().contains("GetScript"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn caller_request_ids_are_used_only_when_they_are_guids() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "not a guid".parse().unwrap());
+        let fresh = client_request_id(&h);
+        assert!(uuid::Uuid::try_parse(&fresh).is_ok());
+        h.insert(
+            "client-request-id",
+            "3F1C2A9E-5B7D-4C1E-9A2B-8D4E6F0A1B2C".parse().unwrap(),
+        );
+        assert_eq!(
+            client_request_id(&h),
+            "3f1c2a9e-5b7d-4c1e-9a2b-8d4e6f0a1b2c"
+        );
+    }
+
+    #[test]
+    fn rpc_names_are_bounded() {
+        assert_eq!(
+            rpc_name("/intune.runstates.v1.RunStateService/GetScriptUserState"),
+            "GetScriptUserState"
+        );
+        assert_eq!(
+            rpc_name("/intune.runstates.v1.RunStateService/Evil\n"),
+            "unknown"
+        );
+        assert_eq!(rpc_name("/x/y"), "unknown");
+    }
+}

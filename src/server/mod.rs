@@ -1,0 +1,267 @@
+//! The HTTP/2 server under the gRPC services: accepts connections, applies
+//! the per-connection limits, and drains on shutdown.
+//!
+//! tonic's own `Server` cannot cap connections, time out a silent handshake
+//! or bound a connection's send buffers, so the tonic `Routes` are served
+//! here with hyper directly. Each accepted TCP stream goes through an
+//! optional async `Handshake` (TLS) and must send the HTTP/2 preface, all
+//! within `--handshake-timeout`; past `--max-connections` a stream is
+//! closed as soon as it is accepted.
+
+mod gate;
+mod io;
+
+use std::{
+    io as stdio,
+    net::SocketAddr,
+    pin::{Pin, pin},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use hyper::server::conn::http2;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Notify, Semaphore, watch},
+    task::JoinSet,
+    time::{Instant, sleep, timeout, timeout_at},
+};
+use tonic::service::Routes;
+
+pub use io::{BoxIo, Io};
+
+use crate::metrics as m;
+
+/// Wraps an accepted TCP stream, e.g. in TLS; runs within the handshake timeout.
+pub type Handshake = Arc<
+    dyn Fn(TcpStream) -> Pin<Box<dyn Future<Output = stdio::Result<BoxIo>> + Send>> + Send + Sync,
+>;
+
+/// The limits of the server (see SECURITY.md).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_streams_per_connection: u32,
+    pub handshake_timeout: Duration,
+    pub request_read_timeout: Duration,
+    pub max_request_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub connection_send_budget: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// What the server and the admin endpoint share: the drain flag.
+#[derive(Debug, Default)]
+pub struct State {
+    draining: AtomicBool,
+}
+
+impl State {
+    /// True once shutdown has begun.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-process serving state shared by every connection.
+struct Shared {
+    limits: Limits,
+    state: Arc<State>,
+    /// One permit per API call in its handler (the concurrency limit).
+    permits: Arc<Semaphore>,
+    /// API calls from their first byte to their last response byte.
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl Shared {
+    fn call_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn call_ended(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Completes when no API call is in flight.
+    async fn calls_done(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The client connection preface every HTTP/2 connection starts with.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Longest header block accepted from a client.
+const MAX_HEADER_LIST_BYTES: u32 = 32 << 10;
+/// Per-stream bytes hyper may buffer ahead of the client's window.
+const MAX_SEND_BUF_BYTES: usize = 64 << 10;
+
+/// Serves `routes` on `listener` until `shutdown` completes, then drains:
+/// `on_drain` runs (health turns NOT_SERVING), the listener closes, calls in
+/// flight get up to `shutdown_grace` to finish, and the rest are cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    limits: Limits,
+    state: Arc<State>,
+    handshake: Option<Handshake>,
+    shutdown: impl Future<Output = ()> + Send,
+    on_drain: impl Future<Output = ()> + Send,
+) {
+    let shared = Arc::new(Shared {
+        permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+        limits,
+        state,
+        in_flight: AtomicUsize::new(0),
+        idle: Notify::new(),
+    });
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(shared.limits.max_streams_per_connection)
+        .max_send_buf_size(MAX_SEND_BUF_BYTES)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    let connections = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let mut shutdown = pin!(shutdown);
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors, usually: back off instead of spinning.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
+            tracing::debug!(%peer, "connection refused: --max-connections reached");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            shared: Arc::clone(&shared),
+            builder: Arc::clone(&builder),
+            routes: routes.clone(),
+            handshake: handshake.clone(),
+            stop: stop_rx.clone(),
+            peer,
+        };
+        tasks.spawn(async move {
+            let _permit = permit;
+            metrics::gauge!(m::CONNECTIONS_OPEN).increment(1);
+            conn.run(stream).await;
+            metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1);
+        });
+    }
+
+    // Drain.
+    let deadline = Instant::now() + shared.limits.shutdown_grace;
+    shared.state.draining.store(true, Ordering::Relaxed);
+    on_drain.await;
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tracing::info!(
+        in_flight = shared.in_flight.load(Ordering::Relaxed),
+        grace_ms = shared.limits.shutdown_grace.as_millis() as u64,
+        "draining: no new connections or calls; waiting for calls in flight"
+    );
+    if timeout_at(deadline, shared.calls_done()).await.is_err() {
+        tracing::warn!(
+            in_flight = shared.in_flight.load(Ordering::Relaxed),
+            "shutdown grace over: cancelling the calls still in flight"
+        );
+    }
+    // Let finished responses flush and connections close; long-lived
+    // streams (health Watch, reflection) end here.
+    let flush = deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_millis(500));
+    let _ = timeout(flush, async { while tasks.join_next().await.is_some() {} }).await;
+    tasks.shutdown().await;
+}
+
+/// One accepted connection.
+struct Connection {
+    shared: Arc<Shared>,
+    builder: Arc<http2::Builder<TokioExecutor>>,
+    routes: Routes,
+    handshake: Option<Handshake>,
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn run(mut self, stream: TcpStream) {
+        let handshake = self.handshake.take();
+        let opened = timeout(self.shared.limits.handshake_timeout, async {
+            let io: BoxIo = match handshake {
+                Some(h) => h(stream).await?,
+                None => Box::new(stream),
+            };
+            io::read_preface(io, PREFACE).await
+        })
+        .await;
+        let io = match opened {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "handshake").increment(1);
+                tracing::debug!(peer = %self.peer, error = %e, "connection closed: bad handshake");
+                return;
+            }
+            Err(_) => {
+                metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "handshake_timeout")
+                    .increment(1);
+                tracing::debug!(peer = %self.peer, "connection closed: no HTTP/2 preface in time");
+                return;
+            }
+        };
+        let service = gate::Gate::new(Arc::clone(&self.shared), self.routes);
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+        let mut conn = pin!(conn);
+        if *self.stop.borrow() {
+            conn.as_mut().graceful_shutdown();
+        }
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = self.stop.changed() => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    }
+}

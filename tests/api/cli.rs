@@ -1,0 +1,112 @@
+//! The binary's startup checks: ranges, env twins, RUST_LOG.
+
+use std::{process::Stdio, time::Duration};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_runstate-gateway");
+
+/// A command with none of the gateway's variables inherited from the test's environment.
+fn gateway(args: &[&str], envs: &[(&str, &str)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args).kill_on_drop(true).env("RUST_BACKTRACE", "0");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("RUNSTATE_") || name.starts_with("GRAPH_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(envs.iter().copied());
+    cmd
+}
+
+/// Runs to the end; returns the exit code and stderr.
+async fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), gateway(args, envs).output())
+        .await
+        .expect("the gateway exits")
+        .expect("the binary runs");
+    (
+        out.status.code().expect("an exit code"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn zero_limits_are_refused_at_startup() {
+    let listen = ["--listen", "127.0.0.1:0", "--emulator"];
+    for flag in ["--max-concurrent-requests", "--max-request-bytes"] {
+        let mut args = listen.to_vec();
+        args.extend([flag, "0"]);
+        let (code, err) = run(&args, &[]).await;
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains(flag) && err.contains("0 is not in"), "{err}");
+    }
+    let (code, err) = run(&listen, &[("RUNSTATE_MAX_REQUEST_BYTES", "0")]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-request-bytes"), "{err}");
+    let (code, err) = run(&listen, &[("GRAPH_CONNECTIONS", "65")]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--graph-connections"), "{err}");
+}
+
+#[tokio::test]
+async fn an_invalid_rust_log_fails_startup_naming_it() {
+    let (code, err) = run(
+        &["--listen", "127.0.0.1:0", "--emulator"],
+        &[("RUST_LOG", "info,runstate_gateway=loud")],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("RUST_LOG"), "{err}");
+    let (code, err) = run(
+        &["emulator", "--listen", "127.0.0.1:0"],
+        &[("RUST_LOG", "[")],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("RUST_LOG"), "{err}");
+}
+
+#[tokio::test]
+async fn help_explains_rust_log_and_env_twins() {
+    let out = gateway(&["--help"], &[]).output().await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for text in [
+        "RUST_LOG",
+        "RUNSTATE_EMULATOR",
+        "GRAPH_H2C",
+        "RUNSTATE_LOG_FORMAT",
+    ] {
+        assert!(help.contains(text), "{text} missing from --help");
+    }
+}
+
+/// `RUNSTATE_EMULATOR=true` starts the embedded emulator like `--emulator`.
+#[tokio::test]
+async fn the_emulator_flag_has_an_env_twin() {
+    let mut child = gateway(
+        &["--listen", "127.0.0.1:0"],
+        &[("RUNSTATE_EMULATOR", "true"), ("RUST_LOG", "info")],
+    )
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let found = line.contains("embedded Graph emulator started");
+            seen.push(line);
+            if found {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    assert_eq!(started, Ok(true), "{seen:?}");
+}
