@@ -397,6 +397,7 @@ impl GraphClient {
         unreachable!("the retry loop returns")
     }
 
+    #[allow(clippy::too_many_arguments)] // pub(super) for the $batch sender
     pub(super) async fn attempt(
         &self,
         method: &Method,
