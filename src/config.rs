@@ -348,24 +348,24 @@ mod tests {
     }
 
     #[test]
-    fn bulk_and_page_token_flags_parse_and_are_bounded() {
+    fn server_limits_have_defaults_and_ranges() {
         let a = ServeArgs::from_args(Vec::<String>::new()).unwrap();
-        assert_eq!((a.stream_max_in_flight, a.batch_concurrency), (64, 4));
-        assert!(a.page_token_key.is_none());
-        let a = ServeArgs::from_args([
-            "--stream-max-in-flight",
-            "8",
-            "--batch-concurrency",
-            "2",
-            "--page-token-key",
-            "k3y-s3cr3t",
-        ])
-        .unwrap();
-        assert_eq!((a.stream_max_in_flight, a.batch_concurrency), (8, 2));
-        assert!(!format!("{a:?}").contains("k3y-s3cr3t"));
+        assert_eq!(a.max_streams_per_connection, 100);
+        assert_eq!(a.max_connections, 1024);
+        assert_eq!(a.request_read_timeout, Duration::from_secs(5));
+        assert_eq!(a.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(a.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(a.connection_send_budget, 4 << 20);
+        assert!(a.admin_listen.is_none());
         for bad in [
-            ["--stream-max-in-flight", "0"],
-            ["--batch-concurrency", "65"],
+            ["--max-streams-per-connection", "0"],
+            ["--max-streams-per-connection", "10001"],
+            ["--max-connections", "0"],
+            ["--connection-send-budget", "1024"],
+            ["--request-read-timeout", "0s"],
+            ["--handshake-timeout", "0s"],
+            ["--shutdown-grace", "0s"],
+            ["--admin-listen", "not-an-address"],
         ] {
             assert!(ServeArgs::from_args(bad).is_err(), "{bad:?}");
         }
@@ -473,6 +473,30 @@ mod tests {
             Some(Command::Healthcheck(a)) if a.addr.as_deref() == Some("127.0.0.1:9")
                 && a.service == "intune.runstates.v1.RunStateService"
         ));
+    }
+
+    #[test]
+    fn bulk_and_page_token_flags_parse_and_are_bounded() {
+        let a = ServeArgs::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!((a.stream_max_in_flight, a.batch_concurrency), (64, 4));
+        assert!(a.page_token_key.is_none());
+        let a = ServeArgs::from_args([
+            "--stream-max-in-flight",
+            "8",
+            "--batch-concurrency",
+            "2",
+            "--page-token-key",
+            "k3y-s3cr3t",
+        ])
+        .unwrap();
+        assert_eq!((a.stream_max_in_flight, a.batch_concurrency), (8, 2));
+        assert!(!format!("{a:?}").contains("k3y-s3cr3t"));
+        for bad in [
+            ["--stream-max-in-flight", "0"],
+            ["--batch-concurrency", "65"],
+        ] {
+            assert!(ServeArgs::from_args(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

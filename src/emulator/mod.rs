@@ -19,13 +19,19 @@
 mod batch;
 pub mod control;
 mod dates;
+mod fault;
+mod limit;
 mod model;
 mod paths;
 mod query;
+mod record;
 mod routes;
 
+pub use fault::Fault;
+pub use limit::parse_write_limit;
+pub use record::Recorded;
+
 use std::{
-    collections::VecDeque,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -56,7 +62,7 @@ pub struct Emulator {
 struct State {
     store: Mutex<model::Store>,
     faults: Mutex<Vec<Fault>>,
-    recorded: Mutex<Record>,
+    recorded: Mutex<record::Record>,
     count: AtomicU64,
     patch_no_content: AtomicBool,
     latency_us: AtomicU64,
@@ -65,7 +71,7 @@ struct State {
     forget_creates: AtomicBool,
     /// A [`ClientIds`] as its index.
     client_ids: AtomicU8,
-    write_limit: Mutex<WriteLimiter>,
+    write_limit: Mutex<limit::WriteLimiter>,
     /// 429s answered by the write limit.
     throttled: AtomicU64,
     /// Answers by status, `$batch` items included.
@@ -89,264 +95,6 @@ pub enum ClientIds {
 impl ClientIds {
     /// Stored as an index in this order, so that zero is the default.
     const ALL: [ClientIds; 3] = [ClientIds::Ignore, ClientIds::Honour, ClientIds::Reject];
-}
-
-/// At most `writes` POST/PATCH/DELETE requests in any window of `window`
-/// (a sliding window over the accepted writes' arrival times).
-#[derive(Default)]
-struct WriteLimiter {
-    limit: Option<(u32, Duration)>,
-    accepted: VecDeque<Instant>,
-}
-
-impl WriteLimiter {
-    /// Counts a write, or says how long until one would be accepted.
-    fn admit(&mut self, now: Instant) -> Result<(), Duration> {
-        let Some((writes, window)) = self.limit else {
-            return Ok(());
-        };
-        while self
-            .accepted
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
-        {
-            self.accepted.pop_front();
-        }
-        if self.accepted.len() < writes as usize {
-            self.accepted.push_back(now);
-            return Ok(());
-        }
-        let oldest = self.accepted.front().copied().unwrap_or(now);
-        Err(window.saturating_sub(now.duration_since(oldest)))
-    }
-}
-
-/// Parses a write limit such as `50/5s` (writes per window; see
-/// [`crate::config::parse_duration`] for the window's units).
-pub fn parse_write_limit(text: &str) -> Result<(u32, Duration), String> {
-    let (n, window) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text:?} is not a limit like 50/5s"))?;
-    let n: u32 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?}: the number of writes must be a whole number"))?;
-    if n == 0 {
-        return Err("the number of writes must be above zero".into());
-    }
-    Ok((n, crate::config::parse_duration(window)?))
-}
-
-/// The recorded requests and the bytes they hold.
-#[derive(Default)]
-struct Record {
-    entries: VecDeque<Recorded>,
-    bytes: usize,
-}
-
-/// A request the emulator received (with a valid-looking token). The
-/// `authorization` header is kept for in-process tests, but redacted in
-/// `Debug` and over HTTP ([`Recorded::redacted`]). Path, headers and body are
-/// each cut at [`RECORD_BODY_BYTES`].
-#[derive(Clone, Serialize)]
-pub struct Recorded {
-    pub method: String,
-    /// The HTTP version, e.g. `HTTP/1.1` or `HTTP/2.0`.
-    pub version: String,
-    /// Path and query as sent (still percent-encoded).
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    /// The body, as text (invalid UTF-8 replaced), cut at [`RECORD_BODY_BYTES`].
-    pub body: String,
-    /// The body's length as received.
-    pub body_len: usize,
-}
-
-impl std::fmt::Debug for Recorded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let r = self.redacted();
-        f.debug_struct("Recorded")
-            .field("method", &r.method)
-            .field("version", &r.version)
-            .field("path", &r.path)
-            .field("headers", &r.headers)
-            .field("body", &r.body)
-            .finish()
-    }
-}
-
-impl Recorded {
-    /// A copy with the `authorization` value replaced by `***`.
-    pub fn redacted(&self) -> Recorded {
-        let mut r = self.clone();
-        for (name, value) in &mut r.headers {
-            if name == "authorization" {
-                *value = "***".into();
-            }
-        }
-        r
-    }
-
-    /// The first value of a header (names are lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body parsed as JSON (`Null` when it is not JSON).
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_default()
-    }
-
-    /// The bytes this record holds.
-    fn size(&self) -> usize {
-        self.method.len()
-            + self.version.len()
-            + self.path.len()
-            + self.body.len()
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
-    }
-}
-
-/// Text of at most `max` bytes from `bytes`. Invalid UTF-8 is replaced, and
-/// the cut is made after that, so replacement characters (3 bytes each) do not
-/// triple what is kept.
-fn text(bytes: &[u8], max: usize) -> String {
-    let mut text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
-}
-
-/// A chosen answer for matching requests, instead of (or after) the real one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Fault {
-    /// Only this method (e.g. `POST`); any when empty.
-    pub method: Option<String>,
-    /// Only paths containing this text; any when empty.
-    pub path_contains: Option<String>,
-    /// The HTTP status to answer.
-    pub status: u16,
-    /// Graph's error code (may be empty).
-    pub code: String,
-    pub message: String,
-    /// A raw body instead of Graph's JSON error (an HTML page, say).
-    pub raw_body: Option<String>,
-    pub content_type: Option<String>,
-    pub retry_after: Option<String>,
-    /// How many requests it answers; every one until cleared when `None`.
-    pub times: Option<u32>,
-    /// Apply the request first, then answer with the fault (a write whose
-    /// answer was lost).
-    pub after_apply: bool,
-    /// Match every request: over HTTP, a fault needs a matcher or this.
-    pub any: bool,
-}
-
-impl Fault {
-    /// A Graph-shaped error answer with the given status.
-    pub fn status(status: u16) -> Self {
-        Fault {
-            status,
-            message: format!("Emulated error {status}"),
-            ..Default::default()
-        }
-    }
-
-    /// The error Graph gives for a route its metadata lists but it does not serve.
-    pub fn unserved_route(method: &str) -> Self {
-        Fault {
-            method: Some(method.to_owned()),
-            status: 400,
-            code: "No method match route template".into(),
-            message: format!(
-                "No OData route exists that match template ~/singleton/navigation/key/navigation/key with http verb {method} for request."
-            ),
-            ..Default::default()
-        }
-    }
-
-    pub fn method(mut self, method: &str) -> Self {
-        self.method = Some(method.to_owned());
-        self
-    }
-
-    pub fn path_contains(mut self, text: &str) -> Self {
-        self.path_contains = Some(text.to_owned());
-        self
-    }
-
-    pub fn code(mut self, code: &str) -> Self {
-        self.code = code.to_owned();
-        self
-    }
-
-    pub fn message(mut self, message: &str) -> Self {
-        self.message = message.to_owned();
-        self
-    }
-
-    pub fn raw_body(mut self, content_type: &str, body: &str) -> Self {
-        self.content_type = Some(content_type.to_owned());
-        self.raw_body = Some(body.to_owned());
-        self
-    }
-
-    pub fn retry_after(mut self, value: &str) -> Self {
-        self.retry_after = Some(value.to_owned());
-        self
-    }
-
-    pub fn times(mut self, n: u32) -> Self {
-        self.times = Some(n);
-        self
-    }
-
-    pub fn after_apply(mut self) -> Self {
-        self.after_apply = true;
-        self
-    }
-
-    /// Checks a fault sent over HTTP: a real status, a matcher (or `any`),
-    /// bounded text.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(100..=599).contains(&self.status) {
-            return Err(format!("status {} is not in 100-599", self.status));
-        }
-        let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
-        if empty(&self.method) && empty(&self.path_contains) && !self.any {
-            return Err(
-                "a fault needs \"method\" or \"path_contains\", or \"any\": true to match every request"
-                    .into(),
-            );
-        }
-        if self.times == Some(0) {
-            return Err("times must be at least 1 (or absent for every request)".into());
-        }
-        Ok(())
-    }
-
-    fn matches(&self, method: &str, path: &str) -> bool {
-        self.method
-            .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(method))
-            && self
-                .path_contains
-                .as_deref()
-                .is_none_or(|p| path.contains(p))
-    }
 }
 
 /// An emulator serving on a socket.
@@ -540,12 +288,12 @@ impl Emulator {
     /// The requests received, oldest first (the last 10 000, within
     /// [`RECORD_TOTAL_BYTES`]).
     pub fn requests(&self) -> Vec<Recorded> {
-        lock(&self.state.recorded).entries.iter().cloned().collect()
+        lock(&self.state.recorded).entries().cloned().collect()
     }
 
     /// The bytes the record holds now (at most [`RECORD_TOTAL_BYTES`]).
     pub fn recorded_bytes(&self) -> usize {
-        lock(&self.state.recorded).bytes
+        lock(&self.state.recorded).bytes()
     }
 
     /// How many requests were received in all (control routes excluded).
@@ -555,7 +303,7 @@ impl Emulator {
 
     /// Forgets recorded requests and the count.
     pub fn clear_requests(&self) {
-        *lock(&self.state.recorded) = Record::default();
+        *lock(&self.state.recorded) = record::Record::default();
         self.state.count.store(0, Ordering::Relaxed);
     }
 
@@ -564,40 +312,15 @@ impl Emulator {
         method: &str,
         version: http::Version,
         path: &str,
-        headers_in: &http::HeaderMap,
+        headers: &http::HeaderMap,
         body: &[u8],
     ) {
         self.state.count.fetch_add(1, Ordering::Relaxed);
         if !self.state.record_bodies.load(Ordering::Relaxed) {
             return;
         }
-        let mut headers = Vec::new();
-        let mut header_bytes = 0;
-        for (k, v) in headers_in {
-            header_bytes += k.as_str().len() + v.len();
-            if header_bytes > RECORD_BODY_BYTES {
-                break;
-            }
-            headers.push((k.as_str().to_owned(), text(v.as_bytes(), RECORD_BODY_BYTES)));
-        }
-        let entry = Recorded {
-            method: text(method.as_bytes(), 16),
-            version: format!("{version:?}"),
-            path: text(path.as_bytes(), RECORD_BODY_BYTES),
-            headers,
-            body: text(body, RECORD_BODY_BYTES),
-            body_len: body.len(),
-        };
-        let size = entry.size();
-        let mut record = lock(&self.state.recorded);
-        while record.entries.len() >= RECORD_LIMIT || record.bytes + size > RECORD_TOTAL_BYTES {
-            match record.entries.pop_front() {
-                Some(old) => record.bytes -= old.size(),
-                None => break,
-            }
-        }
-        record.bytes += size;
-        record.entries.push_back(entry);
+        let entry = Recorded::new(method, version, path, headers, body);
+        lock(&self.state.recorded).push(entry);
     }
 
     /// The first matching fault, counting it down.

@@ -177,7 +177,7 @@ async fn the_write_limit_answers_429_with_retry_after_and_counts_them() {
 
 #[test]
 fn the_write_window_slides() {
-    let mut limiter = super::WriteLimiter {
+    let mut limiter = super::limit::WriteLimiter {
         limit: Some((2, Duration::from_secs(10))),
         ..Default::default()
     };
@@ -204,7 +204,16 @@ fn parses_write_limits() {
         super::parse_write_limit("200/20s"),
         Ok((200, Duration::from_secs(20)))
     );
-    for bad in ["", "50", "/5s", "0/5s", "x/5s", "50/0s", "50/five"] {
+    for bad in [
+        "",
+        "50",
+        "/5s",
+        "0/5s",
+        "100001/5s",
+        "x/5s",
+        "50/0s",
+        "50/five",
+    ] {
         assert!(super::parse_write_limit(bad).is_err(), "{bad}");
     }
 }

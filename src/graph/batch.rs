@@ -140,15 +140,7 @@ impl GraphClient {
                         .map_err(|retry_after| GraphError::WriteBudget { retry_after })?;
                 }
             }
-            let sent = self.attempt(
-                &method,
-                &url,
-                Some(body.clone()),
-                call,
-                attempt,
-                "$batch",
-                None,
-            );
+            let sent = self.attempt(&method, &url, Some(body.clone()), call, attempt, "$batch");
             let error = match sent.await {
                 Ok(raw) => return decode(raw),
                 Err(e) => e,

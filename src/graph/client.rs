@@ -341,7 +341,6 @@ impl GraphClient {
     ) -> Result<Raw, GraphError> {
         let url = format!("{}{path}", self.root);
         let route = m::route_template(path);
-        let trace = Trace::current();
         let write = method != Method::GET && method != Method::HEAD;
         let tenant = match (&self.budget, write) {
             (Some(_), true) => Some(identity::tenant(call.authorization)),
@@ -357,15 +356,7 @@ impl GraphClient {
             if Instant::now() >= call.deadline {
                 return Err(GraphError::Timeout);
             }
-            let sent = self.attempt(
-                &method,
-                &url,
-                body.clone(),
-                call,
-                attempt,
-                &route,
-                trace.as_deref(),
-            );
+            let sent = self.attempt(&method, &url, body.clone(), call, attempt, &route);
             let error = match sent.await {
                 Ok(raw) => return Ok(raw),
                 Err(e) => e,
@@ -397,7 +388,6 @@ impl GraphClient {
         unreachable!("the retry loop returns")
     }
 
-    #[allow(clippy::too_many_arguments)] // pub(super) for the $batch sender
     pub(super) async fn attempt(
         &self,
         method: &Method,
@@ -406,8 +396,9 @@ impl GraphClient {
         call: &Call<'_>,
         attempt: u32,
         route: &str,
-        trace: Option<&Trace>,
     ) -> Result<Raw, GraphError> {
+        let trace = Trace::current();
+        let trace = trace.as_deref();
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GraphError::Timeout);

