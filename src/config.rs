@@ -140,7 +140,7 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub stream_max_in_flight: u32,
 
-    /// `$batch` requests of one Batch RPC in flight at once (1-64).
+    /// Graph `$batch` requests of one Batch RPC in flight at once (1-64).
     #[arg(long, env = "RUNSTATE_BATCH_CONCURRENCY", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub batch_concurrency: u32,
