@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Small per-call buffers: see src/grpc/codec.rs.
         .codec_path("crate::grpc::codec::LeanCodec")
+        // Per-item errors of batches and streams use tonic-types' Status.
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -86,6 +86,72 @@ impl RunStateService for Echo {
     ) -> Answer<pb::ComplianceScriptDeviceState> {
         Err(Status::unimplemented("echo"))
     }
+
+    async fn list_script_user_states(
+        &self,
+        _: Request<pb::ListScriptUserStatesRequest>,
+    ) -> Answer<pb::ListScriptUserStatesResponse> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn delete_script_user_state(
+        &self,
+        _: Request<pb::DeleteScriptUserStateRequest>,
+    ) -> Answer<()> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn list_script_device_states(
+        &self,
+        _: Request<pb::ListScriptDeviceStatesRequest>,
+    ) -> Answer<pb::ListScriptDeviceStatesResponse> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn delete_script_device_state(
+        &self,
+        _: Request<pb::DeleteScriptDeviceStateRequest>,
+    ) -> Answer<()> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn batch_create_script_device_states(
+        &self,
+        _: Request<pb::BatchCreateScriptDeviceStatesRequest>,
+    ) -> Answer<pb::BatchCreateScriptDeviceStatesResponse> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn list_compliance_script_device_states(
+        &self,
+        _: Request<pb::ListComplianceScriptDeviceStatesRequest>,
+    ) -> Answer<pb::ListComplianceScriptDeviceStatesResponse> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn delete_compliance_script_device_state(
+        &self,
+        _: Request<pb::DeleteComplianceScriptDeviceStateRequest>,
+    ) -> Answer<()> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn batch_create_compliance_script_device_states(
+        &self,
+        _: Request<pb::BatchCreateComplianceScriptDeviceStatesRequest>,
+    ) -> Answer<pb::BatchCreateComplianceScriptDeviceStatesResponse> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    type StreamCreateScriptDeviceStatesStream =
+        tokio_stream::Empty<Result<pb::StreamCreateScriptDeviceStatesResponse, Status>>;
+
+    async fn stream_create_script_device_states(
+        &self,
+        _: Request<tonic::Streaming<pb::StreamCreateScriptDeviceStatesRequest>>,
+    ) -> Answer<Self::StreamCreateScriptDeviceStatesStream> {
+        Err(Status::unimplemented("echo"))
+    }
 }
 
 #[tokio::main]

@@ -130,6 +130,22 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Secret that keys the List RPCs' page tokens (HMAC-SHA256). Give every
+    /// replica behind one load balancer the same one; when unset, a random
+    /// per-process key is used and tokens die with the process.
+    #[arg(long, env = "RUNSTATE_PAGE_TOKEN_KEY", hide_env_values = true)]
+    pub page_token_key: Option<Secret>,
+
+    /// Items of one StreamCreateScriptDeviceStates call held at once (1-10000);
+    /// a faster sender is slowed down.
+    #[arg(long, env = "RUNSTATE_STREAM_MAX_IN_FLIGHT", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub stream_max_in_flight: u32,
+
+    /// Graph `$batch` requests of one Batch RPC in flight at once (1-64).
+    #[arg(long, env = "RUNSTATE_BATCH_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub batch_concurrency: u32,
     /// How long in-flight calls may run after SIGTERM or SIGINT before they are cancelled (e.g. 10s).
     #[arg(long, env = "RUNSTATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -607,6 +623,30 @@ mod tests {
             Some(Command::Healthcheck(a)) if a.addr.as_deref() == Some("127.0.0.1:9")
                 && a.service == "intune.runstates.v1.RunStateService"
         ));
+    }
+
+    #[test]
+    fn bulk_and_page_token_flags_parse_and_are_bounded() {
+        let a = ServeArgs::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!((a.stream_max_in_flight, a.batch_concurrency), (64, 4));
+        assert!(a.page_token_key.is_none());
+        let a = ServeArgs::from_args([
+            "--stream-max-in-flight",
+            "8",
+            "--batch-concurrency",
+            "2",
+            "--page-token-key",
+            "k3y-s3cr3t",
+        ])
+        .unwrap();
+        assert_eq!((a.stream_max_in_flight, a.batch_concurrency), (8, 2));
+        assert!(!format!("{a:?}").contains("k3y-s3cr3t"));
+        for bad in [
+            ["--stream-max-in-flight", "0"],
+            ["--batch-concurrency", "65"],
+        ] {
+            assert!(ServeArgs::from_args(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -97,9 +97,18 @@ impl Application {
             .map(|t| context::bearer(t.expose()))
             .transpose()
             .map_err(|_| anyhow::anyhow!("--graph-token: not a valid header value"))?;
-        let api = RunStateApi::new(graph, token, args.request_timeout)
+        let mut api = RunStateApi::new(graph, token, args.request_timeout)
             .with_request_ids(request_ids)
-            .with_auth(auth);
+            .with_auth(auth)
+            .with_bulk_limits(crate::grpc::batch::BulkLimits {
+                batch_concurrency: args.batch_concurrency as usize,
+                stream_window: args.stream_max_in_flight as usize,
+            });
+        if let Some(key) = &args.page_token_key {
+            api = api.with_page_tokens(crate::convert::page_token::PageTokens::from_secret(
+                key.expose(),
+            ));
+        }
 
         let tls = crate::tls::TlsSource::from_args(args).map_err(|e| anyhow::anyhow!(e))?;
         let listener = TcpListener::bind(args.listen)

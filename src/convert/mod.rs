@@ -4,6 +4,8 @@
 pub mod datetime;
 pub mod mask;
 pub mod names;
+pub mod page_token;
+pub mod query;
 pub mod resources;
 pub mod run_state;
 

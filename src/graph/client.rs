@@ -62,9 +62,9 @@ pub struct GraphClient {
     http: Arc<[reqwest::Client]>,
     next: Arc<AtomicUsize>,
     /// Base URL plus `/deviceManagement/`.
-    root: String,
+    pub(super) root: String,
     host: String,
-    retry: RetryPolicy,
+    pub(super) retry: RetryPolicy,
     /// What Graph does with client ids, per collection kind.
     worlds: Arc<Worlds>,
     /// The write budget, when on.
@@ -98,10 +98,10 @@ pub struct Reply<T> {
 }
 
 /// A raw success.
-struct Raw {
-    status: StatusCode,
-    body: Bytes,
-    request_id: Option<String>,
+pub(super) struct Raw {
+    pub(super) status: StatusCode,
+    pub(super) body: Bytes,
+    pub(super) request_id: Option<String>,
 }
 
 impl GraphClient {
@@ -317,7 +317,7 @@ impl GraphClient {
     }
 
     /// Sends one request, retrying per the policy within the deadline.
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
         path: &str,
@@ -395,7 +395,7 @@ impl GraphClient {
         unreachable!("the retry loop returns")
     }
 
-    async fn attempt(
+    pub(super) async fn attempt(
         &self,
         method: &Method,
         url: &str,
@@ -548,7 +548,7 @@ fn encode_segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
 }
 
-fn encode<B: Serialize>(body: &B) -> Result<Bytes, GraphError> {
+pub(super) fn encode<B: Serialize>(body: &B) -> Result<Bytes, GraphError> {
     let bytes = serde_json::to_vec(body)
         .map_err(|e| GraphError::InvalidResponse(format!("cannot encode the request: {e}")))?;
     if bytes.len() > MAX_REQUEST_BODY_BYTES {
@@ -587,7 +587,7 @@ fn retry_reason(error: &GraphError) -> &'static str {
     }
 }
 
-fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphError> {
+pub(super) fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphError> {
     let value = serde_json::from_slice(&raw.body)
         .map_err(|e| GraphError::InvalidResponse(e.to_string()))?;
     Ok(Reply {

@@ -1,12 +1,16 @@
 //! The gRPC service: one file per resource, the shared shapes in `ops`.
 
+pub mod batch;
 pub mod codec;
 mod compliance_states;
 pub mod context;
+mod delete;
 mod device_states;
 pub mod idempotency;
+mod list;
 mod ops;
 pub mod status;
+mod stream;
 mod user_states;
 
 use std::time::Duration;
@@ -14,6 +18,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use tonic::{Request, Response, Status};
 
+use crate::convert::page_token::PageTokens;
 use crate::graph::GraphClient;
 use crate::pb::{self, run_state_service_server::RunStateService};
 
@@ -27,6 +32,10 @@ pub struct RunStateApi {
     request_ids: std::sync::Arc<idempotency::RequestIds>,
     /// Where tokens come from (`--auth`); without it, [`Self::token`] as before.
     auth: Option<std::sync::Arc<crate::auth::Authorizer>>,
+    /// Seals and opens the List RPCs' page tokens.
+    page_tokens: PageTokens,
+    /// Limits of the Batch and Stream RPCs.
+    bulk: batch::BulkLimits,
 }
 
 impl RunStateApi {
@@ -37,7 +46,22 @@ impl RunStateApi {
             default_timeout,
             request_ids: Default::default(),
             auth: None,
+            page_tokens: PageTokens::random()
+                .unwrap_or_else(|_| PageTokens::from_secret(&uuid::Uuid::new_v4().to_string())),
+            bulk: Default::default(),
         }
+    }
+
+    /// Uses these page tokens (a configured key) instead of a random key.
+    pub fn with_page_tokens(mut self, page_tokens: PageTokens) -> Self {
+        self.page_tokens = page_tokens;
+        self
+    }
+
+    /// Sets the limits of the Batch and Stream RPCs.
+    pub fn with_bulk_limits(mut self, limits: batch::BulkLimits) -> Self {
+        self.bulk = limits;
+        self
     }
 
     /// Keeps request-id records in `records` (shared with batch handlers,
@@ -117,6 +141,71 @@ impl RunStateService for RunStateApi {
         request: Request<pb::GetComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
         self.get_compliance_state(request).await
+    }
+
+    async fn list_script_user_states(
+        &self,
+        request: Request<pb::ListScriptUserStatesRequest>,
+    ) -> Result<Response<pb::ListScriptUserStatesResponse>, Status> {
+        self.list_user_states(request).await
+    }
+
+    async fn delete_script_user_state(
+        &self,
+        request: Request<pb::DeleteScriptUserStateRequest>,
+    ) -> Result<Response<()>, Status> {
+        self.delete_user_state(request).await
+    }
+
+    async fn list_script_device_states(
+        &self,
+        request: Request<pb::ListScriptDeviceStatesRequest>,
+    ) -> Result<Response<pb::ListScriptDeviceStatesResponse>, Status> {
+        self.list_device_states(request).await
+    }
+
+    async fn delete_script_device_state(
+        &self,
+        request: Request<pb::DeleteScriptDeviceStateRequest>,
+    ) -> Result<Response<()>, Status> {
+        self.delete_device_state(request).await
+    }
+
+    async fn batch_create_script_device_states(
+        &self,
+        request: Request<pb::BatchCreateScriptDeviceStatesRequest>,
+    ) -> Result<Response<pb::BatchCreateScriptDeviceStatesResponse>, Status> {
+        self.batch_create_device_states(request).await
+    }
+
+    type StreamCreateScriptDeviceStatesStream = stream::AnswerStream;
+
+    async fn stream_create_script_device_states(
+        &self,
+        request: Request<tonic::Streaming<pb::StreamCreateScriptDeviceStatesRequest>>,
+    ) -> Result<Response<Self::StreamCreateScriptDeviceStatesStream>, Status> {
+        self.stream_create_device_states(request).await
+    }
+
+    async fn list_compliance_script_device_states(
+        &self,
+        request: Request<pb::ListComplianceScriptDeviceStatesRequest>,
+    ) -> Result<Response<pb::ListComplianceScriptDeviceStatesResponse>, Status> {
+        self.list_compliance_states(request).await
+    }
+
+    async fn delete_compliance_script_device_state(
+        &self,
+        request: Request<pb::DeleteComplianceScriptDeviceStateRequest>,
+    ) -> Result<Response<()>, Status> {
+        self.delete_compliance_state(request).await
+    }
+
+    async fn batch_create_compliance_script_device_states(
+        &self,
+        request: Request<pb::BatchCreateComplianceScriptDeviceStatesRequest>,
+    ) -> Result<Response<pb::BatchCreateComplianceScriptDeviceStatesResponse>, Status> {
+        self.batch_create_compliance_states(request).await
     }
 }
 

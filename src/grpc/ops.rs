@@ -183,7 +183,7 @@ impl Violations {
 }
 
 /// A response carrying Graph's request id in `graph-request-id` metadata.
-fn respond<T>(message: T, graph_request_id: Option<String>) -> Response<T> {
+pub(super) fn respond<T>(message: T, graph_request_id: Option<String>) -> Response<T> {
     let mut response = Response::new(message);
     if let Some(value) = graph_request_id.and_then(|id| id.parse().ok()) {
         response
@@ -200,7 +200,7 @@ fn internal(message: impl Into<String>) -> Status {
 impl RunStateApi {
     /// The caller's deadline, a little early so the gateway answers
     /// DEADLINE_EXCEEDED with details before tonic's own timer cancels the call.
-    fn deadline(&self, metadata: &MetadataMap) -> tokio::time::Instant {
+    pub(super) fn deadline(&self, metadata: &MetadataMap) -> tokio::time::Instant {
         let timeout = match context::grpc_timeout(metadata) {
             Some(t) => t.saturating_sub((t / 10).min(Duration::from_millis(20))),
             None => self.default_timeout,
@@ -208,7 +208,7 @@ impl RunStateApi {
         tokio::time::Instant::now() + timeout.min(MAX_DEADLINE)
     }
 
-    fn graph_status(&self, error: GraphError) -> Status {
+    pub(super) fn graph_status(&self, error: GraphError) -> Status {
         status::from_graph(error, self.graph.host())
     }
 
@@ -216,7 +216,7 @@ impl RunStateApi {
     ///
     /// (The timeout is applied at each call site, not in a helper `async fn`,
     /// which would hold the large work future twice.)
-    fn deadline_exceeded(&self) -> Status {
+    pub(super) fn deadline_exceeded(&self) -> Status {
         self.graph_status(GraphError::Timeout)
     }
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod budget;
+mod bulk;
 mod cli;
 mod compliance_states;
 mod device_states;
@@ -10,6 +11,7 @@ mod errors;
 mod healthcheck;
 mod helpers;
 mod idempotency;
+mod lifecycle;
 mod readme;
 mod replicas;
 mod retries;

@@ -1,0 +1,87 @@
+//! The Delete RPCs (AIP-135): Graph DELETE `{name}`.
+
+use http::StatusCode;
+use tokio::time::timeout_at;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+use super::{RunStateApi, ops::respond, status};
+use crate::convert::{
+    FieldViolation,
+    names::{ComplianceStateName, DeviceStateName, ResourcePath, UserStateName},
+};
+use crate::graph::{Call, GraphError};
+use crate::pb;
+
+impl RunStateApi {
+    /// DELETE `{name}`; with `allow_missing`, a missing state is OK.
+    async fn delete<N: ResourcePath>(
+        &self,
+        metadata: &MetadataMap,
+        name: &str,
+        parse: fn(&str) -> Result<N, String>,
+        allow_missing: bool,
+    ) -> Result<Response<()>, Status> {
+        let name = parse(name)
+            .map_err(|why| status::invalid_argument(vec![FieldViolation::new("name", why)]))?;
+        let authorization = self.authorize(metadata).await?;
+        let call = Call {
+            authorization: &authorization,
+            deadline: self.deadline(metadata),
+        };
+        timeout_at(call.deadline, async {
+            match self.graph.delete(&name.graph_path(), &call).await {
+                Ok(request_id) => Ok(respond((), request_id)),
+                Err(GraphError::Status(e))
+                    if e.status == StatusCode::NOT_FOUND && allow_missing =>
+                {
+                    Ok(respond((), e.request_id))
+                }
+                Err(e) => Err(self.graph_status(e)),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(self.deadline_exceeded()))
+    }
+
+    pub(super) async fn delete_user_state(
+        &self,
+        request: Request<pb::DeleteScriptUserStateRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        self.delete(
+            &metadata,
+            &req.name,
+            UserStateName::parse,
+            req.allow_missing,
+        )
+        .await
+    }
+
+    pub(super) async fn delete_device_state(
+        &self,
+        request: Request<pb::DeleteScriptDeviceStateRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        self.delete(
+            &metadata,
+            &req.name,
+            DeviceStateName::parse,
+            req.allow_missing,
+        )
+        .await
+    }
+
+    pub(super) async fn delete_compliance_state(
+        &self,
+        request: Request<pb::DeleteComplianceScriptDeviceStateRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        self.delete(
+            &metadata,
+            &req.name,
+            ComplianceStateName::parse,
+            req.allow_missing,
+        )
+        .await
+    }
+}

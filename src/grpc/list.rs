@@ -1,0 +1,201 @@
+//! The List RPCs (AIP-132/158): one Graph page per call, behind a sealed
+//! page token.
+
+use prost_types::FieldMask;
+use tokio::time::timeout_at;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+use super::{RunStateApi, ops::respond, status};
+use crate::convert::{
+    FieldViolation,
+    names::{ComplianceScriptName, DeviceStateParent, Id, Parent, ScriptName},
+    page_token::Binding,
+    query::{self, Filterable},
+    resources::Resource,
+};
+use crate::graph::Call;
+use crate::pb;
+
+/// The fields of a list request, before validation.
+struct List<'a, P> {
+    rpc: &'static str,
+    parent: Result<P, String>,
+    page_size: i32,
+    page_token: &'a str,
+    filter: &'a str,
+    filterable: Filterable,
+    read_mask: Option<&'a FieldMask>,
+}
+
+/// Records a violation on `field` when `result` is an error.
+pub(super) fn check<T>(
+    errors: &mut Vec<FieldViolation>,
+    field: &str,
+    result: Result<T, String>,
+) -> Option<T> {
+    result
+        .map_err(|why| errors.push(FieldViolation::new(field, why)))
+        .ok()
+}
+
+/// A page: the resources and the token of the next page (empty at the end).
+struct Listed<R> {
+    items: Vec<R>,
+    next_page_token: String,
+    graph_request_id: Option<String>,
+}
+
+impl RunStateApi {
+    async fn list<P: Parent, R: Resource>(
+        &self,
+        metadata: &MetadataMap,
+        l: List<'_, P>,
+    ) -> Result<Listed<R>, Status> {
+        let mut errors = Vec::new();
+        let parent = check(&mut errors, "parent", l.parent);
+        let top = check(&mut errors, "page_size", query::page_size(l.page_size));
+        let filter = check(&mut errors, "filter", query::filter(l.filter, l.filterable));
+        let select = query::select(l.read_mask, R::WRITABLE)
+            .map_err(|e| errors.extend(e))
+            .ok();
+        let (Some(parent), Some(top), Some(filter), Some(select)) = (parent, top, filter, select)
+        else {
+            return Err(status::invalid_argument(errors));
+        };
+        let collection = parent.collection_path();
+        let binding = Binding {
+            rpc: l.rpc,
+            collection: &collection,
+            filter: filter.as_deref().unwrap_or_default(),
+            select: select.as_deref().unwrap_or_default(),
+        };
+        let query = if l.page_token.is_empty() {
+            query::first_page(top, filter.as_deref(), select.as_deref())
+        } else {
+            self.page_tokens
+                .open(&binding, l.page_token)
+                .map(|next| query::next_page(&next, top))
+                .map_err(|why| {
+                    status::invalid_argument(vec![FieldViolation::new("page_token", why)])
+                })?
+        };
+        let authorization = self.authorize(metadata).await?;
+        let call = Call {
+            authorization: &authorization,
+            deadline: self.deadline(metadata),
+        };
+        timeout_at(call.deadline, async {
+            let reply = self
+                .graph
+                .list::<R::Graph>(&collection, &query, &call)
+                .await
+                .map_err(|e| self.graph_status(e))?;
+            let mut items = Vec::with_capacity(reply.value.value.len());
+            for graph in reply.value.value {
+                let id = R::graph_id(&graph)
+                    .ok_or_else(|| Status::internal("Graph listed an entity without an id"))
+                    .and_then(|id| {
+                        Id::parse(id).map_err(|why| {
+                            Status::internal(format!("Graph listed an entity whose id {why}"))
+                        })
+                    })?;
+                items.push(R::from_graph(graph, parent.child_name(id.as_str())));
+            }
+            let next_page_token = match reply.value.next_link {
+                Some(link) => self
+                    .page_tokens
+                    .seal(&binding, &link, self.graph.root())
+                    .map_err(Status::internal)?,
+                None => String::new(),
+            };
+            Ok(Listed {
+                items,
+                next_page_token,
+                graph_request_id: reply.request_id,
+            })
+        })
+        .await
+        .unwrap_or_else(|_| Err(self.deadline_exceeded()))
+    }
+
+    pub(super) async fn list_user_states(
+        &self,
+        request: Request<pb::ListScriptUserStatesRequest>,
+    ) -> Result<Response<pb::ListScriptUserStatesResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let l = List {
+            rpc: "ListScriptUserStates",
+            parent: ScriptName::parse(&req.parent),
+            page_size: req.page_size,
+            page_token: &req.page_token,
+            filter: &req.filter,
+            filterable: Filterable::Text {
+                proto: "user_principal_name",
+                graph: "userPrincipalName",
+            },
+            read_mask: req.read_mask.as_ref(),
+        };
+        let page = self.list(&metadata, l).await?;
+        Ok(respond(
+            pb::ListScriptUserStatesResponse {
+                script_user_states: page.items,
+                next_page_token: page.next_page_token,
+            },
+            page.graph_request_id,
+        ))
+    }
+
+    pub(super) async fn list_device_states(
+        &self,
+        request: Request<pb::ListScriptDeviceStatesRequest>,
+    ) -> Result<Response<pb::ListScriptDeviceStatesResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let l = List {
+            rpc: "ListScriptDeviceStates",
+            parent: DeviceStateParent::parse(&req.parent),
+            page_size: req.page_size,
+            page_token: &req.page_token,
+            filter: &req.filter,
+            filterable: Filterable::RunState {
+                proto: "run_state",
+                graph: "runState",
+            },
+            read_mask: req.read_mask.as_ref(),
+        };
+        let page = self.list(&metadata, l).await?;
+        Ok(respond(
+            pb::ListScriptDeviceStatesResponse {
+                script_device_states: page.items,
+                next_page_token: page.next_page_token,
+            },
+            page.graph_request_id,
+        ))
+    }
+
+    pub(super) async fn list_compliance_states(
+        &self,
+        request: Request<pb::ListComplianceScriptDeviceStatesRequest>,
+    ) -> Result<Response<pb::ListComplianceScriptDeviceStatesResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let l = List {
+            rpc: "ListComplianceScriptDeviceStates",
+            parent: ComplianceScriptName::parse(&req.parent),
+            page_size: req.page_size,
+            page_token: &req.page_token,
+            filter: &req.filter,
+            filterable: Filterable::RunState {
+                proto: "detection_state",
+                graph: "detectionState",
+            },
+            read_mask: req.read_mask.as_ref(),
+        };
+        let page = self.list(&metadata, l).await?;
+        Ok(respond(
+            pb::ListComplianceScriptDeviceStatesResponse {
+                compliance_script_device_states: page.items,
+                next_page_token: page.next_page_token,
+            },
+            page.graph_request_id,
+        ))
+    }
+}
