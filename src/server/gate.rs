@@ -43,6 +43,9 @@ const API_PREFIX: &str = "/intune.runstates.v1.RunStateService/";
 /// responses stay in the gate, where the send budget counts them.
 const CHUNK: usize = 16 << 10;
 
+/// RPCs whose request is a stream of messages, passed on unread.
+const STREAMING: [&str; 1] = ["StreamCreateScriptDeviceStates"];
+
 /// Longest resource name written to a log line.
 const MAX_LOGGED_NAME: usize = 256;
 
@@ -121,7 +124,7 @@ impl Gate {
         &self,
         request: Request<Incoming>,
         call: &mut Observed,
-    ) -> Result<(Request<Full<Bytes>>, OwnedSemaphorePermit), Status> {
+    ) -> Result<(Request<Body>, OwnedSemaphorePermit), Status> {
         let limits = &self.shared.limits;
         if self.shared.state.draining() {
             shed("draining");
@@ -137,6 +140,13 @@ impl Gate {
             )));
         }
         let (mut parts, body) = request.into_parts();
+        if STREAMING.contains(&call.method) {
+            // A stream is a long feed: its messages are not read up front
+            // (tonic checks each against --max-request-bytes, and the handler
+            // applies backpressure), but it takes a concurrency slot.
+            let permit = self.permit()?;
+            return Ok((Request::from_parts(parts, Body::new(body)), permit));
+        }
         let read = timeout(
             limits.request_read_timeout,
             read_message(body, limits.max_request_bytes),
@@ -165,16 +175,24 @@ impl Gate {
                 headers.insert("grpc-timeout", value);
             }
         }
-        let permit = Arc::clone(&self.shared.permits)
+        let permit = self.permit()?;
+        Ok((
+            Request::from_parts(parts, Body::new(Full::new(message))),
+            permit,
+        ))
+    }
+
+    /// A `--max-concurrent-requests` slot, or the call is shed.
+    fn permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.shared.permits)
             .try_acquire_owned()
             .map_err(|_| {
                 shed("concurrency");
                 Status::resource_exhausted(format!(
                     "the gateway is handling its limit of {} calls (--max-concurrent-requests); retry later",
-                    limits.max_concurrent_requests
+                    self.shared.limits.max_concurrent_requests
                 ))
-            })?;
-        Ok((Request::from_parts(parts, Full::new(message)), permit))
+            })
     }
 }
 
@@ -225,7 +243,16 @@ async fn read_message(mut body: Incoming, max: usize) -> Result<Bytes, Status> {
 
 /// The RPC's short name, from a fixed list (a bounded metric label).
 fn rpc_name(path: &str) -> &'static str {
-    const RPCS: [&str; 9] = [
+    const RPCS: [&str; 18] = [
+        "ListScriptUserStates",
+        "ListScriptDeviceStates",
+        "ListComplianceScriptDeviceStates",
+        "DeleteScriptUserState",
+        "DeleteScriptDeviceState",
+        "DeleteComplianceScriptDeviceState",
+        "BatchCreateScriptDeviceStates",
+        "BatchCreateComplianceScriptDeviceStates",
+        "StreamCreateScriptDeviceStates",
         "CreateScriptUserState",
         "UpdateScriptUserState",
         "GetScriptUserState",
@@ -268,6 +295,22 @@ fn check_message(rpc: &str, framed: &[u8]) -> Result<String, Status> {
             .map(|m| m.script_user_state.map(|s| s.name).unwrap_or_default()),
         "UpdateScriptDeviceState" => pb::UpdateScriptDeviceStateRequest::decode(b)
             .map(|m| m.script_device_state.map(|s| s.name).unwrap_or_default()),
+        "ListScriptUserStates" => pb::ListScriptUserStatesRequest::decode(b).map(|m| m.parent),
+        "ListScriptDeviceStates" => pb::ListScriptDeviceStatesRequest::decode(b).map(|m| m.parent),
+        "ListComplianceScriptDeviceStates" => {
+            pb::ListComplianceScriptDeviceStatesRequest::decode(b).map(|m| m.parent)
+        }
+        "DeleteScriptUserState" => pb::DeleteScriptUserStateRequest::decode(b).map(|m| m.name),
+        "DeleteScriptDeviceState" => pb::DeleteScriptDeviceStateRequest::decode(b).map(|m| m.name),
+        "DeleteComplianceScriptDeviceState" => {
+            pb::DeleteComplianceScriptDeviceStateRequest::decode(b).map(|m| m.name)
+        }
+        "BatchCreateScriptDeviceStates" => {
+            pb::BatchCreateScriptDeviceStatesRequest::decode(b).map(|m| m.parent)
+        }
+        "BatchCreateComplianceScriptDeviceStates" => {
+            pb::BatchCreateComplianceScriptDeviceStatesRequest::decode(b).map(|m| m.parent)
+        }
         "UpdateComplianceScriptDeviceState" => {
             pb::UpdateComplianceScriptDeviceStateRequest::decode(b).map(|m| {
                 m.compliance_script_device_state
@@ -615,5 +658,9 @@ mod tests {
             "unknown"
         );
         assert_eq!(rpc_name("/x/y"), "unknown");
+        assert_eq!(
+            rpc_name("/intune.runstates.v1.RunStateService/StreamCreateScriptDeviceStates"),
+            "StreamCreateScriptDeviceStates"
+        );
     }
 }

@@ -370,3 +370,75 @@ async fn a_stream_through_a_slow_graph_answers_every_item_once() {
         .collect();
     assert_eq!(stored, ok_ids);
 }
+
+/// A stream is answered item by item while the caller is still sending, and
+/// its whole feed may exceed `--max-request-bytes` (a limit per message).
+#[tokio::test]
+async fn a_stream_is_answered_while_the_caller_still_sends() {
+    let mut app = spawn_app_with(&[
+        "--graph-token",
+        "t",
+        "--max-request-bytes",
+        "1024",
+        "--request-read-timeout",
+        "1s",
+        "--write-budget",
+        "off",
+    ])
+    .await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut client = app.client.clone();
+    let mut call = Some(tokio::spawn(async move {
+        client
+            .stream_create_script_device_states(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    }));
+    let mut answers = None;
+    // 30 items of ~200 bytes: ~6 KB in all, over the 1 KiB message limit,
+    // and longer than the read timeout, since each waits for its answer.
+    for i in 0..30 {
+        let item = StreamCreateScriptDeviceStatesRequest {
+            parent: "deviceShellScripts/s10".into(),
+            script_device_state: Some(ScriptDeviceState {
+                run_state: RunState::Success as i32,
+                result_message: Some("x".repeat(150)),
+                error_code: i,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        tx.send(item).await.unwrap();
+        if i == 0 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        if answers.is_none() {
+            answers = Some(
+                tokio::time::timeout(Duration::from_secs(20), call.take().unwrap())
+                    .await
+                    .expect("the stream is accepted")
+                    .unwrap()
+                    .unwrap()
+                    .into_inner(),
+            );
+        }
+        let answers = answers.as_mut().unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(20), answers.message())
+            .await
+            .expect("each item is answered before the stream ends")
+            .unwrap()
+            .expect("an answer");
+        assert_eq!(answer.index, i as u64);
+        match answer.result.unwrap() {
+            stream_create_script_device_states_response::Result::ScriptDeviceState(s) => {
+                assert_eq!(s.error_code, i)
+            }
+            stream_create_script_device_states_response::Result::Status(st) => {
+                panic!("item {i}: {st:?}")
+            }
+        }
+    }
+    drop(tx);
+    let mut answers = answers.unwrap();
+    assert!(answers.message().await.unwrap().is_none());
+    assert_eq!(list_all(&mut app, "deviceShellScripts/s10").await.len(), 30);
+}
