@@ -16,15 +16,25 @@ use prost::Message;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 
-use super::{RunStateApi, list::check, ops::Create, status};
+use super::{
+    RunStateApi,
+    idempotency::{Begin, Claim, MAX_STORED_RESPONSE, Outcome as Recorded, RecordKey, Refused},
+    list::check,
+    ops::{Create, fingerprint, same_fields},
+    status,
+};
 use crate::convert::{
     FieldViolation,
     mask::Selection,
     names::{ComplianceScriptName, DeviceStateParent, Id, Parent},
     resources::Resource,
 };
-use crate::graph::{BatchItem, Call, GraphClient, GraphError, MAX_BATCH, ids::Worlds};
+use crate::graph::{
+    BatchItem, Call, GraphClient, GraphError, MAX_BATCH,
+    ids::{Worlds, refuses_id},
+};
 use crate::pb;
+use crate::state::identity;
 
 /// Most creates in one Batch request.
 pub const MAX_BATCH_REQUESTS: usize = 1000;
@@ -60,6 +70,9 @@ pub(super) struct Prepared<P, R: Resource> {
     pub id: Option<Id>,
     /// The id came from a request id: a 409 is this request's own first copy.
     pub replay: bool,
+    pub request_id: Option<uuid::Uuid>,
+    /// As a single create's, to spot a request id reused for another request.
+    pub fingerprint: u64,
 }
 
 /// Validates one create as `CreateX` does; violations are named under `prefix`.
@@ -116,6 +129,8 @@ pub(super) fn prepare<P: Parent, R: Resource>(
         body,
         id,
         replay,
+        request_id,
+        fingerprint: c.fingerprint,
     })
 }
 
@@ -154,7 +169,7 @@ async fn read_back<P: Parent, R: Resource>(
         return Err(Status::internal("no id to read back"));
     };
     let got = graph
-        .get::<R::Graph>(&item.parent.child_path(id), call)
+        .get::<serde_json::Value>(&item.parent.child_path(id), call)
         .await
         .map_err(|e| {
             let s = status::from_graph(e, graph.host());
@@ -166,10 +181,20 @@ async fn read_back<P: Parent, R: Resource>(
                 ),
             )
         })?;
-    Ok(R::from_graph(
-        got.value,
-        item.parent.child_name(id.as_str()),
-    ))
+    let mine = match serde_json::to_value(&item.body) {
+        Ok(serde_json::Value::Object(body)) => same_fields(&body, &got.value),
+        _ => false,
+    };
+    if !mine {
+        return Err(Status::already_exists(format!(
+            "`{}` already exists and holds other values",
+            item.parent.child_name(id.as_str())
+        )));
+    }
+    let value: R::Graph = serde_json::from_value(got.value).map_err(|e| {
+        status::from_graph(GraphError::InvalidResponse(e.to_string()), graph.host())
+    })?;
+    Ok(R::from_graph(value, item.parent.child_name(id.as_str())))
 }
 
 /// What became of one item in one batch.
@@ -236,9 +261,13 @@ async fn send_group<P: Parent, R: Resource>(
                 let s = Status::unavailable(
                     "Graph's batch answer left this item out; it may or may not have been created",
                 );
-                return if item.id.is_some() {
+                return if sent_ids[pos].is_some() {
                     (i, Outcome::Again(Duration::ZERO, s))
                 } else {
+                    let s = status::outcome_unknown(
+                        "Graph's batch answer left this item out",
+                        graph.host(),
+                    );
                     (i, Outcome::Done(Err(s)))
                 };
             };
@@ -277,6 +306,16 @@ async fn send_group<P: Parent, R: Resource>(
                         .cloned()
                         .unwrap_or_default();
                     let e = answer.error(graph.host(), client_request_id);
+                    if status_code == 400
+                        && sent_ids[pos].is_some()
+                        && refuses_id(&e.code, &e.message)
+                    {
+                        // As a single create: this kind refuses ids; send it without.
+                        let kind = Worlds::kind(&item.parent.collection_path());
+                        graph.worlds().learn_rejected(&kind);
+                        let s = status::from_graph(GraphError::Status(Box::new(e)), graph.host());
+                        return (i, Outcome::Again(Duration::ZERO, s));
+                    }
                     let wait = e.retry_after;
                     let s = status::from_graph(GraphError::Status(Box::new(e)), graph.host());
                     if status_code == 429 {
@@ -297,9 +336,10 @@ pub(super) async fn create_all<P: Parent, R: Resource>(
     items: &[Prepared<P, R>],
     call: &Call<'_>,
     concurrency: usize,
-) -> Vec<Result<R, Status>> {
+    mut pending: Vec<usize>,
+) -> Vec<Option<Result<R, Status>>> {
     let mut results: Vec<Option<Result<R, Status>>> = (0..items.len()).map(|_| None).collect();
-    let mut pending: Vec<usize> = (0..items.len()).collect();
+    let mut unanswered = pending.clone();
     let mut last: HashMap<usize, Status> = HashMap::new();
     for round in 0..=MAX_THROTTLED_RESENDS {
         if pending.is_empty() {
@@ -348,15 +388,55 @@ pub(super) async fn create_all<P: Parent, R: Resource>(
         );
         tokio::time::sleep(wait).await;
     }
+    unanswered.retain(|&i| results[i].is_none());
+    for i in unanswered {
+        results[i] = Some(Err(last.remove(&i).unwrap_or_else(|| {
+            Status::new(Code::ResourceExhausted, "Graph kept throttling this item")
+        })));
+    }
     results
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.unwrap_or_else(|| {
-                Err(last.remove(&i).unwrap_or_else(|| {
-                    Status::new(Code::ResourceExhausted, "Graph kept throttling this item")
-                }))
+}
+
+/// What to record for a request id once its item is done; `None` when
+/// nothing was applied (the id is released).
+fn record<R: Resource>(result: &Result<R, Status>) -> Option<Recorded> {
+    match result {
+        Ok(resource) => {
+            let encoded = resource.encode_to_vec();
+            Some(Recorded::Created {
+                name: resource.name().to_owned(),
+                response: (encoded.len() <= MAX_STORED_RESPONSE)
+                    .then(|| bytes::Bytes::from(encoded)),
+                graph_request_id: None,
             })
+        }
+        Err(s) if status::is_outcome_unknown(s) => Some(Recorded::Unknown {
+            message: "the create may have been applied: the $batch answer was lost".to_owned(),
+        }),
+        Err(_) => None,
+    }
+}
+
+/// Each item's fingerprint as the single create of it would compute (its
+/// parent filled in from the batch's), so the two replay each other.
+fn item_prints<M: prost::Message + Clone>(
+    common: &str,
+    items: &[M],
+    fields: fn(&mut M) -> (&mut String, &String),
+) -> Vec<u64> {
+    items
+        .iter()
+        .map(|item| {
+            let mut own = item.clone();
+            let (parent, request_id) = fields(&mut own);
+            if request_id.is_empty() {
+                return 0;
+            }
+            if parent.is_empty() {
+                common.clone_into(parent);
+            }
+            let request_id = request_id.clone();
+            fingerprint(&own, &request_id)
         })
         .collect()
 }
@@ -452,7 +532,69 @@ impl RunStateApi {
             authorization: &authorization,
             deadline: self.deadline(metadata),
         };
-        Ok(create_all(&self.graph, &prepared, &call, self.bulk.batch_concurrency).await)
+        let caller = identity::caller(&authorization);
+        let mut results: Vec<Option<Result<R, Status>>> =
+            (0..prepared.len()).map(|_| None).collect();
+        let mut claims: Vec<Option<Claim>> = (0..prepared.len()).map(|_| None).collect();
+        let mut pending = Vec::with_capacity(prepared.len());
+        for (i, item) in prepared.iter().enumerate() {
+            let Some(rid) = item.request_id else {
+                pending.push(i);
+                continue;
+            };
+            // Same key and fingerprint as the single create, so either
+            // replays the other.
+            let prefix = format!("{}/{}/", item.parent, P::CHILDREN);
+            let key = RecordKey::new(&caller, &prefix, rid);
+            match Box::pin(
+                self.request_ids
+                    .begin(&key, item.fingerprint, call.deadline),
+            )
+            .await
+            {
+                Err(Refused::Reused) => {
+                    results[i] = Some(Err(status::invalid_argument(vec![FieldViolation::new(
+                        format!("requests[{i}].request_id"),
+                        "was already used with a different request",
+                    )])));
+                }
+                Err(Refused::Deadline) => results[i] = Some(Err(self.deadline_exceeded())),
+                Ok(Begin::Replay(outcome)) => {
+                    let r = Box::pin(self.replay::<P, R>(outcome, &item.parent, &call)).await;
+                    results[i] = Some(r.map(Response::into_inner));
+                }
+                Ok(Begin::Owner(claim)) => {
+                    claims[i] = Some(claim);
+                    pending.push(i);
+                }
+            }
+        }
+        let sent = create_all(
+            &self.graph,
+            &prepared,
+            &call,
+            self.bulk.batch_concurrency,
+            pending,
+        )
+        .await;
+        for (i, r) in sent.into_iter().enumerate() {
+            if let Some(r) = r {
+                results[i] = Some(r);
+            }
+        }
+        let results: Vec<Result<R, Status>> = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Status::internal("the item was not sent"))))
+            .collect();
+        for (claim, result) in claims.into_iter().zip(&results) {
+            if let Some(claim) = claim {
+                match record(result) {
+                    Some(outcome) => claim.finish(outcome).await,
+                    None => drop(claim),
+                }
+            }
+        }
+        Ok(results)
     }
 
     pub(super) async fn batch_create_device_states(
@@ -460,25 +602,29 @@ impl RunStateApi {
         request: Request<pb::BatchCreateScriptDeviceStatesRequest>,
     ) -> Result<Response<pb::BatchCreateScriptDeviceStatesResponse>, Status> {
         let (metadata, _, mut req) = request.into_parts();
+        let prints = item_prints(&req.parent, &req.requests, |r| {
+            (&mut r.parent, &r.request_id)
+        });
         let resources: Vec<_> = req
             .requests
             .iter_mut()
             .map(|r| r.script_device_state.take())
             .collect();
         let common = req.parent.as_str();
-        let creates = req
-            .requests
-            .iter()
-            .zip(resources)
-            .map(|(r, resource)| Create {
-                rpc: "BatchCreateScriptDeviceStates",
-                parent: item_parent(common, &r.parent).and_then(DeviceStateParent::parse),
-                resource,
-                id_field: "script_device_state_id",
-                id: &r.script_device_state_id,
-                request_id: &r.request_id,
-                fingerprint: 0,
-            });
+        let creates =
+            req.requests
+                .iter()
+                .zip(resources)
+                .zip(prints)
+                .map(|((r, resource), fingerprint)| Create {
+                    rpc: "BatchCreateScriptDeviceStates",
+                    parent: item_parent(common, &r.parent).and_then(DeviceStateParent::parse),
+                    resource,
+                    id_field: "script_device_state_id",
+                    id: &r.script_device_state_id,
+                    request_id: &r.request_id,
+                    fingerprint,
+                });
         let prepared = self.prepare_batch(common, DeviceStateParent::parse, creates)?;
         let results = self.batch_create(&metadata, prepared).await?;
         use pb::script_device_state_result::Result as Item;
@@ -500,25 +646,29 @@ impl RunStateApi {
         request: Request<pb::BatchCreateComplianceScriptDeviceStatesRequest>,
     ) -> Result<Response<pb::BatchCreateComplianceScriptDeviceStatesResponse>, Status> {
         let (metadata, _, mut req) = request.into_parts();
+        let prints = item_prints(&req.parent, &req.requests, |r| {
+            (&mut r.parent, &r.request_id)
+        });
         let resources: Vec<_> = req
             .requests
             .iter_mut()
             .map(|r| r.compliance_script_device_state.take())
             .collect();
         let common = req.parent.as_str();
-        let creates = req
-            .requests
-            .iter()
-            .zip(resources)
-            .map(|(r, resource)| Create {
-                rpc: "BatchCreateComplianceScriptDeviceStates",
-                parent: item_parent(common, &r.parent).and_then(ComplianceScriptName::parse),
-                resource,
-                id_field: "compliance_script_device_state_id",
-                id: &r.compliance_script_device_state_id,
-                request_id: &r.request_id,
-                fingerprint: 0,
-            });
+        let creates =
+            req.requests
+                .iter()
+                .zip(resources)
+                .zip(prints)
+                .map(|((r, resource), fingerprint)| Create {
+                    rpc: "BatchCreateComplianceScriptDeviceStates",
+                    parent: item_parent(common, &r.parent).and_then(ComplianceScriptName::parse),
+                    resource,
+                    id_field: "compliance_script_device_state_id",
+                    id: &r.compliance_script_device_state_id,
+                    request_id: &r.request_id,
+                    fingerprint,
+                });
         let prepared = self.prepare_batch(common, ComplianceScriptName::parse, creates)?;
         let results = self.batch_create(&metadata, prepared).await?;
         use pb::compliance_script_device_state_result::Result as Item;

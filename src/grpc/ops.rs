@@ -117,7 +117,7 @@ impl CreateWork {
 
 /// Whether a stored entity holds every field this create would write (so a
 /// 409 or a read-back found the caller's own write, not someone else's).
-fn same_fields(
+pub(super) fn same_fields(
     body: &serde_json::Map<String, serde_json::Value>,
     stored: &serde_json::Value,
 ) -> bool {
@@ -292,7 +292,11 @@ impl RunStateApi {
             }
             Err(Refused::Deadline) => return Err(self.deadline_exceeded()),
             Ok(Begin::Replay(outcome)) => {
-                return Box::pin(self.replay::<P, R>(outcome, &parent, &work)).await;
+                let call = Call {
+                    authorization: &work.authorization,
+                    deadline: work.deadline,
+                };
+                return Box::pin(self.replay::<P, R>(outcome, &parent, &call)).await;
             }
             Ok(Begin::Owner(claim)) => claim,
         };
@@ -341,11 +345,11 @@ impl RunStateApi {
     }
 
     /// The answer recorded for a request id, again.
-    async fn replay<P: Parent, R: Resource>(
+    pub(super) async fn replay<P: Parent, R: Resource>(
         &self,
         outcome: Outcome,
         parent: &P,
-        work: &CreateWork,
+        call: &Call<'_>,
     ) -> Result<Response<R>, Status> {
         match outcome {
             Outcome::Unknown { message } => Err(status::outcome_unknown(
@@ -365,13 +369,9 @@ impl RunStateApi {
             Outcome::Created { name, .. } => {
                 let id = name.rsplit('/').next().unwrap_or_default();
                 let id = Id::parse(id).map_err(|e| internal(format!("recorded name: {e}")))?;
-                let call = Call {
-                    authorization: &work.authorization,
-                    deadline: work.deadline,
-                };
                 let got = timeout_at(
                     call.deadline,
-                    self.graph.get::<R::Graph>(&parent.child_path(&id), &call),
+                    self.graph.get::<R::Graph>(&parent.child_path(&id), call),
                 )
                 .await
                 .unwrap_or(Err(GraphError::Timeout))

@@ -150,6 +150,14 @@ pub fn outcome_unknown(cause: &str, host: &str) -> Status {
     )
 }
 
+/// Whether a status says a create may or may not have been applied.
+pub fn is_outcome_unknown(status: &Status) -> bool {
+    status.code() == Code::Unknown
+        && status
+            .get_details_error_info()
+            .is_some_and(|info| info.reason == OUTCOME_UNKNOWN)
+}
+
 fn from_status_error(e: StatusError) -> Status {
     let unserved = e.code.trim().eq_ignore_ascii_case(UNSERVED_ROUTE);
     let code = if unserved {

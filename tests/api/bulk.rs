@@ -441,4 +441,78 @@ async fn a_stream_is_answered_while_the_caller_still_sends() {
     let mut answers = answers.unwrap();
     assert!(answers.message().await.unwrap().is_none());
     assert_eq!(list_all(&mut app, "deviceShellScripts/s10").await.len(), 30);
+
+/// POSTs the emulator saw ($batch included).
+fn post_count(app: &TestApp) -> usize {
+    app.graph
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count()
+}
+
+#[tokio::test]
+async fn request_ids_make_a_resent_batch_safe_where_graph_ignores_ids() {
+    let mut app = spawn_app_with(&["--graph-token", "t", "--write-budget", "off"]).await;
+    app.graph
+        .set_client_ids(runstate_gateway::emulator::ClientIds::Ignore);
+    let parent = "deviceManagementScripts/s1";
+    let ids: Vec<String> = (0..5).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let batch = BatchCreateScriptDeviceStatesRequest {
+        parent: parent.into(),
+        requests: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| create("", i as i32, id))
+            .collect(),
+    };
+    let first = app
+        .client
+        .batch_create_script_device_states(batch.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let posts = post_count(&app);
+    let again = app
+        .client
+        .batch_create_script_device_states(batch)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, again, "a re-sent batch answers as the first did");
+    assert_eq!(post_count(&app), posts, "the re-sent batch reached Graph");
+    assert_eq!(list_all(&mut app, parent).await.len(), 5);
+    // A single create with an item's request id replays the item's answer.
+    let single = app
+        .client
+        .create_script_device_state(create(parent, 3, &ids[3]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(script_device_state_result::Result::ScriptDeviceState(item)) =
+        &first.results[3].result
+    else {
+        panic!("item 3: {:?}", first.results[3]);
+    };
+    assert_eq!(&single, item);
+    assert_eq!(post_count(&app), posts);
+    // The same request id with other content is refused for that item only.
+    let reused = app
+        .client
+        .batch_create_script_device_states(BatchCreateScriptDeviceStatesRequest {
+            parent: parent.into(),
+            requests: vec![create("", 77, &ids[0]), create("", 8, "")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(script_device_state_result::Result::Status(s)) = &reused.results[0].result else {
+        panic!("reused: {:?}", reused.results[0]);
+    };
+    assert_eq!(s.code, Code::InvalidArgument as i32);
+    assert!(matches!(
+        reused.results[1].result,
+        Some(script_device_state_result::Result::ScriptDeviceState(_))
+    ));
+    assert_eq!(list_all(&mut app, parent).await.len(), 6);
 }
