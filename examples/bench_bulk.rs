@@ -85,7 +85,10 @@ fn create(i: usize) -> pb::CreateScriptDeviceStateRequest {
     }
 }
 
-fn authed<T>(message: T, auth: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+fn authed<T>(
+    message: T,
+    auth: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", auth.clone());
     request
@@ -113,7 +116,11 @@ impl Tally {
     }
 }
 
-async fn single(o: &Opts, client: RunStateServiceClient<Channel>, auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> Tally {
+async fn single(
+    o: &Opts,
+    client: RunStateServiceClient<Channel>,
+    auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> Tally {
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..o.concurrency {
@@ -125,7 +132,10 @@ async fn single(o: &Opts, client: RunStateServiceClient<Channel>, auth: tonic::m
                 if i >= n {
                     return tally;
                 }
-                match client.create_script_device_state(authed(create(i), &auth)).await {
+                match client
+                    .create_script_device_state(authed(create(i), &auth))
+                    .await
+                {
                     Ok(r) => tally.state(Some(r.get_ref())),
                     Err(s) => tally.fail(format!("{:?}: {}", s.code(), s.message())),
                 }
@@ -144,7 +154,11 @@ async fn single(o: &Opts, client: RunStateServiceClient<Channel>, auth: tonic::m
     all
 }
 
-async fn batch(o: &Opts, mut client: RunStateServiceClient<Channel>, auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> (Tally, usize) {
+async fn batch(
+    o: &Opts,
+    mut client: RunStateServiceClient<Channel>,
+    auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> (Tally, usize) {
     let mut tally = Tally::default();
     let mut calls = 0;
     let mut start = 0;
@@ -155,15 +169,24 @@ async fn batch(o: &Opts, mut client: RunStateServiceClient<Channel>, auth: tonic
             requests: (start..end).map(create).collect(),
         };
         calls += 1;
-        match client.batch_create_script_device_states(authed(message, &auth)).await {
+        match client
+            .batch_create_script_device_states(authed(message, &auth))
+            .await
+        {
             Ok(r) => {
                 let results = &r.get_ref().results;
                 if results.len() != end - start {
-                    tally.fail(format!("{} results for {} requests", results.len(), end - start));
+                    tally.fail(format!(
+                        "{} results for {} requests",
+                        results.len(),
+                        end - start
+                    ));
                 }
                 for result in results {
                     match &result.result {
-                        Some(pb::script_device_state_result::Result::ScriptDeviceState(s)) => tally.state(Some(s)),
+                        Some(pb::script_device_state_result::Result::ScriptDeviceState(s)) => {
+                            tally.state(Some(s))
+                        }
                         Some(pb::script_device_state_result::Result::Status(s)) => {
                             tally.fail(format!("item status {}: {}", s.code, s.message))
                         }
@@ -183,15 +206,23 @@ async fn batch(o: &Opts, mut client: RunStateServiceClient<Channel>, auth: tonic
 }
 
 /// The stream's tally plus answers seen twice and items never answered.
-async fn stream(o: &Opts, mut client: RunStateServiceClient<Channel>, auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> (Tally, usize, usize) {
-    let items = futures_util::stream::iter((0..o.n).map(|i| pb::StreamCreateScriptDeviceStatesRequest {
-        parent: PARENT.into(),
-        script_device_state: Some(state(i)),
-        ..Default::default()
-    }));
+async fn stream(
+    o: &Opts,
+    mut client: RunStateServiceClient<Channel>,
+    auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> (Tally, usize, usize) {
+    let items =
+        futures_util::stream::iter((0..o.n).map(|i| pb::StreamCreateScriptDeviceStatesRequest {
+            parent: PARENT.into(),
+            script_device_state: Some(state(i)),
+            ..Default::default()
+        }));
     let mut tally = Tally::default();
     let mut seen = vec![0u32; o.n];
-    match client.stream_create_script_device_states(authed(items, &auth)).await {
+    match client
+        .stream_create_script_device_states(authed(items, &auth))
+        .await
+    {
         Ok(r) => {
             let mut answers = r.into_inner();
             loop {
