@@ -441,6 +441,7 @@ async fn a_stream_is_answered_while_the_caller_still_sends() {
     let mut answers = answers.unwrap();
     assert!(answers.message().await.unwrap().is_none());
     assert_eq!(list_all(&mut app, "deviceShellScripts/s10").await.len(), 30);
+}
 
 /// POSTs the emulator saw ($batch included).
 fn post_count(app: &TestApp) -> usize {
