@@ -186,7 +186,7 @@ impl Application {
         let routes = Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(service)
+            .add_service(service.clone())
             .prepare();
 
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -229,6 +229,7 @@ impl Application {
         server::serve(
             self.listener,
             routes,
+            service,
             limits,
             state,
             self.handshake,

@@ -24,7 +24,7 @@ impl RunStateApi {
             id: &req.compliance_script_device_state_id,
             request_id: &req.request_id,
         };
-        self.create(&metadata, create).await
+        self.create(metadata, create).await
     }
 
     pub(super) async fn update_compliance_state(
@@ -33,7 +33,7 @@ impl RunStateApi {
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
         let (metadata, _, req) = request.into_parts();
         self.update(
-            &metadata,
+            metadata,
             req.compliance_script_device_state,
             ComplianceStateName::parse,
             req.update_mask,
@@ -46,7 +46,7 @@ impl RunStateApi {
         request: Request<pb::GetComplianceScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
         let (metadata, _, req) = request.into_parts();
-        self.get(&metadata, &req.name, ComplianceStateName::parse)
+        self.get(metadata, &req.name, ComplianceStateName::parse)
             .await
     }
 }

@@ -25,7 +25,7 @@ impl RunStateApi {
             id: &req.script_device_state_id,
             request_id: &req.request_id,
         };
-        self.create(&metadata, create).await
+        self.create(metadata, create).await
     }
 
     pub(super) async fn update_device_state(
@@ -34,7 +34,7 @@ impl RunStateApi {
     ) -> Result<Response<pb::ScriptDeviceState>, Status> {
         let (metadata, _, req) = request.into_parts();
         self.update(
-            &metadata,
+            metadata,
             req.script_device_state,
             DeviceStateName::parse,
             req.update_mask,
@@ -47,6 +47,6 @@ impl RunStateApi {
         request: Request<pb::GetScriptDeviceStateRequest>,
     ) -> Result<Response<pb::ScriptDeviceState>, Status> {
         let (metadata, _, req) = request.into_parts();
-        self.get(&metadata, &req.name, DeviceStateName::parse).await
+        self.get(metadata, &req.name, DeviceStateName::parse).await
     }
 }

@@ -2,6 +2,7 @@
 //! all resources.
 
 use std::{
+    borrow::Borrow,
     hash::{DefaultHasher, Hash, Hasher},
     time::Duration,
 };
@@ -225,9 +226,12 @@ impl RunStateApi {
     /// With a `request_id`, the first call claims the id and the create runs
     /// in a task of its own, so its answer is recorded even when the caller
     /// goes away; later calls with the id get that answer.
+    ///
+    /// `metadata` may be owned: it is dropped once the token and deadline
+    /// are read, so a call waiting on Graph does not keep its headers.
     pub(super) async fn create<P: Parent, R: Resource>(
         &self,
-        metadata: &MetadataMap,
+        metadata: impl Borrow<MetadataMap>,
         c: Create<'_, P, R>,
     ) -> Result<Response<R>, Status> {
         let mut v = Violations::default();
@@ -244,8 +248,9 @@ impl RunStateApi {
         let (Some(parent), Some(body)) = (parent, body) else {
             return Err(internal("validation left no value"));
         };
-        let authorization = self.authorize(metadata).await?;
-        let deadline = self.deadline(metadata);
+        let authorization = self.authorize(metadata.borrow()).await?;
+        let deadline = self.deadline(metadata.borrow());
+        drop(metadata);
         let mut body = match serde_json::to_value(&body) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => return Err(internal("the Graph body is not a JSON object")),
@@ -384,7 +389,7 @@ impl RunStateApi {
     /// PATCH `{name}` with the masked fields; returns the stored resource.
     pub(super) async fn update<N: ResourcePath, R: Resource>(
         &self,
-        metadata: &MetadataMap,
+        metadata: impl Borrow<MetadataMap>,
         resource: Option<R>,
         parse: fn(&str) -> Result<N, String>,
         update_mask: Option<FieldMask>,
@@ -402,11 +407,12 @@ impl RunStateApi {
         let (Some(name), Some(body)) = (name, body) else {
             return Err(internal("validation left no value"));
         };
-        let authorization = self.authorize(metadata).await?;
+        let authorization = self.authorize(metadata.borrow()).await?;
         let call = Call {
             authorization: &authorization,
-            deadline: self.deadline(metadata),
+            deadline: self.deadline(metadata.borrow()),
         };
+        drop(metadata);
 
         timeout_at(call.deadline, async {
             let path = name.graph_path();
@@ -438,7 +444,7 @@ impl RunStateApi {
     /// GET `{name}`.
     pub(super) async fn get<N: ResourcePath, R: Resource>(
         &self,
-        metadata: &MetadataMap,
+        metadata: impl Borrow<MetadataMap>,
         name: &str,
         parse: fn(&str) -> Result<N, String>,
     ) -> Result<Response<R>, Status> {
@@ -448,11 +454,12 @@ impl RunStateApi {
         let Some(name) = name else {
             return Err(internal("validation left no value"));
         };
-        let authorization = self.authorize(metadata).await?;
+        let authorization = self.authorize(metadata.borrow()).await?;
         let call = Call {
             authorization: &authorization,
-            deadline: self.deadline(metadata),
+            deadline: self.deadline(metadata.borrow()),
         };
+        drop(metadata);
         timeout_at(call.deadline, async {
             let got = self
                 .graph

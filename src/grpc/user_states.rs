@@ -24,7 +24,7 @@ impl RunStateApi {
             id: &req.script_user_state_id,
             request_id: &req.request_id,
         };
-        self.create(&metadata, create).await
+        self.create(metadata, create).await
     }
 
     pub(super) async fn update_user_state(
@@ -33,7 +33,7 @@ impl RunStateApi {
     ) -> Result<Response<pb::ScriptUserState>, Status> {
         let (metadata, _, req) = request.into_parts();
         self.update(
-            &metadata,
+            metadata,
             req.script_user_state,
             UserStateName::parse,
             req.update_mask,
@@ -46,6 +46,6 @@ impl RunStateApi {
         request: Request<pb::GetScriptUserStateRequest>,
     ) -> Result<Response<pb::ScriptUserState>, Status> {
         let (metadata, _, req) = request.into_parts();
-        self.get(&metadata, &req.name, UserStateName::parse).await
+        self.get(metadata, &req.name, UserStateName::parse).await
     }
 }

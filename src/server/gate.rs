@@ -12,7 +12,7 @@ use std::{
     convert::Infallible,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -34,7 +34,10 @@ use crate::convert::FieldViolation;
 use crate::graph::trace::Trace;
 use crate::grpc::status::{CLIENT_REQUEST_ID, invalid_argument};
 use crate::metrics as m;
-use crate::pb;
+use crate::pb::{self, run_state_service_server::RunStateServiceServer};
+
+/// The API service, called by the gate directly (not through the router).
+pub(crate) type Api = RunStateServiceServer<crate::grpc::RunStateApi>;
 
 /// The service's path prefix.
 const API_PREFIX: &str = "/intune.runstates.v1.RunStateService/";
@@ -62,14 +65,16 @@ pub(super) struct Gate {
     shared: Arc<Shared>,
     conn: Arc<Conn>,
     routes: Routes,
+    api: Api,
 }
 
 impl Gate {
-    pub(super) fn new(shared: Arc<Shared>, routes: Routes) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, routes: Routes, api: Api) -> Self {
         Self {
             shared,
             conn: Arc::default(),
             routes,
+            api,
         }
     }
 }
@@ -103,20 +108,33 @@ impl Gate {
         mut self,
         request: Request<Incoming>,
     ) -> Result<Response<GateBody>, Infallible> {
-        let method = rpc_name(request.uri().path());
+        let path = request.uri().path();
+        let rpc = rpc_index(path);
+        let ours = path.starts_with(API_PREFIX);
         let trace = Trace::new(client_request_id(request.headers()));
-        let mut call = Observed::new(method, Arc::clone(&trace), &self);
-        let admitted = self.admit(request, &mut call).await;
+        let mut call = Observed::new(rpc, Arc::clone(&trace), &self);
+        // Boxed: reading the message (its timer, the body) is short, while
+        // the rest of this future lives as long as the call.
+        let admitted = Box::pin(self.admit(request, &mut call)).await;
         let response = match admitted {
             Err(status) => status.into_http::<Body>(),
-            Ok((request, permit)) => {
-                let answer = self.routes.call(request);
+            // The service's own paths go to it straight, without the
+            // router's matching and its layers of futures.
+            Ok((request, permit)) if ours => {
+                let answer = self.api.call(request);
                 let Ok(response) = trace.scope(answer).await;
                 drop(permit);
                 response
             }
+            // Boxed: the router's future is large and rarely needed.
+            Ok((request, permit)) => {
+                let answer = self.routes.call(request);
+                let Ok(response) = Box::pin(trace.scope(answer)).await;
+                drop(permit);
+                response
+            }
         };
-        Ok(call.respond(response).await)
+        Ok(Box::pin(call.respond(response)).await)
     }
 
     /// Checks the call and reads its message; the permit is its slot.
@@ -220,6 +238,9 @@ async fn read_message(mut body: Incoming, max: usize) -> Result<Bytes, Status> {
             "the request message is {n} bytes, over the limit of {max} (--max-request-bytes)"
         ))
     };
+    // The first DATA frame is kept as it came (usually the whole message);
+    // only a message split over frames is copied into one buffer.
+    let mut first = Bytes::new();
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame =
@@ -227,23 +248,31 @@ async fn read_message(mut body: Incoming, max: usize) -> Result<Bytes, Status> {
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        buf.extend_from_slice(&data);
-        if buf.len() >= 5 {
-            let announced = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if first.is_empty() && buf.is_empty() {
+            first = data;
+        } else {
+            if buf.is_empty() {
+                buf.reserve(first.len() + data.len());
+                buf.extend_from_slice(&std::mem::take(&mut first));
+            }
+            buf.extend_from_slice(&data);
+        }
+        let got: &[u8] = if buf.is_empty() { &first } else { &buf };
+        if got.len() >= 5 {
+            let announced = u32::from_be_bytes([got[1], got[2], got[3], got[4]]) as usize;
             if announced > max {
                 return Err(too_large(announced));
             }
         }
-        if buf.len() > max.saturating_add(5) {
-            return Err(too_large(buf.len() - 5));
+        if got.len() > max.saturating_add(5) {
+            return Err(too_large(got.len() - 5));
         }
     }
-    Ok(buf.freeze())
+    Ok(if buf.is_empty() { first } else { buf.freeze() })
 }
 
-/// The RPC's short name, from a fixed list (a bounded metric label).
-fn rpc_name(path: &str) -> &'static str {
-    const RPCS: [&str; 18] = [
+/// The RPCs' short names (bounded metric labels); `unknown` last.
+const RPCS: [&str; 19] = [
         "ListScriptUserStates",
         "ListScriptDeviceStates",
         "ListComplianceScriptDeviceStates",
@@ -262,12 +291,56 @@ fn rpc_name(path: &str) -> &'static str {
         "CreateComplianceScriptDeviceState",
         "UpdateComplianceScriptDeviceState",
         "GetComplianceScriptDeviceState",
+        "unknown",
     ];
+
+/// The index in [`RPCS`] of the RPC a path names (`unknown` when none).
+fn rpc_index(path: &str) -> usize {
     let name = path.strip_prefix(API_PREFIX).unwrap_or_default();
-    RPCS.iter()
-        .find(|r| **r == name)
-        .copied()
-        .unwrap_or("unknown")
+    RPCS[..RPCS.len() - 1]
+        .iter()
+        .position(|r| *r == name)
+        .unwrap_or(RPCS.len() - 1)
+}
+
+/// The RPC's short name, from a fixed list (a bounded metric label).
+#[cfg(test)]
+fn rpc_name(path: &str) -> &'static str {
+    RPCS[rpc_index(path)]
+}
+
+/// Number of gRPC codes (0 OK to 16 UNAUTHENTICATED).
+const CODES: usize = 17;
+
+/// The per-call metric handles, registered once per method and code and
+/// kept: looking a labelled metric up by its name and labels costs more
+/// than the rest of the gate's work on a call.
+pub(super) struct RpcMetrics {
+    in_flight: metrics::Gauge,
+    by_call: Box<[OnceLock<(metrics::Counter, metrics::Histogram)>]>,
+}
+
+impl RpcMetrics {
+    /// Handles on the recorder installed now.
+    pub(super) fn new() -> Self {
+        Self {
+            in_flight: metrics::gauge!(m::RPC_IN_FLIGHT),
+            by_call: (0..RPCS.len() * CODES).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn ended(&self, rpc: usize, code: Code, elapsed: f64) {
+        let code_index = (code as usize).min(CODES - 1);
+        let (count, duration) = self.by_call[rpc * CODES + code_index].get_or_init(|| {
+            let labels = [("method", RPCS[rpc]), ("code", code_name(code))];
+            (
+                metrics::counter!(m::RPC_REQUESTS, &labels),
+                metrics::histogram!(m::RPC_DURATION, &labels),
+            )
+        });
+        count.increment(1);
+        duration.record(elapsed);
+    }
 }
 
 /// Decodes the message for its RPC; returns the resource it names (the
@@ -379,6 +452,8 @@ fn client_request_id(headers: &HeaderMap) -> String {
 /// One API call being observed; it reports (metrics, log line) when dropped:
 /// when its response ends, or when the call is cancelled.
 struct Observed {
+    /// Index in [`RPCS`].
+    rpc: usize,
     method: &'static str,
     started: Instant,
     trace: Arc<Trace>,
@@ -390,11 +465,12 @@ struct Observed {
 }
 
 impl Observed {
-    fn new(method: &'static str, trace: Arc<Trace>, gate: &Gate) -> Self {
+    fn new(rpc: usize, trace: Arc<Trace>, gate: &Gate) -> Self {
         gate.shared.call_started();
-        metrics::gauge!(m::RPC_IN_FLIGHT).increment(1);
+        gate.shared.rpc_metrics.in_flight.increment(1);
         Self {
-            method,
+            rpc,
+            method: RPCS[rpc],
             started: Instant::now(),
             trace,
             shared: Arc::clone(&gate.shared),
@@ -461,17 +537,22 @@ impl Drop for Observed {
         let code = self.code.unwrap_or(Code::Cancelled);
         let code_name = code_name(code);
         let elapsed = self.started.elapsed();
-        metrics::gauge!(m::RPC_IN_FLIGHT).decrement(1);
-        let labels = [("method", self.method), ("code", code_name)];
-        metrics::counter!(m::RPC_REQUESTS, &labels).increment(1);
-        metrics::histogram!(m::RPC_DURATION, &labels).record(elapsed.as_secs_f64());
+        let metrics = &self.shared.rpc_metrics;
+        metrics.in_flight.decrement(1);
+        metrics.ended(self.rpc, code, elapsed.as_secs_f64());
         let trace = &self.trace;
-        let resource: String = self.resource.chars().take(MAX_LOGGED_NAME).collect();
+        // The first MAX_LOGGED_NAME characters, without a copy.
+        let end = self
+            .resource
+            .char_indices()
+            .nth(MAX_LOGGED_NAME)
+            .map_or(self.resource.len(), |(i, _)| i);
+        let resource = &self.resource[..end];
         let error = (code != Code::Ok).then_some(self.message.as_str());
         tracing::info!(
             target: "runstate_gateway::rpc",
             rpc = self.method,
-            resource = resource.as_str(),
+            resource,
             code = code_name,
             graph_status = trace.last_status(),
             graph_request_id = trace.request_id().as_deref(),

@@ -79,6 +79,8 @@ struct Shared {
     /// API calls from their first byte to their last response byte.
     in_flight: AtomicUsize,
     idle: Notify,
+    /// The per-call metric handles.
+    rpc_metrics: gate::RpcMetrics,
 }
 
 impl Shared {
@@ -115,9 +117,13 @@ const MAX_SEND_BUF_BYTES: usize = 64 << 10;
 /// Serves `routes` on `listener` until `shutdown` completes, then drains:
 /// `on_drain` runs (health turns NOT_SERVING), the listener closes, calls in
 /// flight get up to `shutdown_grace` to finish, and the rest are cancelled.
+/// Calls to the API service go to `api` directly (it must also be in
+/// `routes`, which serve everything else).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    api: gate::Api,
     limits: Limits,
     state: Arc<State>,
     handshake: Option<Handshake>,
@@ -130,6 +136,7 @@ pub async fn serve(
         state,
         in_flight: AtomicUsize::new(0),
         idle: Notify::new(),
+        rpc_metrics: gate::RpcMetrics::new(),
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
@@ -172,6 +179,7 @@ pub async fn serve(
             shared: Arc::clone(&shared),
             builder: Arc::clone(&builder),
             routes: routes.clone(),
+            api: api.clone(),
             handshake: handshake.clone(),
             stop: stop_rx.clone(),
             peer,
@@ -215,6 +223,7 @@ struct Connection {
     shared: Arc<Shared>,
     builder: Arc<http2::Builder<TokioExecutor>>,
     routes: Routes,
+    api: gate::Api,
     handshake: Option<Handshake>,
     stop: watch::Receiver<bool>,
     peer: SocketAddr,
@@ -245,7 +254,7 @@ impl Connection {
                 return;
             }
         };
-        let service = gate::Gate::new(Arc::clone(&self.shared), self.routes);
+        let service = gate::Gate::new(Arc::clone(&self.shared), self.routes, self.api);
         let conn = self
             .builder
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
