@@ -53,7 +53,9 @@ impl super::RunStateApi {
                 let wait = grpc_timeout(metadata).unwrap_or(self.default_timeout);
                 let deadline =
                     tokio::time::Instant::now() + wait.min(Duration::from_secs(24 * 3600));
-                auth.authorization(metadata, deadline).await
+                // Boxed: a token fetch is a large future, rarely awaited,
+                // and every call in flight would otherwise carry its room.
+                Box::pin(auth.authorization(metadata, deadline)).await
             }
             None => authorization(metadata, self.token.as_ref()),
         }

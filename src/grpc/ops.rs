@@ -68,12 +68,16 @@ fn applied_but_unread(status: Status, what: &str) -> Status {
 }
 
 /// Everything a create needs, owned, so it can run in a task of its own.
-struct CreateWork {
+struct CreateWork<R: Resource> {
     graph: GraphClient,
     collection: String,
     /// `{parent}/{children}/`: the new resource's name is this plus its id.
     name_prefix: String,
+    /// The JSON body sent (without `id`); moved into the request.
     body: serde_json::Map<String, serde_json::Value>,
+    /// The same body, typed: what a stored entity is compared with in the
+    /// rare case that asks (a JSON copy is made only then).
+    typed: R::Graph,
     wish: Option<String>,
     request_id: bool,
     authorization: HeaderValue,
@@ -84,20 +88,23 @@ struct CreateWork {
 /// create ended (it stops at the deadline itself).
 const CREATE_GRACE: Duration = Duration::from_secs(2);
 
-impl CreateWork {
-    async fn run<R: Resource>(&self) -> Result<(R, Option<String>), GraphError> {
+impl<R: Resource> CreateWork<R> {
+    async fn run(self) -> Result<(R, Option<String>), GraphError> {
         let call = Call {
             authorization: &self.authorization,
             deadline: self.deadline,
         };
         let new = NewEntity {
             collection: &self.collection,
-            body: self.body.clone(),
+            body: self.body,
             id: self.wish.as_deref(),
             request_id: self.request_id,
         };
-        let body = &self.body;
-        let matches = move |stored: &serde_json::Value| same_fields(body, stored);
+        let typed = &self.typed;
+        let matches = move |stored: &serde_json::Value| match serde_json::to_value(typed) {
+            Ok(serde_json::Value::Object(body)) => same_fields(&body, stored),
+            _ => false,
+        };
         let reply = timeout_at(
             self.deadline + CREATE_GRACE,
             self.graph.create_entity(new, &matches, &call),
@@ -251,7 +258,8 @@ impl RunStateApi {
         let authorization = self.authorize(metadata.borrow()).await?;
         let deadline = self.deadline(metadata.borrow());
         drop(metadata);
-        let mut body = match serde_json::to_value(&body) {
+        let typed = body;
+        let mut body = match serde_json::to_value(&typed) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => return Err(internal("the Graph body is not a JSON object")),
         };
@@ -267,6 +275,7 @@ impl RunStateApi {
             collection: parent.collection_path(),
             name_prefix: format!("{parent}/{}/", P::CHILDREN),
             body,
+            typed,
             wish,
             request_id: request_id.is_some(),
             authorization,
@@ -275,7 +284,7 @@ impl RunStateApi {
         let Some(rid) = request_id else {
             // Boxed: the create future is large, and every call in flight
             // holds the handler's future.
-            let (resource, graph_request_id) = Box::pin(work.run::<R>())
+            let (resource, graph_request_id) = Box::pin(work.run())
                 .await
                 .map_err(|e| status::from_graph(e, self.graph.host()))?;
             return Ok(respond(resource, graph_request_id));
@@ -312,8 +321,8 @@ impl RunStateApi {
         let trace = crate::graph::trace::Trace::current();
         let task = tokio::spawn(async move {
             let result = match trace {
-                Some(trace) => trace.scope(work.run::<R>()).await,
-                None => work.run::<R>().await,
+                Some(trace) => trace.scope(work.run()).await,
+                None => work.run().await,
             };
             match &result {
                 Ok((resource, graph_request_id)) => {

@@ -273,26 +273,26 @@ async fn read_message(mut body: Incoming, max: usize) -> Result<Bytes, Status> {
 
 /// The RPCs' short names (bounded metric labels); `unknown` last.
 const RPCS: [&str; 19] = [
-        "ListScriptUserStates",
-        "ListScriptDeviceStates",
-        "ListComplianceScriptDeviceStates",
-        "DeleteScriptUserState",
-        "DeleteScriptDeviceState",
-        "DeleteComplianceScriptDeviceState",
-        "BatchCreateScriptDeviceStates",
-        "BatchCreateComplianceScriptDeviceStates",
-        "StreamCreateScriptDeviceStates",
-        "CreateScriptUserState",
-        "UpdateScriptUserState",
-        "GetScriptUserState",
-        "CreateScriptDeviceState",
-        "UpdateScriptDeviceState",
-        "GetScriptDeviceState",
-        "CreateComplianceScriptDeviceState",
-        "UpdateComplianceScriptDeviceState",
-        "GetComplianceScriptDeviceState",
-        "unknown",
-    ];
+    "ListScriptUserStates",
+    "ListScriptDeviceStates",
+    "ListComplianceScriptDeviceStates",
+    "DeleteScriptUserState",
+    "DeleteScriptDeviceState",
+    "DeleteComplianceScriptDeviceState",
+    "BatchCreateScriptDeviceStates",
+    "BatchCreateComplianceScriptDeviceStates",
+    "StreamCreateScriptDeviceStates",
+    "CreateScriptUserState",
+    "UpdateScriptUserState",
+    "GetScriptUserState",
+    "CreateScriptDeviceState",
+    "UpdateScriptDeviceState",
+    "GetScriptDeviceState",
+    "CreateComplianceScriptDeviceState",
+    "UpdateComplianceScriptDeviceState",
+    "GetComplianceScriptDeviceState",
+    "unknown",
+];
 
 /// The index in [`RPCS`] of the RPC a path names (`unknown` when none).
 fn rpc_index(path: &str) -> usize {
