@@ -253,7 +253,10 @@ fn has_id(id: &str) -> Result<(), String> {
     }
 }
 
-fn with_auth<T>(message: T, auth: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+fn with_auth<T>(
+    message: T,
+    auth: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", auth.clone());
     request
@@ -274,7 +277,13 @@ async fn grpc_call(
                 request_id: request_id(o.request_ids),
                 ..Default::default()
             };
-            has_id(&client.create_script_user_state(with_auth(m, auth)).await?.get_ref().id)
+            has_id(
+                &client
+                    .create_script_user_state(with_auth(m, auth))
+                    .await?
+                    .get_ref()
+                    .id,
+            )
         }
         Rpc::Device | Rpc::Nested => {
             let parent = if o.rpc == Rpc::Device {
@@ -284,7 +293,13 @@ async fn grpc_call(
             };
             let mut m = device_create(parent);
             m.request_id = request_id(o.request_ids);
-            has_id(&client.create_script_device_state(with_auth(m, auth)).await?.get_ref().id)
+            has_id(
+                &client
+                    .create_script_device_state(with_auth(m, auth))
+                    .await?
+                    .get_ref()
+                    .id,
+            )
         }
         Rpc::Compliance => {
             let m = pb::CreateComplianceScriptDeviceStateRequest {
@@ -335,7 +350,9 @@ async fn grpc_call(
                 parent: "deviceManagementScripts/s1".into(),
                 requests,
             };
-            let got = client.batch_create_script_device_states(with_auth(m, auth)).await?;
+            let got = client
+                .batch_create_script_device_states(with_auth(m, auth))
+                .await?;
             let results = &got.get_ref().results;
             let good = results
                 .iter()
@@ -376,8 +393,18 @@ async fn grpc_worker(mut client: RunStateServiceClient<Channel>, o: Opts, w: Win
 fn graph_request(o: &Opts) -> (reqwest::Method, String, &'static str, u16) {
     let scripts = "/beta/deviceManagement/deviceManagementScripts/s1";
     match o.rpc {
-        Rpc::User => (reqwest::Method::POST, format!("{scripts}/userRunStates"), USER_BODY, 201),
-        Rpc::Device => (reqwest::Method::POST, format!("{scripts}/deviceRunStates"), DEVICE_BODY, 201),
+        Rpc::User => (
+            reqwest::Method::POST,
+            format!("{scripts}/userRunStates"),
+            USER_BODY,
+            201,
+        ),
+        Rpc::Device => (
+            reqwest::Method::POST,
+            format!("{scripts}/deviceRunStates"),
+            DEVICE_BODY,
+            201,
+        ),
         Rpc::Nested => (
             reqwest::Method::POST,
             format!("{scripts}/userRunStates/{}/deviceRunStates", o.entity),
@@ -443,7 +470,11 @@ async fn run(o: Opts) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
         start: now + o.warmup,
         end: now + o.warmup + o.duration,
     };
-    let items = if o.rpc == Rpc::Batch { o.batch_items } else { 1 };
+    let items = if o.rpc == Rpc::Batch {
+        o.batch_items
+    } else {
+        1
+    };
     if o.mode == "grpc" {
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections {
@@ -473,9 +504,7 @@ async fn run(o: Opts) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
             _ => {
                 let path = o.ca_file.as_deref().ok_or("--mode https needs --ca-file")?;
                 let ca = reqwest::Certificate::from_pem(&std::fs::read(path)?)?;
-                builder
-                    .tls_certs_only([ca])
-                    .http2_prior_knowledge()
+                builder.tls_certs_only([ca]).http2_prior_knowledge()
             }
         };
         let client = builder.build()?;

@@ -271,15 +271,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(ca_file.as_deref())?);
+    let builder =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config(ca_file.as_deref())?);
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     let (connector, h2) = match mode.as_str() {
-        "http1" => (builder.https_or_http().enable_http1().wrap_connector(http), false),
-        "h2c" => (builder.https_or_http().enable_http2().wrap_connector(http), true),
-        "tls" => (builder.https_only().enable_http2().wrap_connector(http), true),
+        "http1" => (
+            builder.https_or_http().enable_http1().wrap_connector(http),
+            false,
+        ),
+        "h2c" => (
+            builder.https_or_http().enable_http2().wrap_connector(http),
+            true,
+        ),
+        "tls" => (
+            builder.https_only().enable_http2().wrap_connector(http),
+            true,
+        ),
         other => return Err(format!("--upstream-mode {other:?}: http1, h2c or tls").into()),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
