@@ -901,6 +901,13 @@ def report(args, meta, summary, per_mode, slow, starts, size, soak_res, total_s,
 
 
 SOAK_MARK = "<!-- soak -->"
+BULK_MARK = "## Bulk writes"
+
+
+def bulk_tail(path: Path) -> str:
+    """The section bench/bulk.py appended to RESULTS.md, kept across runs."""
+    text = path.read_text() if path.exists() else ""
+    return text[text.index(BULK_MARK):] if BULK_MARK in text else ""
 
 
 def soak_target(s) -> tuple:
@@ -978,8 +985,10 @@ def main():
         text = out.read_text() if out.exists() else SOAK_MARK + "\n"
         if SOAK_MARK not in text:
             text += "\n" + SOAK_MARK + "\n"
-        head = text.split(SOAK_MARK)[0]
-        out.write_text(head + SOAK_MARK + "\n" + "\n".join(soak_section(res)) + "\n")
+        head = text.split(SOAK_MARK)[0].split(BULK_MARK)[0].rstrip() + "\n\n"
+        tail = bulk_tail(out)
+        out.write_text(head + SOAK_MARK + "\n" + "\n".join(soak_section(res)) + "\n"
+                       + ("\n" + tail if tail else ""))
         print("\n".join(soak_section(res)))
         return
 
@@ -1033,7 +1042,8 @@ def main():
     summary = summarize(samples)
     total = time.monotonic() - started
     md = report(args, meta, summary, per_mode, slow, starts, size, soak_res, total, skipped)
-    Path(args.output).write_text(md)
+    tail = bulk_tail(Path(args.output))
+    Path(args.output).write_text(md + ("\n" + tail if tail else ""))
     (OUT / "summary.json").write_text(json.dumps(
         {"/".join(map(str, k)): v for k, v in summary.items()}
         | {"slow": slow, "startup": starts, "size": size, "soak": soak_res, "meta": meta},
