@@ -7,7 +7,8 @@
 //! in reverse order, so a client that assumes request order is caught.
 //!
 //! The envelope itself takes only faults whose `path_contains` matches its
-//! path (e.g. `"$batch"`), and does not count against the write limit.
+//! path (e.g. `"$batch"`; with `after_apply` the items run first), and does
+//! not count against the write limit.
 
 use serde_json::{Map, Value, json};
 
@@ -38,8 +39,11 @@ struct Item {
 }
 
 pub fn answer(e: &Emulator, call: &Call, ids: &Ids) -> Reply {
-    if let Some(fault) = e.take_envelope_fault(call.method, call.path) {
-        return ids.fault(&fault);
+    // A fault `after_apply` runs the items, then answers in place of the
+    // envelope (a batch whose answer was lost).
+    let fault = e.take_envelope_fault(call.method, call.path);
+    if let Some(f) = fault.as_ref().filter(|f| !f.after_apply) {
+        return ids.fault(f);
     }
     if call.method != "POST" {
         return ids.error(
@@ -98,6 +102,9 @@ pub fn answer(e: &Emulator, call: &Call, ids: &Ids) -> Reply {
         .filter_map(|(item, reply)| reply.map(|r| response(&item.id, r)))
         .collect();
     responses.reverse();
+    if let Some(f) = fault {
+        return ids.fault(&f);
+    }
     Reply {
         status: 200,
         content_type: Some("application/json".into()),

@@ -410,8 +410,13 @@ fn record<R: Resource>(result: &Result<R, Status>) -> Option<Recorded> {
                 graph_request_id: None,
             })
         }
+        // Kept as a single create keeps it, so a replay answers the same.
         Err(s) if status::is_outcome_unknown(s) => Some(Recorded::Unknown {
-            message: "the create may have been applied: the $batch answer was lost".to_owned(),
+            message: format!(
+                "the create may have been applied: {}",
+                status::outcome_unknown_cause(s)
+                    .unwrap_or_else(|| "the $batch answer was lost".to_owned())
+            ),
         }),
         Err(_) => None,
     }

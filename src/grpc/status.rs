@@ -139,8 +139,10 @@ fn snake_case(json_name: &str) -> String {
 pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
 
 /// UNKNOWN with reason OUTCOME_UNKNOWN: the write may have been applied.
+/// The cause is also in the `ErrorInfo` metadata (`cause`).
 pub fn outcome_unknown(cause: &str, host: &str) -> Status {
-    let details = ErrorDetails::with_error_info(OUTCOME_UNKNOWN, host, HashMap::new());
+    let metadata = HashMap::from([("cause".to_owned(), cause.to_owned())]);
+    let details = ErrorDetails::with_error_info(OUTCOME_UNKNOWN, host, metadata);
     Status::with_error_details(
         Code::Unknown,
         format!(
@@ -148,6 +150,14 @@ pub fn outcome_unknown(cause: &str, host: &str) -> Status {
         ),
         details,
     )
+}
+
+/// The cause of an OUTCOME_UNKNOWN status, as [`outcome_unknown`] was given it.
+pub fn outcome_unknown_cause(status: &Status) -> Option<String> {
+    let info = status.get_details_error_info()?;
+    (info.reason == OUTCOME_UNKNOWN)
+        .then(|| info.metadata.get("cause").cloned())
+        .flatten()
 }
 
 /// Whether a status says a create may or may not have been applied.
@@ -211,6 +221,22 @@ fn from_status_error(e: StatusError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_unknown_carries_its_cause() {
+        let s = outcome_unknown("Emulated error 504", "graph.microsoft.com");
+        assert!(is_outcome_unknown(&s));
+        assert_eq!(
+            outcome_unknown_cause(&s).as_deref(),
+            Some("Emulated error 504")
+        );
+        assert!(
+            s.message().contains("(Emulated error 504)"),
+            "{}",
+            s.message()
+        );
+        assert_eq!(outcome_unknown_cause(&Status::unknown("x")), None);
+    }
 
     #[test]
     fn maps_every_status_of_the_table() {

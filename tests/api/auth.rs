@@ -156,6 +156,18 @@ mod credentials {
         }
     }
 
+    /// `--auth MODE` with the test app's client id and a secret file.
+    pub fn secret_flags<'a>(mode: &'a str, secret: &'a str) -> [&'a str; 6] {
+        [
+            "--auth",
+            mode,
+            "--client-id",
+            CLIENT,
+            "--client-secret-file",
+            secret,
+        ]
+    }
+
     pub fn create() -> CreateScriptDeviceStateRequest {
         CreateScriptDeviceStateRequest {
             parent: "deviceManagementScripts/s".into(),
@@ -208,17 +220,9 @@ mod credentials {
     async fn client_secret_gets_an_app_token_that_graph_accepts() {
         let dir = Dir::new();
         let secret = dir.write("secret", "the-right-secret\n");
-        let mut rig = rig(
-            &[
-                "--auth",
-                "client-secret",
-                "--client-id",
-                CLIENT,
-                "--client-secret-file",
-                &secret,
-            ],
-            |g| g.add_client_secret(CLIENT, "the-right-secret"),
-        )
+        let mut rig = rig(&secret_flags("client-secret", &secret), |g| {
+            g.add_client_secret(CLIENT, "the-right-secret")
+        })
         .await;
         rig.app
             .client
@@ -254,17 +258,9 @@ mod credentials {
     async fn a_wrong_secret_is_unauthenticated_with_entras_error_and_graph_is_not_called() {
         let dir = Dir::new();
         let secret = dir.write("secret", "wrong-secret-value");
-        let mut rig = rig(
-            &[
-                "--auth",
-                "client-secret",
-                "--client-id",
-                CLIENT,
-                "--client-secret-file",
-                &secret,
-            ],
-            |g| g.add_client_secret(CLIENT, "the-right-secret"),
-        )
+        let mut rig = rig(&secret_flags("client-secret", &secret), |g| {
+            g.add_client_secret(CLIENT, "the-right-secret")
+        })
         .await;
         let status = rig
             .app
@@ -368,21 +364,11 @@ mod credentials {
     async fn a_token_near_expiry_is_refreshed_in_the_background() {
         let dir = Dir::new();
         let secret = dir.write("secret", "right");
-        let mut rig = rig(
-            &[
-                "--auth",
-                "client-secret",
-                "--client-id",
-                CLIENT,
-                "--client-secret-file",
-                &secret,
-            ],
-            |g| {
-                g.add_client_secret(CLIENT, "right");
-                // Refreshed from 5 s on, usable until 9 s.
-                g.set_token_lifetime(Duration::from_secs(10));
-            },
-        )
+        let mut rig = rig(&secret_flags("client-secret", &secret), |g| {
+            g.add_client_secret(CLIENT, "right");
+            // Refreshed from 5 s on, usable until 9 s.
+            g.set_token_lifetime(Duration::from_secs(10));
+        })
         .await;
         rig.app
             .client
@@ -668,17 +654,9 @@ mod credentials {
     async fn on_behalf_of_exchanges_each_users_token_once() {
         let dir = Dir::new();
         let secret = dir.write("secret", "right");
-        let mut rig = rig(
-            &[
-                "--auth",
-                "on-behalf-of",
-                "--client-id",
-                CLIENT,
-                "--client-secret-file",
-                &secret,
-            ],
-            |g| g.add_client_secret(CLIENT, "right"),
-        )
+        let mut rig = rig(&secret_flags("on-behalf-of", &secret), |g| {
+            g.add_client_secret(CLIENT, "right")
+        })
         .await;
         let alice = user_token(CLIENT, "alice-oid", now() + 3600);
         let bob = user_token(CLIENT, "bob-oid", now() + 3600);
@@ -737,14 +715,7 @@ mod credentials {
     async fn the_callers_token_wins_unless_ignored() {
         let dir = Dir::new();
         let secret = dir.write("secret", "right");
-        let flags = [
-            "--auth",
-            "client-secret",
-            "--client-id",
-            CLIENT,
-            "--client-secret-file",
-            &secret,
-        ];
+        let flags = secret_flags("client-secret", &secret);
         let mut first = rig(&flags, |g| g.add_client_secret(CLIENT, "right")).await;
         first.graph.require_issued_tokens(false);
         first

@@ -517,3 +517,67 @@ async fn request_ids_make_a_resent_batch_safe_where_graph_ignores_ids() {
     ));
     assert_eq!(list_all(&mut app, parent).await.len(), 6);
 }
+
+/// A `$batch` whose answer is lost (Graph applied it, then 504) where Graph
+/// ignores ids: every item is UNKNOWN (outcome unknown), never re-sent, and
+/// re-sending the batch with the same request ids replays those answers.
+#[tokio::test]
+async fn a_lost_batch_answer_is_outcome_unknown_and_never_posted_twice() {
+    let mut app = spawn_app_with(&["--graph-token", "t", "--write-budget", "off"]).await;
+    app.graph
+        .set_client_ids(runstate_gateway::emulator::ClientIds::Ignore);
+    let parent = "deviceManagementScripts/s7";
+    app.graph.inject(
+        Fault::status(504)
+            .method("POST")
+            .path_contains("$batch")
+            .times(1)
+            .after_apply(),
+    );
+    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let batch = BatchCreateScriptDeviceStatesRequest {
+        parent: parent.into(),
+        requests: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| create("", i as i32, id))
+            .collect(),
+    };
+    let first = app
+        .client
+        .batch_create_script_device_states(batch.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.results.len(), 3);
+    for (i, r) in first.results.iter().enumerate() {
+        let Some(script_device_state_result::Result::Status(s)) = &r.result else {
+            panic!("item {i} should be unknown: {r:?}");
+        };
+        assert_eq!(s.code, Code::Unknown as i32, "item {i}: {s:?}");
+        assert!(s.message.contains("may have been applied"), "{s:?}");
+    }
+    let posts = post_count(&app);
+    assert_eq!(posts, 1, "the lost $batch was re-sent");
+    assert_eq!(app.graph.fault_count(), 0);
+    // Graph did apply it: three entities, and a re-send adds none.
+    assert_eq!(list_all(&mut app, parent).await.len(), 3);
+    let again = app
+        .client
+        .batch_create_script_device_states(batch)
+        .await
+        .unwrap()
+        .into_inner();
+    for (i, (a, b)) in first.results.iter().zip(&again.results).enumerate() {
+        let (
+            Some(script_device_state_result::Result::Status(a)),
+            Some(script_device_state_result::Result::Status(b)),
+        ) = (&a.result, &b.result)
+        else {
+            panic!("item {i}: {a:?} then {b:?}");
+        };
+        assert_eq!((a.code, &a.message), (b.code, &b.message), "item {i}");
+    }
+    assert_eq!(post_count(&app), posts, "the replay reached Graph");
+    assert_eq!(list_all(&mut app, parent).await.len(), 3);
+}

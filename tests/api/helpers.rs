@@ -87,6 +87,21 @@ impl TestApp {
     pub fn requests(&self) -> Vec<Recorded> {
         self.graph.requests()
     }
+
+    /// The methods of [`TestApp::requests`], in order.
+    pub fn methods(&self) -> Vec<String> {
+        self.requests().into_iter().map(|r| r.method).collect()
+    }
+
+    /// Graph applies the next POST, then its answer is lost behind a 504.
+    pub fn lose_the_next_answer(&self) {
+        self.graph.inject(
+            runstate_gateway::emulator::Fault::status(504)
+                .method("POST")
+                .after_apply()
+                .times(1),
+        );
+    }
 }
 
 /// A request with the given `authorization` metadata.

@@ -95,12 +95,7 @@ async fn a_failed_create_can_be_retried_with_the_same_id() {
 async fn a_request_id_survives_a_lost_answer_without_a_duplicate() {
     let mut app = spawn_app_with(&["--graph-token", TOKEN, "--graph-client-ids", "honour"]).await;
     // Graph stores the first POST, but its answer is lost behind a 504.
-    app.graph.inject(
-        runstate_gateway::emulator::Fault::status(504)
-            .method("POST")
-            .after_apply()
-            .times(1),
-    );
+    app.lose_the_next_answer();
     let id = uuid::Uuid::new_v4().to_string();
     let state = app
         .client
@@ -109,7 +104,7 @@ async fn a_request_id_survives_a_lost_answer_without_a_duplicate() {
         .unwrap()
         .into_inner();
     assert_eq!(state.id, id, "the request_id is the new state's id");
-    let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
+    let methods = app.methods();
     assert_eq!(methods, ["POST", "GET"], "read back, never sent twice");
     assert_eq!(app.requests()[0].json()["id"], id);
 }
@@ -118,12 +113,7 @@ async fn a_request_id_survives_a_lost_answer_without_a_duplicate() {
 async fn auto_learns_that_ids_are_kept_then_resolves_a_lost_answer() {
     let mut app = spawn_app().await;
     // Before anything is known, a lost answer stays unknown...
-    app.graph.inject(
-        runstate_gateway::emulator::Fault::status(504)
-            .method("POST")
-            .after_apply()
-            .times(1),
-    );
+    app.lose_the_next_answer();
     let first = uuid::Uuid::new_v4().to_string();
     let err = app
         .client
@@ -137,12 +127,7 @@ async fn auto_learns_that_ids_are_kept_then_resolves_a_lost_answer() {
         .await
         .unwrap();
     app.graph.clear_requests();
-    app.graph.inject(
-        runstate_gateway::emulator::Fault::status(504)
-            .method("POST")
-            .after_apply()
-            .times(1),
-    );
+    app.lose_the_next_answer();
     let id = uuid::Uuid::new_v4().to_string();
     let state = app
         .client
@@ -151,7 +136,7 @@ async fn auto_learns_that_ids_are_kept_then_resolves_a_lost_answer() {
         .unwrap()
         .into_inner();
     assert_eq!(state.id, id);
-    let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
+    let methods = app.methods();
     assert_eq!(methods, ["POST", "GET"]);
 }
 
@@ -159,12 +144,7 @@ async fn auto_learns_that_ids_are_kept_then_resolves_a_lost_answer() {
 async fn an_unknown_outcome_is_answered_again_without_a_second_post() {
     // The gateway is told Graph ignores ids: nothing can resolve a lost answer.
     let mut app = spawn_app_with(&["--graph-token", TOKEN, "--graph-client-ids", "ignore"]).await;
-    app.graph.inject(
-        runstate_gateway::emulator::Fault::status(504)
-            .method("POST")
-            .after_apply()
-            .times(1),
-    );
+    app.lose_the_next_answer();
     let id = uuid::Uuid::new_v4().to_string();
     let first = app
         .client
@@ -228,7 +208,7 @@ async fn a_request_id_is_honoured_by_another_gateway_instance() {
         .unwrap()
         .into_inner();
     assert_eq!(again, created);
-    let methods: Vec<_> = first.requests().iter().map(|r| r.method.clone()).collect();
+    let methods = first.methods();
     assert_eq!(
         methods,
         ["POST", "POST", "GET"],
@@ -255,7 +235,7 @@ async fn a_large_answer_is_not_kept_but_read_back_on_replay() {
         .unwrap()
         .into_inner();
     assert_eq!(again, first);
-    let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
+    let methods = app.methods();
     assert_eq!(
         methods,
         ["POST", "GET"],

@@ -74,8 +74,7 @@ async fn retry_after_past_the_deadline_fails_fast() {
 #[tokio::test]
 async fn a_post_that_may_have_been_applied_is_not_blindly_retried() {
     let mut app = spawn_app().await;
-    app.graph
-        .inject(Fault::status(504).method("POST").after_apply().times(1));
+    app.lose_the_next_answer();
     let status = app
         .client
         .create_script_user_state(create())
@@ -96,8 +95,7 @@ async fn a_post_that_may_have_been_applied_is_not_blindly_retried() {
 async fn a_post_with_a_request_id_is_resolved_by_reading_back_where_ids_are_honoured() {
     let mut app = spawn_app_with(&["--graph-token", TOKEN, "--graph-client-ids", "honour"]).await;
     // The first POST is stored but its answer is lost behind a 504.
-    app.graph
-        .inject(Fault::status(504).method("POST").after_apply().times(1));
+    app.lose_the_next_answer();
     let mut req = create();
     req.script_user_state_id = "u-1".into();
     req.request_id = uuid::Uuid::new_v4().to_string();
@@ -109,7 +107,7 @@ async fn a_post_with_a_request_id_is_resolved_by_reading_back_where_ids_are_hono
         .into_inner();
     assert_eq!(state.name, "deviceShellScripts/s/userRunStates/u-1");
     assert_eq!(state.success_device_count, 1);
-    let methods: Vec<_> = app.requests().iter().map(|r| r.method.clone()).collect();
+    let methods = app.methods();
     assert_eq!(methods, ["POST", "GET"], "read back, not sent again");
     let list = reqwest_list(&app).await;
     assert_eq!(list, 1, "exactly one state stored");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use runstate_gateway::emulator::{ClientIds, Emulator, Fault};
+use runstate_gateway::emulator::ClientIds;
 use tonic::Code;
 
 use crate::helpers::{TOKEN, TestApp, spawn_app_with};
@@ -93,10 +93,6 @@ async fn reject_replays_create_once() {
     replays_sequentially_and_concurrently(ClientIds::Reject).await;
 }
 
-fn lose_the_next_answer(graph: &Emulator) {
-    graph.inject(Fault::status(504).method("POST").after_apply().times(1));
-}
-
 #[tokio::test]
 async fn honour_resolves_a_lost_answer_and_survives_a_restart() {
     let mut app = app_in(ClientIds::Honour).await;
@@ -105,7 +101,7 @@ async fn honour_resolves_a_lost_answer_and_survives_a_restart() {
         .create_compliance_script_device_state(create(&uuid::Uuid::new_v4().to_string(), "l"))
         .await
         .unwrap();
-    lose_the_next_answer(&app.graph);
+    app.lose_the_next_answer();
     let id = uuid::Uuid::new_v4().to_string();
     let resolved = app
         .client
@@ -157,7 +153,7 @@ async fn ignore_answers_outcome_unknown_and_never_posts_twice() {
     let mut app = app_in(ClientIds::Ignore).await;
     // Learned or not, a lost answer cannot be resolved when ids are ignored.
     for round in 0..2 {
-        lose_the_next_answer(&app.graph);
+        app.lose_the_next_answer();
         let before = posts(&app.graph);
         let id = uuid::Uuid::new_v4().to_string();
         let err = app
@@ -213,7 +209,7 @@ async fn reject_creates_succeed_without_the_id() {
     assert_eq!(bodies.len(), 1);
     assert!(bodies[0].get("id").is_none());
     // A lost answer is unknown, and never sent twice.
-    lose_the_next_answer(&app.graph);
+    app.lose_the_next_answer();
     app.graph.clear_requests();
     let err = app
         .client
