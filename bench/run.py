@@ -690,6 +690,8 @@ def row_table(L, args, summary, mode, key, title, conc):
             lat = [fmt_ms(s[p]) if good else "-" for p in ("p50", "p99", "p999")]
             cpu = s["cpu_ms_per_k"] / s["items"]
             name = NAMES[who]
+            if key == "rid" and who == "B":
+                name += " (--state-store memory)"
             errors = f"{s['errors']}"
             if who == "C" and key in COST_ONLY_C:
                 name += " (cost only)"
