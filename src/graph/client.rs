@@ -61,7 +61,8 @@ pub struct GraphClient {
     /// Independent clients, used in turn: each keeps its own connections, so
     /// one HTTP/2 connection's stream limit does not cap the calls in flight.
     http: Arc<[Pool]>,
-    next: Arc<AtomicUsize>,
+    /// Calls in flight on each pool.
+    load: Arc<[AtomicUsize]>,
     /// Base URL plus `/deviceManagement/`.
     pub(super) root: String,
     host: String,
@@ -148,7 +149,7 @@ impl GraphClient {
             .collect();
         Ok(Self {
             http: http.into(),
-            next: Arc::default(),
+            load: (0..connections).map(|_| AtomicUsize::new(0)).collect(),
             root: format!("{}/deviceManagement/", base_url.trim_end_matches('/')),
             host,
             retry,
@@ -412,7 +413,7 @@ impl GraphClient {
             || uuid::Uuid::new_v4().to_string(),
             |t| t.client_request_id().to_owned(),
         );
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.http.len();
+        let turn = Turn::take(&self.load);
         let uri = Uri::try_from(url).map_err(|e| {
             GraphError::InvalidResponse(format!("cannot build the request URL: {e}"))
         })?;
@@ -456,7 +457,7 @@ impl GraphClient {
             .map_err(|e| GraphError::InvalidResponse(format!("cannot build the request: {e}")))?;
         // The whole exchange, answer body included, within the deadline.
         let exchange = async {
-            let response = self.http[turn].request(request).await.map_err(|e| {
+            let response = self.http[turn.0].request(request).await.map_err(|e| {
                 record("error");
                 transport_error(&e, e.is_connect())
             })?;
@@ -504,6 +505,41 @@ impl GraphClient {
 const USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("runstate-gateway/", env!("CARGO_PKG_VERSION")));
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Streams a pool carries before the next pool is used: filling pools in
+/// order keeps calls together on few HTTP/2 connections (fewer, larger
+/// writes) until one nears a server's stream limit (Graph's is 100+).
+const STREAMS_PER_POOL: usize = 64;
+
+/// A call's place in a pool, given back when dropped.
+struct Turn<'a>(usize, &'a [AtomicUsize]);
+
+impl<'a> Turn<'a> {
+    /// The first pool with room, else the least loaded one.
+    fn take(load: &'a [AtomicUsize]) -> Self {
+        let mut best = 0;
+        let mut least = usize::MAX;
+        for (i, n) in load.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n < STREAMS_PER_POOL {
+                best = i;
+                break;
+            }
+            if n < least {
+                least = n;
+                best = i;
+            }
+        }
+        load[best].fetch_add(1, Ordering::Relaxed);
+        Turn(best, load)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.1[self.0].fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Reads an answer's body, refusing one over [`MAX_RESPONSE_BYTES`].
 async fn read_body(
@@ -611,4 +647,27 @@ pub(super) fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphErr
         value,
         request_id: raw.request_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_fill_in_order_then_spread() {
+        let load: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        let first: Vec<Turn> = (0..STREAMS_PER_POOL).map(|_| Turn::take(&load)).collect();
+        assert!(first.iter().all(|t| t.0 == 0));
+        let next = Turn::take(&load);
+        assert_eq!(next.0, 1);
+        drop(first);
+        assert_eq!(load[0].load(Ordering::Relaxed), 0);
+        assert_eq!(Turn::take(&load).0, 0, "a drained pool is used first again");
+        let all: Vec<Turn> = (0..3 * STREAMS_PER_POOL)
+            .map(|_| Turn::take(&load))
+            .collect();
+        let over = Turn::take(&load);
+        assert!(over.0 < 3, "full pools take the least loaded");
+        drop((all, next));
+    }
 }
