@@ -80,8 +80,8 @@ pub struct ServeArgs {
     #[arg(long, env = "GRAPH_H2C")]
     pub graph_h2c: bool,
 
-    /// Number of independent upstream connection pools used in turn, from 1 to 64; with
-    /// HTTP/2, each connection carries up to the server's stream limit.
+    /// Number of independent upstream connection pools, from 1 to 64, filled in order: with
+    /// HTTP/2 each carries one connection, and the next is used once 64 calls are in flight.
     #[arg(
         long,
         env = "GRAPH_CONNECTIONS",

@@ -1,20 +1,21 @@
-//! The Graph HTTP client: one pooled `reqwest` client for the whole process.
+//! The Graph client: retries, write budget and client ids over the bare
+//! hyper pools of [`super::http`].
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, StatusCode, header};
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use rustls_pki_types::CertificateDer;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
 
 use super::{
     GraphError, RetryPolicy, StatusError,
+    http::{self as transport, Pool},
     ids::{ClientIds, Worlds, refuses_id},
     retry::{self, Retry},
     trace::Trace,
@@ -59,8 +60,9 @@ impl Default for Options {
 pub struct GraphClient {
     /// Independent clients, used in turn: each keeps its own connections, so
     /// one HTTP/2 connection's stream limit does not cap the calls in flight.
-    http: Arc<[reqwest::Client]>,
-    next: Arc<AtomicUsize>,
+    http: Arc<[Pool]>,
+    /// Calls in flight on each pool.
+    load: Arc<[AtomicUsize]>,
     /// Base URL plus `/deviceManagement/`.
     pub(super) root: String,
     host: String,
@@ -109,6 +111,15 @@ impl GraphClient {
     /// `h2c`, an http URL is spoken to in HTTP/2 without TLS (prior knowledge),
     /// which multiplexes calls over a few connections.
     pub fn new(base_url: &str, options: Options) -> Result<Self, String> {
+        Self::with_roots(base_url, options, &[])
+    }
+
+    /// [`GraphClient::new`], also trusting `extra_roots` for https.
+    pub fn with_roots(
+        base_url: &str,
+        options: Options,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<Self, String> {
         let Options {
             retry,
             h2c,
@@ -132,26 +143,13 @@ impl GraphClient {
                 "{base_url:?}: HTTP/2 prior knowledge needs an http URL"
             ));
         }
-        let build = || {
-            let mut builder = reqwest::Client::builder();
-            if h2c {
-                builder = builder.http2_prior_knowledge();
-            }
-            builder
-                .user_agent(concat!("runstate-gateway/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(Duration::from_secs(5))
-                .pool_idle_timeout(Duration::from_secs(90))
-                .tcp_nodelay(true)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))
-        };
-        let http = (0..connections)
-            .map(|_| build())
-            .collect::<Result<Vec<_>, _>>()?;
+        let tls = transport::tls_config(extra_roots)?;
+        let http: Vec<Pool> = (0..connections)
+            .map(|_| transport::pool(tls.clone(), h2c))
+            .collect();
         Ok(Self {
             http: http.into(),
-            next: Arc::default(),
+            load: (0..connections).map(|_| AtomicUsize::new(0)).collect(),
             root: format!("{}/deviceManagement/", base_url.trim_end_matches('/')),
             host,
             retry,
@@ -415,15 +413,24 @@ impl GraphClient {
             || uuid::Uuid::new_v4().to_string(),
             |t| t.client_request_id().to_owned(),
         );
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.http.len();
-        let mut request = self.http[turn]
-            .request(method.clone(), url)
-            .timeout(remaining)
+        let turn = Turn::take(&self.load);
+        let uri = Uri::try_from(url).map_err(|e| {
+            GraphError::InvalidResponse(format!("cannot build the request URL: {e}"))
+        })?;
+        let mut request = http::Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(header::USER_AGENT, USER_AGENT.clone())
             .header(header::AUTHORIZATION, call.authorization.clone())
-            .header("client-request-id", &client_request_id)
-            .header(header::ACCEPT, "application/json");
+            .header(
+                "client-request-id",
+                HeaderValue::try_from(&client_request_id).map_err(|_| {
+                    GraphError::InvalidResponse("unusable client-request-id".into())
+                })?,
+            )
+            .header(header::ACCEPT, APPLICATION_JSON.clone());
         if attempt > 0 {
-            request = request.header("Retry-Attempt", attempt.to_string());
+            request = request.header("Retry-Attempt", attempt);
         }
         if let Some(t) = trace {
             t.attempt();
@@ -438,25 +445,41 @@ impl GraphClient {
             metrics::counter!(m::GRAPH_REQUESTS, &labels).increment(1);
             metrics::histogram!(m::GRAPH_DURATION, &labels).record(started.elapsed().as_secs_f64());
         };
-        if let Some(body) = body {
-            request = request
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(body);
-        }
-        // Boxed: reqwest's future is large, and every enclosing future would
-        // otherwise carry (and move) it.
-        let mut response = Box::pin(request.send()).await.map_err(|e| {
-            record("error");
-            transport_error(e, call.deadline)
-        })?;
-        let status = response.status();
-        let headers = std::mem::take(response.headers_mut());
-        record(status.as_str());
-        if let Some(t) = trace {
-            let id = headers.get("request-id").and_then(|v| v.to_str().ok());
-            t.answered(status.as_u16(), id);
-        }
-        let body = read_body(response, call.deadline).await?;
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, APPLICATION_JSON.clone());
+                transport::Body::new(body)
+            }
+            None => transport::Body::default(),
+        };
+        let request = request
+            .body(body)
+            .map_err(|e| GraphError::InvalidResponse(format!("cannot build the request: {e}")))?;
+        // The whole exchange, answer body included, within the deadline.
+        let exchange = async {
+            let response = self.http[turn.0].request(request).await.map_err(|e| {
+                record("error");
+                transport_error(&e, e.is_connect())
+            })?;
+            let (parts, body) = response.into_parts();
+            record(parts.status.as_str());
+            if let Some(t) = trace {
+                let id = parts
+                    .headers
+                    .get("request-id")
+                    .and_then(|v| v.to_str().ok());
+                t.answered(parts.status.as_u16(), id);
+            }
+            let body = read_body(body, &parts.headers).await?;
+            Ok::<_, GraphError>((parts.status, parts.headers, body))
+        };
+        // Boxed: the client's future is large, and every enclosing future
+        // would otherwise carry (and move) it.
+        let (status, headers, body) =
+            match tokio::time::timeout(remaining, Box::pin(exchange)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(GraphError::Timeout),
+            };
         if status.is_success() {
             let request_id = headers
                 .get("request-id")
@@ -479,44 +502,74 @@ impl GraphClient {
     }
 }
 
-async fn read_body(
-    mut response: reqwest::Response,
-    deadline: Instant,
-) -> Result<Bytes, GraphError> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-    {
-        return Err(GraphError::InvalidResponse(
-            "the body is larger than 1 MiB".into(),
-        ));
-    }
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error(e, deadline))?
-    {
-        if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(GraphError::InvalidResponse(
-                "the body is larger than 1 MiB".into(),
-            ));
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("runstate-gateway/", env!("CARGO_PKG_VERSION")));
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Streams a pool carries before the next pool is used: filling pools in
+/// order keeps calls together on few HTTP/2 connections (fewer, larger
+/// writes) until one nears a server's stream limit (Graph's is 100+).
+const STREAMS_PER_POOL: usize = 64;
+
+/// A call's place in a pool, given back when dropped.
+struct Turn<'a>(usize, &'a [AtomicUsize]);
+
+impl<'a> Turn<'a> {
+    /// The first pool with room, else the least loaded one.
+    fn take(load: &'a [AtomicUsize]) -> Self {
+        let mut best = 0;
+        let mut least = usize::MAX;
+        for (i, n) in load.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n < STREAMS_PER_POOL {
+                best = i;
+                break;
+            }
+            if n < least {
+                least = n;
+                best = i;
+            }
         }
-        buf.extend_from_slice(&chunk);
+        load[best].fetch_add(1, Ordering::Relaxed);
+        Turn(best, load)
     }
-    Ok(buf.freeze())
 }
 
-fn transport_error(e: reqwest::Error, deadline: Instant) -> GraphError {
-    // A connect timeout is also a timeout to reqwest: it is a connection
-    // failure (never sent, so retried), unless the caller's deadline passed.
-    if Instant::now() >= deadline || (e.is_timeout() && !e.is_connect()) {
-        return GraphError::Timeout;
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.1[self.0].fetch_sub(1, Ordering::Relaxed);
     }
-    let maybe_sent = !e.is_connect();
-    let e = e.without_url();
+}
+
+/// Reads an answer's body, refusing one over [`MAX_RESPONSE_BYTES`].
+async fn read_body(
+    body: hyper::body::Incoming,
+    headers: &http::HeaderMap,
+) -> Result<Bytes, GraphError> {
+    let too_large = || GraphError::InvalidResponse("the body is larger than 1 MiB".into());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        // The request was sent: the answer broke off.
+        Err(e) => Err(transport_error(&*e, false)),
+    }
+}
+
+/// A transport failure; `connect` when nothing was sent (the connection or
+/// its TLS handshake failed), so a retry cannot write twice.
+fn transport_error(e: &(dyn std::error::Error + 'static), connect: bool) -> GraphError {
     let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(s) = source {
         message.push_str(": ");
         message.push_str(&s.to_string());
@@ -524,7 +577,7 @@ fn transport_error(e: reqwest::Error, deadline: Instant) -> GraphError {
     }
     GraphError::Unavailable {
         message,
-        maybe_sent,
+        maybe_sent: !connect,
     }
 }
 
@@ -594,4 +647,27 @@ pub(super) fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphErr
         value,
         request_id: raw.request_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_fill_in_order_then_spread() {
+        let load: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        let first: Vec<Turn> = (0..STREAMS_PER_POOL).map(|_| Turn::take(&load)).collect();
+        assert!(first.iter().all(|t| t.0 == 0));
+        let next = Turn::take(&load);
+        assert_eq!(next.0, 1);
+        drop(first);
+        assert_eq!(load[0].load(Ordering::Relaxed), 0);
+        assert_eq!(Turn::take(&load).0, 0, "a drained pool is used first again");
+        let all: Vec<Turn> = (0..3 * STREAMS_PER_POOL)
+            .map(|_| Turn::take(&load))
+            .collect();
+        let over = Turn::take(&load);
+        assert!(over.0 < 3, "full pools take the least loaded");
+        drop((all, next));
+    }
 }

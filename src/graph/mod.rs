@@ -4,6 +4,7 @@
 mod batch;
 mod client;
 mod error;
+mod http;
 pub mod ids;
 mod lifecycle;
 pub mod model;
