@@ -90,6 +90,11 @@ pub struct ServeArgs {
     )]
     pub graph_connections: usize,
 
+    /// PEM file of extra CA certificates trusted for Graph and the token endpoints, besides
+    /// the public roots built in (a private CA, or a TLS-inspecting proxy).
+    #[arg(long, env = "GRAPH_CA_FILE", value_name = "PATH")]
+    pub graph_ca_file: Option<std::path::PathBuf>,
+
     /// Deadline of calls that send no `grpc-timeout`, such as 30s or 500ms (at most 24h).
     #[arg(long, env = "RUNSTATE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -366,6 +371,12 @@ pub struct EmulatorArgs {
     /// 50/5s; there is no limit when unset.
     #[arg(long, env = "EMULATOR_WRITE_LIMIT", value_parser = crate::emulator::parse_write_limit)]
     pub write_limit: Option<(u32, Duration)>,
+
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with a certificate for localhost,
+    /// 127.0.0.1 and ::1 signed by a CA made at startup, and write that CA (PEM) to
+    /// this file before listening: give it to the gateway as --graph-ca-file.
+    #[arg(long, env = "EMULATOR_TLS_CA_OUT", value_name = "PATH")]
+    pub tls_ca_out: Option<std::path::PathBuf>,
 
     /// Format of the log lines written to stderr: text for people, json (one object per
     /// line) for log collectors; RUST_LOG chooses what is logged.

@@ -79,7 +79,11 @@ impl Application {
             .write_budget
             .0
             .map(|spec| std::sync::Arc::new(WriteBudget::new(spec, redis.clone(), args.replicas)));
-        let graph = GraphClient::new(&graph_url, options)
+        let extra_roots = match &args.graph_ca_file {
+            Some(path) => crate::tls::read_ca_file(path).map_err(|e| anyhow::anyhow!(e))?,
+            None => Vec::new(),
+        };
+        let graph = GraphClient::with_roots(&graph_url, options, &extra_roots)
             .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?
             .with_budget(budget);
         let request_ids = std::sync::Arc::new(RequestIds::new(redis));
@@ -254,10 +258,11 @@ pub async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<()> {
     let emulator = Emulator::new();
     emulator.set_client_ids(args.client_ids);
     emulator.set_write_limit(args.write_limit);
-    let running = emulator
-        .spawn(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let running = match &args.tls_ca_out {
+        Some(ca_out) => emulator.spawn_tls(args.listen, ca_out).await,
+        None => emulator.spawn(args.listen).await,
+    }
+    .with_context(|| format!("cannot serve the emulator on {}", args.listen))?;
     tracing::info!(url = %running.base_url(), "Graph emulator listening");
     shutdown_signal().await;
     running.stop().await;

@@ -33,6 +33,22 @@ const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
 /// Refuses a plaintext listener on an address other than loopback unless
 /// `--allow-plaintext` is given.
+/// The CA certificates of a PEM file (`--graph-ca-file`); a file that cannot
+/// be read or holds no certificate is an error naming it.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let text = std::fs::read(path).map_err(|e| format!("--graph-ca-file {shown}: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--graph-ca-file {shown}: not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--graph-ca-file {shown}: no certificate (expected PEM blocks \"BEGIN CERTIFICATE\")"
+        ));
+    }
+    Ok(certs)
+}
+
 pub fn check_plaintext(args: &ServeArgs) -> Result<(), String> {
     if args.tls_cert.is_some() || args.listen.ip().is_loopback() || args.allow_plaintext {
         return Ok(());

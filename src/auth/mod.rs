@@ -195,6 +195,8 @@ pub struct Settings {
     pub ignore_caller: bool,
     pub static_token: Option<Secret>,
     pub token_file: Option<std::path::PathBuf>,
+    /// Extra trust anchors for the token endpoints (`--graph-ca-file`).
+    pub ca_file: Option<std::path::PathBuf>,
     pub tenant_id: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
@@ -233,6 +235,7 @@ impl Settings {
             ignore_caller: args.ignore_caller_token,
             static_token: args.graph_token.clone(),
             token_file: args.graph_token_file.clone(),
+            ca_file: args.graph_ca_file.clone(),
             tenant_id: args.tenant_id.clone(),
             client_id: args.client_id.clone(),
             client_secret: env_secret("AZURE_CLIENT_SECRET"),
@@ -377,10 +380,18 @@ impl Authorizer {
             (None, None) => None,
         };
         let http = || {
-            reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .user_agent(concat!("runstate-gateway/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::none())
+                .redirect(reqwest::redirect::Policy::none());
+            if let Some(path) = &s.ca_file {
+                for der in crate::tls::read_ca_file(path)? {
+                    let cert = reqwest::Certificate::from_der(&der)
+                        .map_err(|e| format!("--graph-ca-file: {e}"))?;
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            builder
                 .build()
                 .map_err(|e| format!("cannot build the token HTTP client: {e}"))
         };

@@ -27,6 +27,7 @@ mod paths;
 mod query;
 mod record;
 mod routes;
+mod tls;
 
 pub use fault::Fault;
 pub use identity::{Grant, Issued};
@@ -107,6 +108,8 @@ pub struct RunningEmulator {
     emulator: Emulator,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// Serving HTTPS ([`Emulator::spawn_tls`]).
+    tls: bool,
 }
 
 impl RunningEmulator {
@@ -114,9 +117,14 @@ impl RunningEmulator {
         self.addr
     }
 
-    /// The Graph base URL to give the gateway, e.g. `http://127.0.0.1:PORT/beta`.
+    /// The Graph base URL to give the gateway, e.g. `http://127.0.0.1:PORT/beta`,
+    /// or `https://localhost:PORT/beta` when serving TLS.
     pub fn base_url(&self) -> String {
-        format!("http://{}/beta", self.addr)
+        if self.tls {
+            format!("https://localhost:{}/beta", self.addr.port())
+        } else {
+            format!("http://{}/beta", self.addr)
+        }
     }
 
     pub fn emulator(&self) -> &Emulator {
@@ -173,6 +181,67 @@ impl Emulator {
             emulator: self.clone(),
             shutdown: Some(tx),
             task,
+            tls: false,
+        })
+    }
+
+    /// Serves HTTPS on `addr` (ALPN `h2` and `http/1.1`) with a certificate
+    /// for `localhost`, `127.0.0.1` and `::1` signed by a CA made here; the
+    /// CA's PEM is written to `ca_out` before the port is bound, so whoever
+    /// sees the port open can read it. [`RunningEmulator::base_url`] is then
+    /// `https://localhost:PORT/beta`.
+    pub async fn spawn_tls(
+        &self,
+        addr: SocketAddr,
+        ca_out: &std::path::Path,
+    ) -> std::io::Result<RunningEmulator> {
+        let generated = tls::generate().map_err(std::io::Error::other)?;
+        tls::write_ca(ca_out, &generated.ca_pem).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot write {}: {e}", ca_out.display()))
+        })?;
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, mut rx) = oneshot::channel::<()>();
+        let acceptor = tokio_rustls::TlsAcceptor::from(generated.config);
+        let service = hyper_util::service::TowerToHyperService::new(self.router());
+        let task = tokio::spawn(async move {
+            // Dropped when serving stops, which ends every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let tcp = tokio::select! {
+                    _ = &mut rx => break,
+                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the Graph emulator cannot accept");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let acceptor = acceptor.clone();
+                let service = service.clone();
+                connections.spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection_with_upgrades(io, service)
+                    .await;
+                });
+            }
+        });
+        Ok(RunningEmulator {
+            addr,
+            emulator: self.clone(),
+            shutdown: Some(tx),
+            task,
+            tls: true,
         })
     }
 

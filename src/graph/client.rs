@@ -422,12 +422,7 @@ impl GraphClient {
             .uri(uri)
             .header(header::USER_AGENT, USER_AGENT.clone())
             .header(header::AUTHORIZATION, call.authorization.clone())
-            .header(
-                "client-request-id",
-                HeaderValue::try_from(&client_request_id).map_err(|_| {
-                    GraphError::InvalidResponse("unusable client-request-id".into())
-                })?,
-            )
+            .header("client-request-id", unique_value(&client_request_id)?)
             .header(header::ACCEPT, APPLICATION_JSON.clone());
         if attempt > 0 {
             request = request.header("Retry-Attempt", attempt);
@@ -539,6 +534,16 @@ impl Drop for Turn<'_> {
     fn drop(&mut self) {
         self.1[self.0].fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A header value unique to one call, marked never-indexed: HPACK then
+/// skips its dynamic table (no insert, eviction or search for a value that
+/// never repeats).
+fn unique_value(text: &str) -> Result<HeaderValue, GraphError> {
+    let mut value = HeaderValue::try_from(text)
+        .map_err(|_| GraphError::InvalidResponse("unusable client-request-id".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Reads an answer's body, refusing one over [`MAX_RESPONSE_BYTES`].

@@ -11,7 +11,10 @@ use bytes::Bytes;
 use http::HeaderValue;
 use prost_types::FieldMask;
 use tokio::time::timeout_at;
-use tonic::{Response, Status, metadata::MetadataMap};
+use tonic::{
+    Response, Status,
+    metadata::{MetadataMap, MetadataValue},
+};
 
 use super::{
     RunStateApi, context,
@@ -193,7 +196,9 @@ impl Violations {
 /// A response carrying Graph's request id in `graph-request-id` metadata.
 pub(super) fn respond<T>(message: T, graph_request_id: Option<String>) -> Response<T> {
     let mut response = Response::new(message);
-    if let Some(value) = graph_request_id.and_then(|id| id.parse().ok()) {
+    if let Some(mut value) = graph_request_id.and_then(|id| id.parse::<MetadataValue<_>>().ok()) {
+        // Unique per call: never indexed, so HPACK skips its table.
+        value.set_sensitive(true);
         response
             .metadata_mut()
             .insert(status::GRAPH_REQUEST_ID, value);

@@ -504,7 +504,9 @@ impl Observed {
     async fn respond(mut self, response: Response<Body>) -> Response<GateBody> {
         let (mut parts, mut body) = response.into_parts();
         self.read_status(&parts.headers);
-        if let Ok(value) = HeaderValue::from_str(self.trace.client_request_id()) {
+        if let Ok(mut value) = HeaderValue::from_str(self.trace.client_request_id()) {
+            // Unique per call: never indexed, so HPACK skips its table.
+            value.set_sensitive(true);
             parts.headers.insert(CLIENT_REQUEST_ID, value);
         }
         let mut pending = Bytes::new();

@@ -17,6 +17,7 @@ mod replicas;
 mod retries;
 mod server;
 mod timestamps;
+mod upstream_tls;
 mod user_states;
 mod validation;
 mod worlds;
