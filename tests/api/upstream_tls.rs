@@ -86,7 +86,7 @@ async fn a_bad_ca_file_stops_startup() {
     let missing = dir.join("missing.pem");
     for path in [&empty, &junk, &missing] {
         let path = path.to_str().unwrap();
-        let args = ServeArgs::from_args(&[
+        let args = ServeArgs::from_args([
             "--listen",
             "127.0.0.1:0",
             "--graph-token",
