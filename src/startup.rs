@@ -291,3 +291,27 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+/// The tokio runtime: `TOKIO_WORKER_THREADS` workers, else one per CPU the
+/// process may use (a container's CPU limit included).
+///
+/// One worker gets a current-thread runtime. The multi-thread scheduler runs
+/// a task woken by the running one next (its "LIFO slot"), so with a single
+/// worker each HTTP/2 connection task ran after every call and wrote that
+/// call's frames alone: two `writev`s a call. On one thread, every ready
+/// call runs first and each connection then writes them together.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build()
+}
