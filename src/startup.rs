@@ -300,12 +300,18 @@ pub async fn shutdown_signal() {
 /// worker each HTTP/2 connection task ran after every call and wrote that
 /// call's frames alone: two `writev`s a call. On one thread, every ready
 /// call runs first and each connection then writes them together.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .with_context(|| {
+                format!("TOKIO_WORKER_THREADS={v:?}: use a number of threads, 1 to 1024")
+            })?,
+        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -313,5 +319,5 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         b.worker_threads(workers);
         b
     };
-    builder.enable_all().build()
+    Ok(builder.enable_all().build()?)
 }

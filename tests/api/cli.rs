@@ -68,6 +68,19 @@ async fn an_invalid_rust_log_fails_startup_naming_it() {
 }
 
 #[tokio::test]
+async fn an_invalid_worker_thread_count_fails_startup_naming_it() {
+    for value in ["0", "many", "100000"] {
+        let (code, err) = run(
+            &["--listen", "127.0.0.1:0", "--emulator"],
+            &[("TOKIO_WORKER_THREADS", value)],
+        )
+        .await;
+        assert_eq!(code, 1, "{value}: {err}");
+        assert!(err.contains("TOKIO_WORKER_THREADS"), "{value}: {err}");
+    }
+}
+
+#[tokio::test]
 async fn help_explains_rust_log_and_env_twins() {
     let out = gateway(&["--help"], &[]).output().await.unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
@@ -87,7 +100,12 @@ async fn help_explains_rust_log_and_env_twins() {
 async fn the_emulator_flag_has_an_env_twin() {
     let mut child = gateway(
         &["--listen", "127.0.0.1:0"],
-        &[("RUNSTATE_EMULATOR", "true"), ("RUST_LOG", "info")],
+        // One worker: the current-thread runtime (other tests run the default).
+        &[
+            ("RUNSTATE_EMULATOR", "true"),
+            ("RUST_LOG", "info"),
+            ("TOKIO_WORKER_THREADS", "1"),
+        ],
     )
     .stderr(Stdio::piped())
     .stdout(Stdio::null())
