@@ -207,31 +207,37 @@ impl GraphClient {
     ///   back where Graph honours ids and a request id protects the create
     ///   (re-sent only when certainly absent); otherwise it is
     ///   [`GraphError::OutcomeUnknown`], never re-sent.
-    pub async fn create_entity(
+    ///
+    /// The answer is parsed straight into `T`; `id_of` reads its id.
+    pub async fn create_entity<T: DeserializeOwned>(
         &self,
         new: NewEntity<'_>,
         matches: &(dyn Fn(&serde_json::Value) -> bool + Sync),
+        id_of: fn(&T) -> Option<&str>,
         call: &Call<'_>,
-    ) -> Result<Reply<serde_json::Value>, GraphError> {
+    ) -> Result<Reply<T>, GraphError> {
         let kind = Worlds::kind(new.collection);
         let mut id = new.id.filter(|_| self.worlds.send_id(&kind));
         let mut resent_without_id = false;
         let mut resent_after_read = false;
         loop {
-            let mut body = new.body.clone();
-            if let Some(id) = id {
-                body.insert("id".into(), id.into());
-            }
-            let bytes = encode(&body)?;
+            let bytes = match id {
+                None => encode(&new.body)?,
+                Some(id) => {
+                    let mut body = new.body.clone();
+                    body.insert("id".into(), id.into());
+                    encode(&body)?
+                }
+            };
             let error = match self
                 .send_tracked(Method::POST, new.collection, Some(bytes), call)
                 .await
             {
                 Ok(raw) => {
-                    let reply: Reply<serde_json::Value> = decode(raw)?;
+                    let reply: Reply<T> = decode(raw)?;
                     if let Some(sent) = id {
-                        let got = reply.value.get("id").and_then(|v| v.as_str());
-                        self.worlds.learn_from_answer(&kind, sent, got);
+                        self.worlds
+                            .learn_from_answer(&kind, sent, id_of(&reply.value));
                     }
                     return Ok(reply);
                 }
@@ -258,7 +264,7 @@ impl GraphClient {
                     self.worlds.learn_honoured(&kind);
                     let item = format!("{}/{}", new.collection, encode_segment(sent));
                     return match self.get::<serde_json::Value>(&item, call).await {
-                        Ok(stored) if matches(&stored.value) => Ok(stored),
+                        Ok(stored) if matches(&stored.value) => typed(stored),
                         _ => Err(error),
                     };
                 }
@@ -271,7 +277,7 @@ impl GraphClient {
             }
             let item = format!("{}/{}", new.collection, encode_segment(sent));
             match self.get::<serde_json::Value>(&item, call).await {
-                Ok(stored) if matches(&stored.value) => return Ok(stored),
+                Ok(stored) if matches(&stored.value) => return typed(stored),
                 Err(GraphError::Status(e)) if e.status == StatusCode::NOT_FOUND => {
                     // Certainly not applied: send it again, once.
                     resent_after_read = true;
@@ -643,6 +649,15 @@ fn retry_reason(error: &GraphError) -> &'static str {
         GraphError::Unavailable { .. } => "connection_lost",
         _ => "other",
     }
+}
+
+/// A stored entity read back as JSON, as `T`.
+fn typed<T: DeserializeOwned>(stored: Reply<serde_json::Value>) -> Result<Reply<T>, GraphError> {
+    Ok(Reply {
+        value: serde_json::from_value(stored.value)
+            .map_err(|e| GraphError::InvalidResponse(e.to_string()))?,
+        request_id: stored.request_id,
+    })
 }
 
 pub(super) fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphError> {

@@ -110,12 +110,12 @@ impl<R: Resource> CreateWork<R> {
         };
         let reply = timeout_at(
             self.deadline + CREATE_GRACE,
-            self.graph.create_entity(new, &matches, &call),
+            self.graph
+                .create_entity::<R::Graph>(new, &matches, R::graph_id, &call),
         )
         .await
         .unwrap_or_else(|_| Err(GraphError::OutcomeUnknown(Box::new(GraphError::Timeout))))?;
-        let value: R::Graph = serde_json::from_value(reply.value)
-            .map_err(|e| GraphError::InvalidResponse(e.to_string()))?;
+        let value = reply.value;
         let id = R::graph_id(&value)
             .ok_or_else(|| GraphError::InvalidResponse("the created entity has no id".into()))?;
         let id = Id::parse(id).map_err(|why| {
