@@ -62,7 +62,6 @@ pub fn install() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
-            start_upkeep(handle.clone());
             Some(handle)
         })
         .clone()
@@ -71,22 +70,16 @@ pub fn install() -> Option<PrometheusHandle> {
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Folds histogram samples into their buckets every [`UPKEEP_EVERY`]. The
-/// recorder keeps each sample until a render or an upkeep: with nobody
-/// scraping `/metrics`, memory grew by about 40 bytes a call (540 MB in the
-/// 10-minute soak). A thread of its own, so it runs whatever the runtimes do.
-fn start_upkeep(handle: PrometheusHandle) {
-    let started = std::thread::Builder::new()
-        .name("metrics-upkeep".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            loop {
-                std::thread::sleep(UPKEEP_EVERY);
-                handle.run_upkeep();
-            }
-        });
-    if let Err(e) = started {
-        tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms grow until /metrics is scraped");
+/// Folds histogram samples into their buckets every [`UPKEEP_EVERY`],
+/// until dropped. The recorder keeps each sample until a render or an
+/// upkeep: with nobody scraping `/metrics`, memory grew by about 40 bytes a
+/// call (540 MB in the 10-minute soak).
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        handle.run_upkeep();
     }
 }
 

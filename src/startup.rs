@@ -164,6 +164,10 @@ impl Application {
     /// `--shutdown-grace`, the rest are cancelled.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let metrics = crate::metrics::install();
+        // Ends with the server (aborted on drop).
+        let _upkeep = metrics
+            .clone()
+            .map(|handle| AbortOnDrop(tokio::spawn(crate::metrics::upkeep(handle))));
         let state = Arc::new(server::State::default());
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -320,4 +324,13 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         b
     };
     Ok(builder.enable_all().build()?)
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -295,6 +295,22 @@ impl RunStateApi {
             return Ok(respond(resource, graph_request_id));
         };
 
+        // Boxed: the request-id path holds much more than a plain create,
+        // and every call in flight would otherwise carry room for it.
+        Box::pin(self.create_with_request_id(work, rid, parent, c.fingerprint, c.rpc)).await
+    }
+
+    /// A create protected by a request id: claimed, run in a task of its own
+    /// and recorded (see [`RunStateApi::create`]).
+    async fn create_with_request_id<P: Parent, R: Resource>(
+        &self,
+        work: CreateWork<R>,
+        rid: uuid::Uuid,
+        parent: P,
+        fingerprint: u64,
+        rpc: &'static str,
+    ) -> Result<Response<R>, Status> {
+        let deadline = work.deadline;
         // Keyed by the new resource's collection (its parent plus the kind of
         // child), so a user state and a device state under one script differ.
         let key = RecordKey::new(
@@ -302,7 +318,7 @@ impl RunStateApi {
             &work.name_prefix,
             rid,
         );
-        let claim = match Box::pin(self.request_ids.begin(&key, c.fingerprint, deadline)).await {
+        let claim = match Box::pin(self.request_ids.begin(&key, fingerprint, deadline)).await {
             Err(Refused::Reused) => {
                 return Err(status::invalid_argument(vec![FieldViolation::new(
                     "request_id",
@@ -320,7 +336,6 @@ impl RunStateApi {
             Ok(Begin::Owner(claim)) => claim,
         };
         let host = self.graph.host().to_owned();
-        let rpc = c.rpc;
         // The RPC's trace (client-request-id, attempts) follows the create
         // into its task.
         let trace = crate::graph::trace::Trace::current();
