@@ -443,6 +443,23 @@ async fn a_stream_is_answered_while_the_caller_still_sends() {
     assert_eq!(list_all(&mut app, "deviceShellScripts/s10").await.len(), 30);
 }
 
+/// A batch of `n` creates under `parent`, each with a fresh request id.
+fn batch_with_request_ids(
+    parent: &str,
+    n: usize,
+) -> (Vec<String>, BatchCreateScriptDeviceStatesRequest) {
+    let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let batch = BatchCreateScriptDeviceStatesRequest {
+        parent: parent.into(),
+        requests: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| create("", i as i32, id))
+            .collect(),
+    };
+    (ids, batch)
+}
+
 /// POSTs the emulator saw ($batch included).
 fn post_count(app: &TestApp) -> usize {
     app.graph
@@ -458,15 +475,7 @@ async fn request_ids_make_a_resent_batch_safe_where_graph_ignores_ids() {
     app.graph
         .set_client_ids(runstate_gateway::emulator::ClientIds::Ignore);
     let parent = "deviceManagementScripts/s1";
-    let ids: Vec<String> = (0..5).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let batch = BatchCreateScriptDeviceStatesRequest {
-        parent: parent.into(),
-        requests: ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| create("", i as i32, id))
-            .collect(),
-    };
+    let (ids, batch) = batch_with_request_ids(parent, 5);
     let first = app
         .client
         .batch_create_script_device_states(batch.clone())
@@ -534,15 +543,7 @@ async fn a_lost_batch_answer_is_outcome_unknown_and_never_posted_twice() {
             .times(1)
             .after_apply(),
     );
-    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let batch = BatchCreateScriptDeviceStatesRequest {
-        parent: parent.into(),
-        requests: ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| create("", i as i32, id))
-            .collect(),
-    };
+    let (_, batch) = batch_with_request_ids(parent, 3);
     let first = app
         .client
         .batch_create_script_device_states(batch.clone())
