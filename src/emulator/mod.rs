@@ -148,6 +148,21 @@ impl Drop for RunningEmulator {
     }
 }
 
+/// Binds `addr` with a deep accept queue: a client opening a thousand
+/// HTTP/1.1 connections at once (as a gateway under load does) would
+/// otherwise overflow tokio's default of 1024 and wait a second for a SYN
+/// retransmit, which real Graph never makes it do.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
+}
+
 impl Emulator {
     pub fn new() -> Self {
         let e = Self::default();
@@ -162,7 +177,7 @@ impl Emulator {
 
     /// Serves on `addr` (use port 0 for any free port) until stopped or dropped.
     pub async fn spawn(&self, addr: SocketAddr) -> std::io::Result<RunningEmulator> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = bind(addr)?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
         let app = self.router();
@@ -203,7 +218,7 @@ impl Emulator {
         tls::write_ca(ca_out, &generated.ca_pem).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot write {}: {e}", ca_out.display()))
         })?;
-        let listener = TcpListener::bind(addr).await?;
+        let listener = bind(addr)?;
         let addr = listener.local_addr()?;
         let (tx, mut rx) = oneshot::channel::<()>();
         let acceptor = tokio_rustls::TlsAcceptor::from(generated.config);

@@ -143,6 +143,14 @@ impl GraphClient {
                 "{base_url:?}: HTTP/2 prior knowledge needs an http URL"
             ));
         }
+        // Plain HTTP/1.1 carries one call per connection, and one pool lets
+        // every call reuse any idle connection: separate pools each opened
+        // their own (1,280 connections for 1,000 calls in flight).
+        let connections = if h2c || url.scheme() == "https" {
+            connections
+        } else {
+            1
+        };
         let tls = transport::tls_config(extra_roots)?;
         let http: Vec<Pool> = (0..connections)
             .map(|_| transport::pool(tls.clone(), h2c))
@@ -689,5 +697,20 @@ mod tests {
         let over = Turn::take(&load);
         assert!(over.0 < 3, "full pools take the least loaded");
         drop((all, next));
+    }
+
+    #[test]
+    fn plain_http1_uses_one_pool_http2_and_tls_use_many() {
+        let pools = |url: &str, h2c: bool| {
+            let options = Options {
+                h2c,
+                connections: 8,
+                ..Options::default()
+            };
+            GraphClient::new(url, options).unwrap().http.len()
+        };
+        assert_eq!(pools("http://127.0.0.1:1/beta", false), 1);
+        assert_eq!(pools("http://127.0.0.1:1/beta", true), 8);
+        assert_eq!(pools("https://graph.microsoft.com/beta", false), 8);
     }
 }
