@@ -63,6 +63,8 @@ pub struct GraphClient {
     http: Arc<[Pool]>,
     /// Calls in flight on each pool.
     load: Arc<[AtomicUsize]>,
+    /// Metric handles of Graph requests.
+    requests: Arc<m::GraphRequests>,
     /// Base URL plus `/deviceManagement/`.
     pub(super) root: String,
     host: String,
@@ -158,6 +160,7 @@ impl GraphClient {
         Ok(Self {
             http: http.into(),
             load: (0..connections).map(|_| AtomicUsize::new(0)).collect(),
+            requests: Arc::default(),
             root: format!("{}/deviceManagement/", base_url.trim_end_matches('/')),
             host,
             retry,
@@ -445,14 +448,9 @@ impl GraphClient {
             t.attempt();
         }
         let started = std::time::Instant::now();
-        let record = |status: &str| {
-            let labels = [
-                ("method", method.as_str().to_owned()),
-                ("route", route.to_owned()),
-                ("status", status.to_owned()),
-            ];
-            metrics::counter!(m::GRAPH_REQUESTS, &labels).increment(1);
-            metrics::histogram!(m::GRAPH_DURATION, &labels).record(started.elapsed().as_secs_f64());
+        let record = |status: Option<StatusCode>| {
+            let seconds = started.elapsed().as_secs_f64();
+            self.requests.record(method, route, status, seconds);
         };
         let body = match body {
             Some(body) => {
@@ -467,11 +465,11 @@ impl GraphClient {
         // The whole exchange, answer body included, within the deadline.
         let exchange = async {
             let response = self.http[turn.0].request(request).await.map_err(|e| {
-                record("error");
+                record(None);
                 transport_error(&e, e.is_connect())
             })?;
             let (parts, body) = response.into_parts();
-            record(parts.status.as_str());
+            record(Some(parts.status));
             if let Some(t) = trace {
                 let id = parts
                     .headers
