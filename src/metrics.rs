@@ -180,6 +180,8 @@ pub fn route_template(path: &str) -> String {
 
 /// The counter and histogram of one Graph method, route and status.
 type GraphPair = (metrics::Counter, metrics::Histogram);
+/// The handles of one route, by method and status.
+type RouteHandles = Vec<(Method, Option<StatusCode>, GraphPair)>;
 
 /// Handles of the Graph request metrics, made once per method, route and
 /// status (None: no answer) and then reused: building the labels and
@@ -188,7 +190,7 @@ type GraphPair = (metrics::Counter, metrics::Histogram);
 /// come from the code and from HTTP.
 #[derive(Default)]
 pub struct GraphRequests {
-    by_route: RwLock<HashMap<String, Vec<(Method, Option<StatusCode>, GraphPair)>>>,
+    by_route: RwLock<HashMap<String, RouteHandles>>,
 }
 
 impl std::fmt::Debug for GraphRequests {
