@@ -81,7 +81,7 @@ pub struct ServeArgs {
     pub graph_h2c: bool,
 
     /// Number of independent upstream connection pools, from 1 to 64, filled in order: with
-    /// HTTP/2 each carries one connection, and the next is used once 64 calls are in flight.
+    /// HTTP/2 each carries one connection, and the next is used once 100 calls are in flight.
     /// Plain `http` without `--graph-h2c` (HTTP/1.1) always uses one pool.
     #[arg(
         long,

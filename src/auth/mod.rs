@@ -380,18 +380,22 @@ impl Authorizer {
             (None, None) => None,
         };
         let http = || {
-            let mut builder = reqwest::Client::builder()
+            let builder = reqwest::Client::builder()
                 .user_agent(concat!("runstate-gateway/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(5))
                 .redirect(reqwest::redirect::Policy::none());
-            if let Some(path) = &s.ca_file {
-                for der in crate::tls::read_ca_file(path)? {
-                    let cert = reqwest::Certificate::from_der(&der)
-                        .map_err(|e| format!("--graph-ca-file: {e}"))?;
-                    builder = builder.add_root_certificate(cert);
-                }
-            }
+            // The same trust as Graph calls: the roots built into the binary
+            // plus --graph-ca-file (reqwest's own default would read the
+            // system store, so a CA there would work for tokens and not for
+            // Graph, and reading it costs milliseconds at startup).
+            let roots = match &s.ca_file {
+                Some(path) => crate::tls::read_ca_file(path)?,
+                None => Vec::new(),
+            };
+            let tls =
+                crate::graph::tls_config(&roots).map_err(|e| format!("--graph-ca-file: {e}"))?;
             builder
+                .tls_backend_preconfigured(tls)
                 .build()
                 .map_err(|e| format!("cannot build the token HTTP client: {e}"))
         };

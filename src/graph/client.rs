@@ -515,8 +515,9 @@ const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json
 
 /// Streams a pool carries before the next pool is used: filling pools in
 /// order keeps calls together on few HTTP/2 connections (fewer, larger
-/// writes) until one nears a server's stream limit (Graph's is 100+).
-const STREAMS_PER_POOL: usize = 64;
+/// writes). 100 is the smallest stream limit RFC 9113 (6.5.2) recommends a
+/// server allow; calls over a lower limit wait in h2 for a free stream.
+const STREAMS_PER_POOL: usize = 100;
 
 /// A call's place in a pool, given back when dropped.
 struct Turn<'a>(usize, &'a [AtomicUsize]);

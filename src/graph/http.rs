@@ -23,7 +23,7 @@ pub type Pool = Client<HttpsConnector<HttpConnector>, Body>;
 /// never sent, so it is retried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The TLS settings of every Graph connection: the Mozilla roots compiled
+/// The TLS settings of every Graph connection and token request: the Mozilla roots compiled
 /// into the binary (no file system read at startup) plus `extra_roots`
 /// (`--graph-ca-file`: a private CA or a TLS-inspecting proxy).
 pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {

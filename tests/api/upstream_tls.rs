@@ -104,3 +104,74 @@ async fn a_bad_ca_file_stops_startup() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Token requests trust what Graph calls trust: the built-in roots and
+/// `--graph-ca-file`. Graph is plain http here and the identity platform
+/// TLS, so only the token request needs the CA.
+#[tokio::test]
+async fn token_requests_trust_the_ca_file_too() {
+    const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+    let dir = std::env::temp_dir().join(format!("rsg-tls-id-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let secret = secret.to_str().unwrap().to_owned();
+    let ca = dir.join("ca.pem");
+    let ca_text = ca.to_str().unwrap().to_owned();
+
+    let graph = Emulator::new();
+    graph.add_client_secret(CLIENT, "s3cret");
+    graph.require_issued_tokens(true);
+    let plain = graph.spawn(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let identity = graph
+        .spawn_tls(([127, 0, 0, 1], 0).into(), &ca)
+        .await
+        .unwrap();
+    let graph_url = plain.base_url();
+    let authority = identity.base_url().trim_end_matches("/beta").to_owned();
+    assert!(authority.starts_with("https://localhost:"), "{authority}");
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--graph-url",
+        graph_url.as_str(),
+        "--graph-max-retries",
+        "0",
+        "--auth",
+        "client-secret",
+        "--tenant-id",
+        "contoso.onmicrosoft.com",
+        "--client-id",
+        CLIENT,
+        "--client-secret-file",
+        secret.as_str(),
+        "--authority-host",
+        authority.as_str(),
+    ];
+
+    let mut untrusted = start(&args).await;
+    untrusted.graph = graph.clone();
+    let err = untrusted
+        .client
+        .create_script_user_state(create())
+        .await
+        .expect_err("an untrusted identity platform must fail");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(graph.token_requests(), 0, "no token was issued");
+    assert_eq!(graph.request_count(), 0, "nothing reached Graph");
+
+    args.extend(["--graph-ca-file", ca_text.as_str()]);
+    let mut trusted = start(&args).await;
+    trusted.graph = graph.clone();
+    let state = trusted
+        .client
+        .create_script_user_state(create())
+        .await
+        .expect("a token from the trusted identity platform")
+        .into_inner();
+    assert!(!state.id.is_empty());
+    assert_eq!(graph.token_requests(), 1);
+    assert_eq!(graph.rejected_graph_calls(), 0);
+    assert_eq!(graph.request_count(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
