@@ -17,6 +17,27 @@ fn create() -> CreateScriptUserStateRequest {
     }
 }
 
+/// A create that must succeed.
+async fn created(app: &mut TestApp, why: &str) {
+    let state = app
+        .client
+        .create_script_user_state(create())
+        .await
+        .expect(why)
+        .into_inner();
+    assert!(!state.id.is_empty(), "{why}: no id");
+}
+
+/// A create that must fail as UNAVAILABLE.
+async fn unavailable(app: &mut TestApp, why: &str) {
+    let err = app
+        .client
+        .create_script_user_state(create())
+        .await
+        .expect_err(why);
+    assert_eq!(err.code(), Code::Unavailable, "{why}: {err:?}");
+}
+
 /// A gateway in front of a TLS emulator; `trust` gives it the CA file.
 async fn app(
     trust: bool,
@@ -54,22 +75,11 @@ async fn graph_over_tls_is_reached_with_the_ca_file_only() {
     let dir = std::env::temp_dir().join(format!("rsg-tls-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let (mut trusted, _up) = app(true, &dir).await;
-    let state = trusted
-        .client
-        .create_script_user_state(create())
-        .await
-        .expect("trusted TLS upstream answers")
-        .into_inner();
-    assert!(!state.id.is_empty());
+    created(&mut trusted, "trusted TLS upstream answers").await;
     assert_eq!(trusted.graph.request_count(), 1);
 
     let (mut untrusted, _up2) = app(false, &dir).await;
-    let err = untrusted
-        .client
-        .create_script_user_state(create())
-        .await
-        .expect_err("an untrusted certificate must fail");
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    unavailable(&mut untrusted, "an untrusted certificate must fail").await;
     assert_eq!(untrusted.graph.request_count(), 0, "nothing reached Graph");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -151,25 +161,14 @@ async fn token_requests_trust_the_ca_file_too() {
 
     let mut untrusted = start(&args).await;
     untrusted.graph = graph.clone();
-    let err = untrusted
-        .client
-        .create_script_user_state(create())
-        .await
-        .expect_err("an untrusted identity platform must fail");
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    unavailable(&mut untrusted, "an untrusted identity platform must fail").await;
     assert_eq!(graph.token_requests(), 0, "no token was issued");
     assert_eq!(graph.request_count(), 0, "nothing reached Graph");
 
     args.extend(["--graph-ca-file", ca_text.as_str()]);
     let mut trusted = start(&args).await;
     trusted.graph = graph.clone();
-    let state = trusted
-        .client
-        .create_script_user_state(create())
-        .await
-        .expect("a token from the trusted identity platform")
-        .into_inner();
-    assert!(!state.id.is_empty());
+    created(&mut trusted, "a token from the trusted identity platform").await;
     assert_eq!(graph.token_requests(), 1);
     assert_eq!(graph.rejected_graph_calls(), 0);
     assert_eq!(graph.request_count(), 1);
