@@ -94,6 +94,7 @@ impl Application {
             },
             &graph_url,
             emulator.as_ref(),
+            &extra_roots,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
         tracing::info!(mode = ?auth.mode(), "Graph tokens");

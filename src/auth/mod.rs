@@ -21,7 +21,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::config::{AuthMode, Cloud, Secret, ServeArgs};
 use cache::{Fetched, TokenCache};
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, pem::PemObject};
 
 pub use crate::grpc::context::bearer;
 
@@ -195,8 +195,9 @@ pub struct Settings {
     pub ignore_caller: bool,
     pub static_token: Option<Secret>,
     pub token_file: Option<std::path::PathBuf>,
-    /// Extra trust anchors for the token endpoints (`--graph-ca-file`).
-    pub ca_file: Option<std::path::PathBuf>,
+    /// Extra trust anchors for the token endpoints (`--graph-ca-file`, as
+    /// read once at startup for Graph too).
+    pub extra_roots: Vec<CertificateDer<'static>>,
     pub tenant_id: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
@@ -218,7 +219,11 @@ pub struct Settings {
 impl Settings {
     /// From the command line, the secrets from the environment
     /// (`AZURE_CLIENT_SECRET`, `AZURE_CLIENT_CERTIFICATE_PASSWORD`, `IDENTITY_HEADER`).
-    pub fn from_args(args: &ServeArgs, graph_url: &str) -> Result<Self, String> {
+    pub fn from_args(
+        args: &ServeArgs,
+        graph_url: &str,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<Self, String> {
         let env_secret = |name: &str| {
             std::env::var(name)
                 .ok()
@@ -235,7 +240,7 @@ impl Settings {
             ignore_caller: args.ignore_caller_token,
             static_token: args.graph_token.clone(),
             token_file: args.graph_token_file.clone(),
-            ca_file: args.graph_ca_file.clone(),
+            extra_roots: extra_roots.to_vec(),
             tenant_id: args.tenant_id.clone(),
             client_id: args.client_id.clone(),
             client_secret: env_secret("AZURE_CLIENT_SECRET"),
@@ -266,9 +271,10 @@ pub fn from_args(
     args: &ServeArgs,
     graph_url: &str,
     emulator: Option<&crate::emulator::RunningEmulator>,
+    extra_roots: &[CertificateDer<'static>],
 ) -> Result<Arc<Authorizer>, String> {
     check_upstream("--graph-url", graph_url, args.allow_http_upstream)?;
-    let mut s = Settings::from_args(args, graph_url)?;
+    let mut s = Settings::from_args(args, graph_url, extra_roots)?;
     if !graph_url.starts_with("https://") {
         // The emulator or a local proxy: ask for the cloud's Graph scope.
         s.resource = args.cloud.graph_host().to_owned();
@@ -388,12 +394,8 @@ impl Authorizer {
             // plus --graph-ca-file (reqwest's own default would read the
             // system store, so a CA there would work for tokens and not for
             // Graph, and reading it costs milliseconds at startup).
-            let roots = match &s.ca_file {
-                Some(path) => crate::tls::read_ca_file(path)?,
-                None => Vec::new(),
-            };
-            let tls =
-                crate::graph::tls_config(&roots).map_err(|e| format!("--graph-ca-file: {e}"))?;
+            let tls = crate::graph::tls_config(&s.extra_roots)
+                .map_err(|e| format!("--graph-ca-file: {e}"))?;
             builder
                 .tls_backend_preconfigured(tls)
                 .build()
