@@ -75,8 +75,8 @@ async fn tokens_are_not_echoed_in_errors() {
 // ---- The gateway's own credentials (`--auth`), against the emulator's
 // ---- identity endpoints.
 
-mod credentials {
-    use std::{path::PathBuf, time::Duration};
+pub(crate) mod credentials {
+    use std::time::Duration;
 
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
     use runstate_gateway::{
@@ -93,31 +93,7 @@ mod credentials {
     pub const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
     pub const TENANT: &str = "contoso.onmicrosoft.com";
 
-    /// A scratch directory, removed on drop.
-    pub struct Dir(pub PathBuf);
-
-    impl Dir {
-        pub fn new() -> Self {
-            let p = std::env::temp_dir().join(format!("runstate-auth-{}", uuid::Uuid::new_v4()));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-
-        pub fn write(&self, name: &str, text: &str) -> String {
-            let p = self.0.join(name);
-            // Write then rename, as a secret mount swaps files.
-            let tmp = self.0.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, &p).unwrap();
-            p.to_str().unwrap().to_owned()
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    pub use crate::helpers::Dir;
 
     /// A gateway with `flags`, its Graph and identity platform an emulator
     /// prepared by `setup`, which then accepts only tokens it issued.

@@ -134,3 +134,30 @@ pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
         paths: paths.iter().map(|p| p.to_string()).collect(),
     })
 }
+
+/// A scratch directory, removed on drop.
+pub struct Dir(pub std::path::PathBuf);
+
+impl Dir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("runstate-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+
+    /// Writes `name` (then renames it into place, as a secret mount swaps
+    /// files) and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let p = self.0.join(name);
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        p.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -4,7 +4,8 @@
 use runstate_gateway::{emulator::Emulator, pb::CreateScriptUserStateRequest, pb::ScriptUserState};
 use tonic::Code;
 
-use crate::helpers::{TestApp, start};
+use crate::auth::credentials::{CLIENT, TENANT, secret_flags};
+use crate::helpers::{Dir, TestApp, start};
 
 fn create() -> CreateScriptUserStateRequest {
     CreateScriptUserStateRequest {
@@ -72,30 +73,25 @@ async fn app(
 
 #[tokio::test]
 async fn graph_over_tls_is_reached_with_the_ca_file_only() {
-    let dir = std::env::temp_dir().join(format!("rsg-tls-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mut trusted, _up) = app(true, &dir).await;
+    let dir = Dir::new();
+    let (mut trusted, _up) = app(true, &dir.0).await;
     created(&mut trusted, "trusted TLS upstream answers").await;
     assert_eq!(trusted.graph.request_count(), 1);
 
-    let (mut untrusted, _up2) = app(false, &dir).await;
+    let (mut untrusted, _up2) = app(false, &dir.0).await;
     unavailable(&mut untrusted, "an untrusted certificate must fail").await;
     assert_eq!(untrusted.graph.request_count(), 0, "nothing reached Graph");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_bad_ca_file_stops_startup() {
     use runstate_gateway::{config::ServeArgs, startup::Application};
-    let dir = std::env::temp_dir().join(format!("rsg-ca-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let empty = dir.join("empty.pem");
-    std::fs::write(&empty, "").unwrap();
-    let junk = dir.join("junk.pem");
-    std::fs::write(&junk, "not a certificate\n").unwrap();
-    let missing = dir.join("missing.pem");
+    let dir = Dir::new();
+    let empty = dir.write("empty.pem", "");
+    let junk = dir.write("junk.pem", "not a certificate\n");
+    let missing = dir.0.join("missing.pem").to_str().unwrap().to_owned();
     for path in [&empty, &junk, &missing] {
-        let path = path.to_str().unwrap();
+        let path = path.as_str();
         let args = ServeArgs::from_args([
             "--listen",
             "127.0.0.1:0",
@@ -112,7 +108,6 @@ async fn a_bad_ca_file_stops_startup() {
             "{text}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Token requests trust what Graph calls trust: the built-in roots and
@@ -120,13 +115,9 @@ async fn a_bad_ca_file_stops_startup() {
 /// TLS, so only the token request needs the CA.
 #[tokio::test]
 async fn token_requests_trust_the_ca_file_too() {
-    const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
-    let dir = std::env::temp_dir().join(format!("rsg-tls-id-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret = dir.join("secret");
-    std::fs::write(&secret, "s3cret").unwrap();
-    let secret = secret.to_str().unwrap().to_owned();
-    let ca = dir.join("ca.pem");
+    let dir = Dir::new();
+    let secret = dir.write("secret", "s3cret");
+    let ca = dir.0.join("ca.pem");
     let ca_text = ca.to_str().unwrap().to_owned();
 
     let graph = Emulator::new();
@@ -147,17 +138,12 @@ async fn token_requests_trust_the_ca_file_too() {
         graph_url.as_str(),
         "--graph-max-retries",
         "0",
-        "--auth",
-        "client-secret",
         "--tenant-id",
-        "contoso.onmicrosoft.com",
-        "--client-id",
-        CLIENT,
-        "--client-secret-file",
-        secret.as_str(),
+        TENANT,
         "--authority-host",
         authority.as_str(),
     ];
+    args.extend(secret_flags("client-secret", &secret));
 
     let mut untrusted = start(&args).await;
     untrusted.graph = graph.clone();
@@ -172,5 +158,4 @@ async fn token_requests_trust_the_ca_file_too() {
     assert_eq!(graph.token_requests(), 1);
     assert_eq!(graph.rejected_graph_calls(), 0);
     assert_eq!(graph.request_count(), 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
