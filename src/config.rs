@@ -185,12 +185,12 @@ pub struct ServeArgs {
     /// Whether Graph keeps a client-chosen `id` on create: `auto` learns it
     /// per collection kind from Graph's answers; `honour` or `ignore` tell it.
     #[arg(long, env = "GRAPH_CLIENT_IDS", default_value = "auto")]
-    pub graph_client_ids: crate::graph::ClientIds,
+    pub graph_client_ids: crate::write::ids::ClientIds,
 
     /// Most writes to Graph per tenant in any window, e.g. `200/20s`
     /// (Intune's limit), or `off`. Writes wait in order for a slot.
     #[arg(long, env = "GRAPH_WRITE_BUDGET", default_value = "200/20s")]
-    pub write_budget: crate::budget::BudgetFlag,
+    pub write_budget: crate::write::budget::BudgetFlag,
 
     /// Where request-id records and the write budget live: `memory`, or
     /// `redis://HOST:PORT/DB` to share them between replicas.

@@ -29,21 +29,21 @@
 //! one, or the gateway's own credential); [`tls`] protects the listener.
 //! [`pb`] is the code generated from `proto/` by `build.rs`.
 
-pub mod admin;
-pub mod auth;
-pub mod budget;
+pub(crate) mod admin;
+pub(crate) mod auth;
 pub mod config;
 pub mod convert;
 pub mod emulator;
-pub mod graph;
-pub mod grpc;
+pub(crate) mod graph;
+pub(crate) mod grpc;
 pub mod healthcheck;
-pub mod metrics;
-pub mod server;
+pub(crate) mod metrics;
+pub(crate) mod server;
 pub mod startup;
-pub mod state;
+pub(crate) mod state;
 pub mod telemetry;
 pub mod tls;
+mod write;
 
 /// Code generated from `proto/intune/runstates/v1`.
 pub mod pb {

@@ -10,14 +10,13 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
-use crate::budget::WriteBudget;
 use crate::config::{EmulatorArgs, ServeArgs};
 use crate::emulator::{Emulator, RunningEmulator};
-use crate::graph::{GraphClient, Options, RetryPolicy};
-use crate::grpc::idempotency::RequestIds;
+use crate::graph::{GraphClient, Options};
 use crate::grpc::{RunStateApi, context};
 use crate::pb::{self, run_state_service_server::RunStateServiceServer};
 use crate::server::{self, Handshake, Limits};
+use crate::write::{self, budget::WriteBudget, records::RequestIds, retry::RetryPolicy};
 
 /// The token the gateway sends to its embedded emulator when given none.
 const EMULATOR_TOKEN: &str = "emulator-token";
@@ -61,15 +60,17 @@ impl Application {
             None
         };
 
-        let retry = RetryPolicy {
-            max_retries: args.graph_max_retries,
-            ..RetryPolicy::default()
-        };
         let options = Options {
-            retry,
             h2c,
             connections: args.graph_connections,
+        };
+        let settings = write::Settings {
+            retry: RetryPolicy {
+                max_retries: args.graph_max_retries,
+                ..RetryPolicy::default()
+            },
             client_ids: args.graph_client_ids,
+            batch_concurrency: args.batch_concurrency as usize,
         };
         let redis = args
             .state_store
@@ -84,9 +85,9 @@ impl Application {
             None => Vec::new(),
         };
         let graph = GraphClient::with_roots(&graph_url, options, &extra_roots)
-            .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?
-            .with_budget(budget);
-        let request_ids = std::sync::Arc::new(RequestIds::new(redis));
+            .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?;
+        let records = std::sync::Arc::new(RequestIds::new(redis));
+        let engine = write::Engine::new(graph, settings, budget, records);
         let auth = crate::auth::from_args(
             &ServeArgs {
                 graph_token: token.clone(),
@@ -102,13 +103,9 @@ impl Application {
             .map(|t| context::bearer(t.expose()))
             .transpose()
             .map_err(|_| anyhow::anyhow!("--graph-token: not a valid header value"))?;
-        let mut api = RunStateApi::new(graph, token, args.request_timeout)
-            .with_request_ids(request_ids)
+        let mut api = RunStateApi::new(engine, token, args.request_timeout)
             .with_auth(auth)
-            .with_bulk_limits(crate::grpc::batch::BulkLimits {
-                batch_concurrency: args.batch_concurrency as usize,
-                stream_window: args.stream_max_in_flight as usize,
-            });
+            .with_stream_window(args.stream_max_in_flight as usize);
         if let Some(key) = &args.page_token_key {
             api = api.with_page_tokens(crate::convert::page_token::PageTokens::from_secret(
                 key.expose(),

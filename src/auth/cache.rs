@@ -30,7 +30,6 @@ pub struct Fetched {
 pub struct Token {
     /// `Bearer …`, marked sensitive.
     pub header: HeaderValue,
-    pub expires_at: Instant,
     /// From here on, a call starts a background refresh.
     refresh_at: Instant,
     /// From here on, the token is not handed out (a margin for clock skew
@@ -44,7 +43,6 @@ impl Token {
         let margin = (lifetime / 10).min(Duration::from_secs(30));
         Self {
             header,
-            expires_at: now + lifetime,
             refresh_at: now + lifetime - refresh_before,
             usable_until: now + lifetime - margin,
         }
@@ -105,12 +103,9 @@ impl<K: Hash + Eq + Clone + Send + 'static> TokenCache<K> {
     }
 
     /// How many keys are held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         lock(&self.entries).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The token for `key`: cached, or fetched with `fetch` (one fetch per key

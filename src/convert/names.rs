@@ -96,7 +96,7 @@ impl Id {
         &self.0
     }
 
-    fn encoded(&self) -> impl fmt::Display + '_ {
+    pub fn encoded(&self) -> impl fmt::Display + '_ {
         utf8_percent_encode(&self.0, SEGMENT)
     }
 }

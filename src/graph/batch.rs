@@ -2,48 +2,48 @@
 //!
 //! Graph answers 200 with one response per request, in any order, matched by
 //! `id`; each has its own status, headers and body (a 429 inside a batch
-//! throttles that item alone). This module sends one batch, retrying the
-//! batch POST itself per the retry policy; what to do with each item is the
-//! caller's business.
+//! throttles that item alone). This module sends one batch once; retries
+//! and what to do with each item are the write engine's.
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
+use serde_json::value::RawValue;
 
 use super::{
-    Call, GraphClient, GraphError, Reply, StatusError,
-    client::{decode, encode},
-    retry::Retry,
+    Call, GraphClient, GraphError, StatusError,
+    client::{Raw, decode, encode},
 };
 
 /// Graph's limit of requests in one batch.
 pub const MAX_BATCH: usize = 20;
 
-/// One request of a batch: a POST of `body` to a collection.
+/// One request of a batch.
 #[derive(Debug, Serialize)]
-pub struct BatchItem<'a, B> {
+pub struct BatchItem<'a> {
     /// Unique within the batch.
     pub id: String,
-    pub method: &'static str,
+    pub method: &'a str,
     /// Relative to the API version, e.g. `/deviceManagement/.../deviceRunStates`.
     pub url: String,
     pub headers: HashMap<&'static str, String>,
-    pub body: &'a B,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<&'a RawValue>,
 }
 
-impl<'a, B> BatchItem<'a, B> {
-    /// A create: POST `body` to `collection` (relative to `/deviceManagement/`).
-    pub fn post(id: String, collection: &str, body: &'a B) -> Self {
-        let headers = HashMap::from([
-            ("Content-Type", "application/json".to_owned()),
-            ("client-request-id", uuid::Uuid::new_v4().to_string()),
-        ]);
+impl<'a> BatchItem<'a> {
+    /// `method` on `path` (relative to `/deviceManagement/`), with a JSON body.
+    pub fn new(id: String, method: &'a Method, path: &str, body: Option<&'a RawValue>) -> Self {
+        let mut headers = HashMap::from([("client-request-id", uuid::Uuid::new_v4().to_string())]);
+        if body.is_some() {
+            headers.insert("Content-Type", "application/json".to_owned());
+        }
         Self {
             id,
-            method: "POST",
-            url: format!("/deviceManagement/{collection}"),
+            method: method.as_str(),
+            url: format!("/deviceManagement/{path}"),
             headers,
             body,
         }
@@ -51,8 +51,8 @@ impl<'a, B> BatchItem<'a, B> {
 }
 
 #[derive(Serialize)]
-struct BatchBody<'r, 'a, B> {
-    requests: &'r [BatchItem<'a, B>],
+struct BatchBody<'r, 'a> {
+    requests: &'r [BatchItem<'a>],
 }
 
 /// Graph's answer to a batch.
@@ -92,8 +92,34 @@ impl ItemReply {
         map
     }
 
+    /// The item's answer as a single request's: a success, or its failure
+    /// read as a Graph error answer.
+    pub fn into_result(self, host: &str, client_request_id: String) -> Result<Raw, GraphError> {
+        if (200..300).contains(&self.status) {
+            let request_id = self
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("request-id"))
+                .and_then(|(_, v)| v.as_str())
+                .map(str::to_owned);
+            let body = self
+                .body
+                .as_ref()
+                .map(|b| Bytes::from(serde_json::to_vec(b).unwrap_or_default()))
+                .unwrap_or_default();
+            return Ok(Raw {
+                status: StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK),
+                body,
+                request_id,
+            });
+        }
+        Err(GraphError::Status(Box::new(
+            self.error(host, client_request_id),
+        )))
+    }
+
     /// The item's failure, read as a Graph error answer.
-    pub fn error(&self, host: &str, client_request_id: String) -> StatusError {
+    fn error(&self, host: &str, client_request_id: String) -> StatusError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
         let body = self
             .body
@@ -112,65 +138,28 @@ impl ItemReply {
 }
 
 impl GraphClient {
-    /// `POST {base}/$batch`. Each item first takes a slot of the write
-    /// budget. The batch POST is retried when Graph throttles or refuses it
-    /// as a whole, or no connection was made; never after an answer that
-    /// leaves it unknown whether the batch was applied.
-    pub async fn batch<B: Serialize>(
+    /// `POST {base}/$batch` once (no retry). The answers come back in the
+    /// items' order: an item Graph left out of its answer gets `None`.
+    pub async fn batch_once(
         &self,
-        items: &[BatchItem<'_, B>],
+        items: &[BatchItem<'_>],
         call: &Call<'_>,
-    ) -> Result<Reply<BatchReply>, GraphError> {
+        attempt: u32,
+    ) -> Result<Vec<Option<ItemReply>>, GraphError> {
         let base = self
             .root
             .strip_suffix("deviceManagement/")
             .unwrap_or(&self.root);
         let url = format!("{base}$batch");
         let body = encode(&BatchBody { requests: items })?;
-        let method = Method::POST;
-        let tenant = self
-            .budget()
-            .map(|_| crate::state::identity::tenant(call.authorization));
-        for attempt in 0.. {
-            if let (Some(budget), Some(tenant)) = (self.budget(), &tenant) {
-                for _ in items {
-                    budget
-                        .acquire(tenant, call.deadline)
-                        .await
-                        .map_err(|retry_after| GraphError::WriteBudget { retry_after })?;
-                }
-            }
-            let sent = self.attempt(&method, &url, Some(body.clone()), call, attempt, "$batch");
-            let error = match sent.await {
-                Ok(raw) => return decode(raw),
-                Err(e) => e,
-            };
-            // A batch whose answer was lost may have been applied.
-            let lost = |e: GraphError| {
-                if super::retry::ambiguous(&e) {
-                    GraphError::OutcomeUnknown(Box::new(e))
-                } else {
-                    e
-                }
-            };
-            let delay = match self.retry.decide(attempt, &method, &error) {
-                Some(Retry::Safe(d)) => d,
-                None => return Err(lost(error)),
-            };
-            if Instant::now() + delay >= call.deadline {
-                return Err(lost(error));
-            }
-            tracing::debug!(attempt, ?delay, %error, "retrying a Graph batch");
-            tokio::time::sleep(delay).await;
+        let raw = self
+            .attempt(&Method::POST, &url, Some(body), call, attempt, "$batch")
+            .await?;
+        let reply: BatchReply = decode(raw)?.value;
+        let mut answers: HashMap<String, ItemReply> = HashMap::with_capacity(items.len());
+        for r in reply.responses {
+            answers.entry(r.id.clone()).or_insert(r);
         }
-        unreachable!("the retry loop returns")
-    }
-
-    /// Holds every write of the caller's tenant for `delay` (Graph throttled).
-    pub async fn pause_writes(&self, call: &Call<'_>, delay: std::time::Duration) {
-        if let Some(budget) = self.budget() {
-            let tenant = crate::state::identity::tenant(call.authorization);
-            budget.pause(&tenant, delay).await;
-        }
+        Ok(items.iter().map(|i| answers.remove(&i.id)).collect())
     }
 }

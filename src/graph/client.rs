@@ -1,5 +1,6 @@
-//! The Graph client: retries, write budget and client ids over the bare
-//! hyper pools of [`super::http`].
+//! The Graph client: one request, sent once, over the bare hyper pools of
+//! [`super::http`]. Retries, the write budget and client ids are the write
+//! engine's (`crate::write`).
 
 use std::sync::{
     Arc,
@@ -14,15 +15,11 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
 
 use super::{
-    GraphError, RetryPolicy, StatusError,
+    GraphError, StatusError,
     http::{self as transport, Pool},
-    ids::{ClientIds, Worlds, refuses_id},
-    retry::{self, Retry},
     trace::Trace,
 };
-use crate::budget::WriteBudget;
 use crate::metrics as m;
-use crate::state::identity;
 
 /// Largest Graph response body read; run-state entities are a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -35,22 +32,17 @@ pub const MAX_REQUEST_BODY_BYTES: usize = 1 << 20;
 /// How the Graph client connects.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    pub retry: RetryPolicy,
     /// HTTP/2 without TLS (prior knowledge) to an http URL.
     pub h2c: bool,
     /// Independent connection pools (1..=64), used in turn.
     pub connections: usize,
-    /// Whether Graph keeps a client-chosen `id` on create (`--graph-client-ids`).
-    pub client_ids: ClientIds,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
-            retry: RetryPolicy::default(),
             h2c: false,
             connections: 8,
-            client_ids: ClientIds::Auto,
         }
     }
 }
@@ -68,21 +60,6 @@ pub struct GraphClient {
     /// Base URL plus `/deviceManagement/`.
     pub(super) root: String,
     host: String,
-    pub(super) retry: RetryPolicy,
-    /// What Graph does with client ids, per collection kind.
-    worlds: Arc<Worlds>,
-    /// The write budget, when on.
-    budget: Option<Arc<WriteBudget>>,
-}
-
-/// A create: the body (without `id`), the id the gateway would like Graph
-/// to keep, and whether a request id protects it.
-pub struct NewEntity<'a> {
-    pub collection: &'a str,
-    pub body: serde_json::Map<String, serde_json::Value>,
-    pub id: Option<&'a str>,
-    /// A request id makes the create safe to resolve after a lost answer.
-    pub request_id: bool,
 }
 
 /// Per-call inputs: whose token, and until when.
@@ -101,17 +78,19 @@ pub struct Reply<T> {
     pub request_id: Option<String>,
 }
 
-/// A raw success.
-pub(super) struct Raw {
-    pub(super) status: StatusCode,
-    pub(super) body: Bytes,
-    pub(super) request_id: Option<String>,
+/// A raw success: status, body and Graph's `request-id`.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub request_id: Option<String>,
 }
 
 impl GraphClient {
     /// Builds the client. `base_url` must be an http or https URL. With
     /// `h2c`, an http URL is spoken to in HTTP/2 without TLS (prior knowledge),
     /// which multiplexes calls over a few connections.
+    #[cfg(test)]
     pub fn new(base_url: &str, options: Options) -> Result<Self, String> {
         Self::with_roots(base_url, options, &[])
     }
@@ -122,12 +101,7 @@ impl GraphClient {
         options: Options,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Self, String> {
-        let Options {
-            retry,
-            h2c,
-            connections,
-            client_ids,
-        } = options;
+        let Options { h2c, connections } = options;
         if !(1..=64).contains(&connections) {
             return Err(format!("{connections} connections: use 1 to 64"));
         }
@@ -163,27 +137,7 @@ impl GraphClient {
             requests: Arc::default(),
             root: format!("{}/deviceManagement/", base_url.trim_end_matches('/')),
             host,
-            retry,
-            worlds: Arc::new(Worlds::new(client_ids)),
-            budget: None,
         })
-    }
-
-    /// Holds every write to `budget`.
-    pub fn with_budget(mut self, budget: Option<Arc<WriteBudget>>) -> Self {
-        self.budget = budget;
-        self
-    }
-
-    /// The write budget, for callers that send several writes in one request
-    /// (a JSON batch takes one slot per write item).
-    pub fn budget(&self) -> Option<&Arc<WriteBudget>> {
-        self.budget.as_ref()
-    }
-
-    /// What the client has learned about client ids, per collection kind.
-    pub fn worlds(&self) -> &Worlds {
-        &self.worlds
     }
 
     /// The Graph host, e.g. `graph.microsoft.com` (the `ErrorInfo` domain).
@@ -191,223 +145,25 @@ impl GraphClient {
         &self.host
     }
 
-    /// POSTs `body` to a collection and reads the created entity (201).
-    /// A lost answer is [`GraphError::OutcomeUnknown`]; it is never re-sent.
-    pub async fn create<B: Serialize, R: DeserializeOwned>(
-        &self,
-        collection: &str,
-        body: &B,
-        call: &Call<'_>,
-        _replayable: bool,
-    ) -> Result<Reply<R>, GraphError> {
-        let raw = self
-            .send_tracked(Method::POST, collection, Some(encode(body)?), call)
-            .await
-            .map_err(unknown_if_ambiguous)?;
-        decode(raw)
+    /// `{base}/deviceManagement/`: every URL this client fetches starts with it.
+    pub fn root(&self) -> &str {
+        &self.root
     }
 
-    /// Creates an entity, exactly once as far as Graph allows:
-    ///
-    /// - the id is sent only where Graph is not known to ignore or refuse it,
-    ///   and the id Graph returns is compared with it (learning the world);
-    /// - a 400 refusing the `id` property re-sends once without it;
-    /// - a 409 is the caller's own entity only if `matches` says the stored
-    ///   entity is what this request would have written (else it stays 409);
-    /// - a lost answer (504, timeout, reset) is resolved by reading the id
-    ///   back where Graph honours ids and a request id protects the create
-    ///   (re-sent only when certainly absent); otherwise it is
-    ///   [`GraphError::OutcomeUnknown`], never re-sent.
-    ///
-    /// The answer is parsed straight into `T`; `id_of` reads its id.
-    pub async fn create_entity<T: DeserializeOwned>(
+    /// Sends one request to `{root}{path}` once (no retry), within the
+    /// call's deadline. `attempt` counts earlier tries (`Retry-Attempt`).
+    pub async fn send_once(
         &self,
-        new: NewEntity<'_>,
-        matches: &(dyn Fn(&serde_json::Value) -> bool + Sync),
-        id_of: fn(&T) -> Option<&str>,
-        call: &Call<'_>,
-    ) -> Result<Reply<T>, GraphError> {
-        let kind = Worlds::kind(new.collection);
-        let mut id = new.id.filter(|_| self.worlds.send_id(&kind));
-        let mut resent_without_id = false;
-        let mut resent_after_read = false;
-        loop {
-            let bytes = match id {
-                None => encode(&new.body)?,
-                Some(id) => {
-                    let mut body = new.body.clone();
-                    body.insert("id".into(), id.into());
-                    encode(&body)?
-                }
-            };
-            let error = match self
-                .send_tracked(Method::POST, new.collection, Some(bytes), call)
-                .await
-            {
-                Ok(raw) => {
-                    let reply: Reply<T> = decode(raw)?;
-                    if let Some(sent) = id {
-                        self.worlds
-                            .learn_from_answer(&kind, sent, id_of(&reply.value));
-                    }
-                    return Ok(reply);
-                }
-                Err(e) => e,
-            };
-            let Some(sent) = id else {
-                return Err(unknown_if_ambiguous(error));
-            };
-            match &error {
-                GraphError::Status(e)
-                    if e.status == StatusCode::BAD_REQUEST
-                        && !resent_without_id
-                        && refuses_id(&e.code, &e.message) =>
-                {
-                    // A 400 applied nothing: send again without the id.
-                    self.worlds.learn_rejected(&kind);
-                    tracing::warn!(kind = %kind, "Graph refuses client ids on create; sending without them from now on");
-                    resent_without_id = true;
-                    id = None;
-                    continue;
-                }
-                GraphError::Status(e) if e.status == StatusCode::CONFLICT => {
-                    // Graph keeps ids (it knows this one): read it back.
-                    self.worlds.learn_honoured(&kind);
-                    let item = format!("{}/{}", new.collection, encode_segment(sent));
-                    return match self.get::<serde_json::Value>(&item, call).await {
-                        Ok(stored) if matches(&stored.value) => typed(stored),
-                        _ => Err(error),
-                    };
-                }
-                _ if retry::ambiguous(&error) => {}
-                _ => return Err(error),
-            }
-            // The answer was lost.
-            if !(new.request_id && self.worlds.honoured(&kind)) || resent_after_read {
-                return Err(GraphError::OutcomeUnknown(Box::new(error)));
-            }
-            let item = format!("{}/{}", new.collection, encode_segment(sent));
-            match self.get::<serde_json::Value>(&item, call).await {
-                Ok(stored) if matches(&stored.value) => return typed(stored),
-                Err(GraphError::Status(e)) if e.status == StatusCode::NOT_FOUND => {
-                    // Certainly not applied: send it again, once.
-                    resent_after_read = true;
-                }
-                _ => return Err(GraphError::OutcomeUnknown(Box::new(error))),
-            }
-        }
-    }
-
-    /// PATCHes an entity. `None` when Graph answers 204 without a body.
-    pub async fn update<B: Serialize, R: DeserializeOwned>(
-        &self,
-        item: &str,
-        body: &B,
-        call: &Call<'_>,
-    ) -> Result<Reply<Option<R>>, GraphError> {
-        let raw = self
-            .send(Method::PATCH, item, Some(encode(body)?), call, true)
-            .await?;
-        if raw.status == StatusCode::NO_CONTENT || raw.body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Reply {
-                value: None,
-                request_id: raw.request_id,
-            });
-        }
-        let Reply { value, request_id } = decode(raw)?;
-        Ok(Reply {
-            value: Some(value),
-            request_id,
-        })
-    }
-
-    /// GETs an entity.
-    pub async fn get<R: DeserializeOwned>(
-        &self,
-        item: &str,
-        call: &Call<'_>,
-    ) -> Result<Reply<R>, GraphError> {
-        let raw = self.send(Method::GET, item, None, call, true).await?;
-        decode(raw)
-    }
-
-    /// Sends one request, retrying per the policy within the deadline.
-    pub(super) async fn send(
-        &self,
-        method: Method,
+        method: &Method,
         path: &str,
         body: Option<Bytes>,
         call: &Call<'_>,
-        _replayable: bool,
-    ) -> Result<Raw, GraphError> {
-        self.send_tracked(method, path, body, call).await
-    }
-
-    /// Sends one request, retrying per the policy within the deadline; each
-    /// write attempt takes a slot of the write budget first. A POST is never
-    /// sent again after an answer that leaves its outcome unknown: that
-    /// error is returned as is ([`retry::ambiguous`]).
-    async fn send_tracked(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-        call: &Call<'_>,
+        attempt: u32,
     ) -> Result<Raw, GraphError> {
         let url = format!("{}{path}", self.root);
         let route = m::route_template(path);
-        let write = method != Method::GET && method != Method::HEAD;
-        let tenant = match (&self.budget, write) {
-            (Some(_), true) => Some(identity::tenant(call.authorization)),
-            _ => None,
-        };
-        for attempt in 0.. {
-            // Held until the answer is back: the budget counts the write
-            // until then.
-            let permit = match (&self.budget, &tenant) {
-                (Some(budget), Some(tenant)) => Some(
-                    budget
-                        .acquire(tenant, call.deadline)
-                        .await
-                        .map_err(|retry_after| GraphError::WriteBudget { retry_after })?,
-                ),
-                _ => None,
-            };
-            if Instant::now() >= call.deadline {
-                return Err(GraphError::Timeout);
-            }
-            let sent = self.attempt(&method, &url, body.clone(), call, attempt, &route);
-            let result = sent.await;
-            drop(permit);
-            let error = match result {
-                Ok(raw) => return Ok(raw),
-                Err(e) => e,
-            };
-            let delay = match self.retry.decide(attempt, &method, &error) {
-                Some(Retry::Safe(d)) => d,
-                None => return Err(error),
-            };
-            if let (GraphError::Status(e), Some(budget), Some(tenant)) =
-                (&error, &self.budget, &tenant)
-                && e.status == StatusCode::TOO_MANY_REQUESTS
-            {
-                // Graph throttles the tenant: hold every write, not only this one.
-                budget.pause(tenant, delay).await;
-            }
-            if Instant::now() + delay >= call.deadline {
-                return Err(error);
-            }
-            let reason = retry_reason(&error);
-            metrics::counter!(m::GRAPH_RETRIES, "reason" => reason).increment(1);
-            if reason == "throttled" {
-                metrics::histogram!(m::GRAPH_THROTTLE_WAIT).record(delay.as_secs_f64());
-                tracing::warn!(%method, route, attempt, delay_ms = delay.as_millis() as u64, error = %error, "Graph throttled the request; retrying");
-            } else {
-                tracing::info!(%method, route, attempt, delay_ms = delay.as_millis() as u64, reason, error = %error, "retrying Graph call");
-            }
-            tokio::time::sleep(delay).await;
-        }
-        unreachable!("the retry loop returns")
+        self.attempt(method, &url, body, call, attempt, &route)
+            .await
     }
 
     pub(super) async fn attempt(
@@ -599,27 +355,7 @@ fn transport_error(e: &(dyn std::error::Error + 'static), connect: bool) -> Grap
     }
 }
 
-/// A POST whose answer was lost is reported as such.
-fn unknown_if_ambiguous(error: GraphError) -> GraphError {
-    if retry::ambiguous(&error) {
-        GraphError::OutcomeUnknown(Box::new(error))
-    } else {
-        error
-    }
-}
-
-/// Percent-encodes one path segment (ids are validated before, this is a
-/// second guard).
-fn encode_segment(text: &str) -> String {
-    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
-    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
-}
-
-pub(super) fn encode<B: Serialize>(body: &B) -> Result<Bytes, GraphError> {
+pub fn encode<B: Serialize>(body: &B) -> Result<Bytes, GraphError> {
     let bytes = serde_json::to_vec(body)
         .map_err(|e| GraphError::InvalidResponse(format!("cannot encode the request: {e}")))?;
     if bytes.len() > MAX_REQUEST_BODY_BYTES {
@@ -643,31 +379,7 @@ fn largest_field<B: Serialize>(body: &B) -> String {
         .unwrap_or_default()
 }
 
-/// The `reason` label of a retry.
-fn retry_reason(error: &GraphError) -> &'static str {
-    match error {
-        GraphError::Status(e) if e.status == StatusCode::TOO_MANY_REQUESTS => "throttled",
-        GraphError::Status(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-        GraphError::Status(e) if e.status == StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
-        GraphError::Status(_) => "status",
-        GraphError::Unavailable {
-            maybe_sent: false, ..
-        } => "connect",
-        GraphError::Unavailable { .. } => "connection_lost",
-        _ => "other",
-    }
-}
-
-/// A stored entity read back as JSON, as `T`.
-fn typed<T: DeserializeOwned>(stored: Reply<serde_json::Value>) -> Result<Reply<T>, GraphError> {
-    Ok(Reply {
-        value: serde_json::from_value(stored.value)
-            .map_err(|e| GraphError::InvalidResponse(e.to_string()))?,
-        request_id: stored.request_id,
-    })
-}
-
-pub(super) fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphError> {
+pub fn decode<R: DeserializeOwned>(raw: Raw) -> Result<Reply<R>, GraphError> {
     let value = serde_json::from_slice(&raw.body)
         .map_err(|e| GraphError::InvalidResponse(e.to_string()))?;
     Ok(Reply {
@@ -704,7 +416,6 @@ mod tests {
             let options = Options {
                 h2c,
                 connections: 8,
-                ..Options::default()
             };
             GraphClient::new(url, options).unwrap().http.len()
         };

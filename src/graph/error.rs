@@ -7,7 +7,7 @@ use http::{HeaderMap, Method, StatusCode};
 use super::model::ErrorBody;
 
 /// A failed Graph call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GraphError {
     /// Graph (or a proxy in front of it) answered with an error status.
     #[error("{}", .0.message)]
@@ -22,6 +22,12 @@ pub enum GraphError {
     /// The caller's deadline passed before Graph answered.
     #[error("Graph did not answer before the deadline")]
     Timeout,
+    /// The caller's deadline came before the request could be sent: nothing
+    /// was sent, so it is safe to retry.
+    #[error(
+        "the deadline passed before the request was sent to Graph; nothing was sent, so it is safe to retry"
+    )]
+    Unsent,
     /// Graph answered success with a body the gateway cannot read.
     #[error("Graph sent a response the gateway cannot read: {0}")]
     InvalidResponse(String),

@@ -16,7 +16,6 @@ impl RunStateApi {
     ) -> Result<Response<pb::ComplianceScriptDeviceState>, Status> {
         let (metadata, _, req) = request.into_parts();
         let create = Create {
-            rpc: "CreateComplianceScriptDeviceState",
             fingerprint: fingerprint(&req, &req.request_id),
             parent: ComplianceScriptName::parse(&req.parent),
             resource: req.compliance_script_device_state,

@@ -29,7 +29,7 @@ impl RunStateApi {
             deadline: self.deadline(metadata),
         };
         timeout_at(call.deadline, async {
-            match self.graph.delete(&name.graph_path(), &call).await {
+            match self.engine.delete(name.graph_path(), &call).await {
                 Ok(request_id) => Ok(respond((), request_id)),
                 Err(GraphError::Status(e))
                     if e.status == StatusCode::NOT_FOUND && allow_missing =>

@@ -17,7 +17,6 @@ impl RunStateApi {
     ) -> Result<Response<pb::ScriptDeviceState>, Status> {
         let (metadata, _, req) = request.into_parts();
         let create = Create {
-            rpc: "CreateScriptDeviceState",
             fingerprint: fingerprint(&req, &req.request_id),
             parent: DeviceStateParent::parse(&req.parent),
             resource: req.script_device_state,

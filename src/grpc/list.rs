@@ -86,7 +86,7 @@ impl RunStateApi {
         };
         timeout_at(call.deadline, async {
             let reply = self
-                .graph
+                .engine
                 .list::<R::Graph>(&collection, &query, &call)
                 .await
                 .map_err(|e| self.graph_status(e))?;
@@ -104,7 +104,7 @@ impl RunStateApi {
             let next_page_token = match reply.value.next_link {
                 Some(link) => self
                     .page_tokens
-                    .seal(&binding, &link, self.graph.root())
+                    .seal(&binding, &link, self.engine.root())
                     .map_err(Status::internal)?,
                 None => String::new(),
             };

@@ -1,15 +1,14 @@
 //! The gRPC service: one file per resource, the shared shapes in `ops`.
 
-pub mod batch;
-pub mod codec;
+mod batch;
+pub(crate) mod codec;
 mod compliance_states;
-pub mod context;
+pub(crate) mod context;
 mod delete;
 mod device_states;
-pub mod idempotency;
 mod list;
 mod ops;
-pub mod status;
+pub(crate) mod status;
 mod stream;
 mod user_states;
 
@@ -19,36 +18,36 @@ use http::HeaderValue;
 use tonic::{Request, Response, Status};
 
 use crate::convert::page_token::PageTokens;
-use crate::graph::GraphClient;
 use crate::pb::{self, run_state_service_server::RunStateService};
+use crate::write::Engine;
 
 /// The `intune.runstates.v1.RunStateService` implementation.
-pub struct RunStateApi {
-    graph: GraphClient,
+#[derive(Clone)]
+pub(crate) struct RunStateApi {
+    /// Every Graph request goes through the write engine.
+    engine: Engine,
     /// The static Graph token, used when a caller sends none.
     token: Option<HeaderValue>,
     /// Deadline for calls that carry no `grpc-timeout`.
     default_timeout: Duration,
-    request_ids: std::sync::Arc<idempotency::RequestIds>,
     /// Where tokens come from (`--auth`); without it, [`Self::token`] as before.
     auth: Option<std::sync::Arc<crate::auth::Authorizer>>,
     /// Seals and opens the List RPCs' page tokens.
     page_tokens: PageTokens,
-    /// Limits of the Batch and Stream RPCs.
-    bulk: batch::BulkLimits,
+    /// Items of one stream held at once (being created or awaiting sending).
+    stream_window: usize,
 }
 
 impl RunStateApi {
-    pub fn new(graph: GraphClient, token: Option<HeaderValue>, default_timeout: Duration) -> Self {
+    pub fn new(engine: Engine, token: Option<HeaderValue>, default_timeout: Duration) -> Self {
         Self {
-            graph,
+            engine,
             token,
             default_timeout,
-            request_ids: Default::default(),
             auth: None,
             page_tokens: PageTokens::random()
                 .unwrap_or_else(|_| PageTokens::from_secret(&uuid::Uuid::new_v4().to_string())),
-            bulk: Default::default(),
+            stream_window: 64,
         }
     }
 
@@ -58,16 +57,9 @@ impl RunStateApi {
         self
     }
 
-    /// Sets the limits of the Batch and Stream RPCs.
-    pub fn with_bulk_limits(mut self, limits: batch::BulkLimits) -> Self {
-        self.bulk = limits;
-        self
-    }
-
-    /// Keeps request-id records in `records` (shared with batch handlers,
-    /// and through Redis with other replicas).
-    pub fn with_request_ids(mut self, records: std::sync::Arc<idempotency::RequestIds>) -> Self {
-        self.request_ids = records;
+    /// Holds at most `window` items of one stream at once.
+    pub fn with_stream_window(mut self, window: usize) -> Self {
+        self.stream_window = window.max(1);
         self
     }
 
@@ -217,7 +209,8 @@ mod tests {
     fn handler_futures_stay_small() {
         let graph =
             crate::graph::GraphClient::new("http://127.0.0.1:1/beta", Default::default()).unwrap();
-        let api = super::RunStateApi::new(graph, None, std::time::Duration::from_secs(1));
+        let engine = crate::write::Engine::new(graph, Default::default(), None, Default::default());
+        let api = super::RunStateApi::new(engine, None, std::time::Duration::from_secs(1));
         let sizes = [
             std::mem::size_of_val(&api.create_user_state(tonic::Request::new(Default::default()))),
             std::mem::size_of_val(

@@ -7,8 +7,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use http::HeaderValue;
 use prost_types::FieldMask;
 use tokio::time::timeout_at;
 use tonic::{
@@ -16,23 +14,18 @@ use tonic::{
     metadata::{MetadataMap, MetadataValue},
 };
 
-use super::{
-    RunStateApi, context,
-    idempotency::{Begin, MAX_STORED_RESPONSE, Outcome, RecordKey, Refused},
-    status,
-};
+use super::{RunStateApi, context, status};
 use crate::convert::{
     FieldViolation,
     mask::{self, Selection},
     names::{Id, Parent, ResourcePath},
     resources::Resource,
 };
-use crate::graph::{Call, GraphClient, GraphError, NewEntity};
-use crate::state::identity;
+use crate::graph::{Call, GraphError};
+use crate::write::{CreateError, NewState, Via};
 
 /// The fields of a create request, before validation.
 pub(super) struct Create<'a, P, R> {
-    pub rpc: &'static str,
     pub parent: Result<P, String>,
     pub resource: Option<R>,
     /// The name of the request's `*_id` field.
@@ -68,86 +61,6 @@ fn applied_but_unread(status: Status, what: &str) -> Status {
         status.details().to_vec().into(),
         status.metadata().clone(),
     )
-}
-
-/// Everything a create needs, owned, so it can run in a task of its own.
-struct CreateWork<R: Resource> {
-    graph: GraphClient,
-    collection: String,
-    /// `{parent}/{children}/`: the new resource's name is this plus its id.
-    name_prefix: String,
-    /// The JSON body sent (without `id`); moved into the request.
-    body: serde_json::Map<String, serde_json::Value>,
-    /// The same body, typed: what a stored entity is compared with in the
-    /// rare case that asks (a JSON copy is made only then).
-    typed: R::Graph,
-    wish: Option<String>,
-    request_id: bool,
-    authorization: HeaderValue,
-    deadline: tokio::time::Instant,
-}
-
-/// Extra time past the deadline for the Graph client to report how a
-/// create ended (it stops at the deadline itself).
-const CREATE_GRACE: Duration = Duration::from_secs(2);
-
-impl<R: Resource> CreateWork<R> {
-    async fn run(self) -> Result<(R, Option<String>), GraphError> {
-        let call = Call {
-            authorization: &self.authorization,
-            deadline: self.deadline,
-        };
-        let new = NewEntity {
-            collection: &self.collection,
-            body: self.body,
-            id: self.wish.as_deref(),
-            request_id: self.request_id,
-        };
-        let typed = &self.typed;
-        let matches = move |stored: &serde_json::Value| match serde_json::to_value(typed) {
-            Ok(serde_json::Value::Object(body)) => same_fields(&body, stored),
-            _ => false,
-        };
-        let reply = timeout_at(
-            self.deadline + CREATE_GRACE,
-            self.graph
-                .create_entity::<R::Graph>(new, &matches, R::graph_id, &call),
-        )
-        .await
-        .unwrap_or_else(|_| Err(GraphError::OutcomeUnknown(Box::new(GraphError::Timeout))))?;
-        let value = reply.value;
-        let id = R::graph_id(&value)
-            .ok_or_else(|| GraphError::InvalidResponse("the created entity has no id".into()))?;
-        let id = Id::parse(id).map_err(|why| {
-            GraphError::InvalidResponse(format!("Graph returned an id that {why}"))
-        })?;
-        let name = format!("{}{}", self.name_prefix, id.as_str());
-        Ok((R::from_graph(value, name), reply.request_id))
-    }
-}
-
-/// Whether a stored entity holds every field this create would write (so a
-/// 409 or a read-back found the caller's own write, not someone else's).
-pub(super) fn same_fields(
-    body: &serde_json::Map<String, serde_json::Value>,
-    stored: &serde_json::Value,
-) -> bool {
-    use serde_json::Value;
-    body.iter()
-        .filter(|(k, _)| *k != "id" && !k.starts_with('@'))
-        .all(|(k, want)| {
-            let got = stored.get(k).unwrap_or(&Value::Null);
-            match (want, got) {
-                (Value::String(a), Value::String(b)) if a != b => {
-                    // Graph may write a timestamp in another form.
-                    matches!(
-                        (crate::convert::datetime::parse(a), crate::convert::datetime::parse(b)),
-                        (Ok(x), Ok(y)) if x == y
-                    )
-                }
-                _ => want == got,
-            }
-        })
 }
 
 /// Collects field violations; nothing reaches Graph while there is one.
@@ -222,7 +135,7 @@ impl RunStateApi {
     }
 
     pub(super) fn graph_status(&self, error: GraphError) -> Status {
-        status::from_graph(error, self.graph.host())
+        status::from_graph(error, self.engine.host())
     }
 
     /// DEADLINE_EXCEEDED, for work cut off by `tokio::time::timeout_at`.
@@ -233,11 +146,8 @@ impl RunStateApi {
         self.graph_status(GraphError::Timeout)
     }
 
-    /// POST `{parent}/{children}`; returns the created resource.
-    ///
-    /// With a `request_id`, the first call claims the id and the create runs
-    /// in a task of its own, so its answer is recorded even when the caller
-    /// goes away; later calls with the id get that answer.
+    /// POST `{parent}/{children}`; returns the created resource. The write
+    /// engine makes it exactly-once (request ids, client ids, lost answers).
     ///
     /// `metadata` may be owned: it is dropped once the token and deadline
     /// are read, so a call waiting on Graph does not keep its headers.
@@ -263,155 +173,35 @@ impl RunStateApi {
         let authorization = self.authorize(metadata.borrow()).await?;
         let deadline = self.deadline(metadata.borrow());
         drop(metadata);
-        let typed = body;
-        let mut body = match serde_json::to_value(&typed) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => return Err(internal("the Graph body is not a JSON object")),
-        };
-        body.remove("id");
-        // The id the gateway would like Graph to keep: the caller's wish, else
-        // the request id (where Graph keeps ids, a replay then meets its own
-        // first copy). Graph may ignore it; the answer carries Graph's id.
-        let wish = id
-            .map(|i| i.as_str().to_owned())
-            .or_else(|| request_id.map(|u| u.hyphenated().to_string()));
-        let work = CreateWork {
-            graph: self.graph.clone(),
-            collection: parent.collection_path(),
-            name_prefix: format!("{parent}/{}/", P::CHILDREN),
-            body,
-            typed,
-            wish,
-            request_id: request_id.is_some(),
-            authorization,
-            deadline,
-        };
-        let Some(rid) = request_id else {
-            // Boxed: the create future is large, and every call in flight
-            // holds the handler's future.
-            let (resource, graph_request_id) = Box::pin(work.run())
-                .await
-                .map_err(|e| status::from_graph(e, self.graph.host()))?;
-            return Ok(respond(resource, graph_request_id));
-        };
-
-        // Boxed: the request-id path holds much more than a plain create,
-        // and every call in flight would otherwise carry room for it.
-        Box::pin(self.create_with_request_id(work, rid, parent, c.fingerprint, c.rpc)).await
+        let item = new_state(parent, body, id, request_id, c.fingerprint);
+        // Boxed: the create future is large, and every call in flight
+        // holds the handler's future.
+        let mut results =
+            Box::pin(
+                self.engine
+                    .create(vec![item], Via::Alone, &authorization, deadline),
+            )
+            .await;
+        match results.pop() {
+            Some(Ok((resource, graph_request_id))) => Ok(respond(resource, graph_request_id)),
+            Some(Err(e)) => Err(self.create_status(e, "request_id")),
+            None => Err(internal("the create has no result")),
+        }
     }
 
-    /// A create protected by a request id: claimed, run in a task of its own
-    /// and recorded (see [`RunStateApi::create`]).
-    async fn create_with_request_id<P: Parent, R: Resource>(
-        &self,
-        work: CreateWork<R>,
-        rid: uuid::Uuid,
-        parent: P,
-        fingerprint: u64,
-        rpc: &'static str,
-    ) -> Result<Response<R>, Status> {
-        let deadline = work.deadline;
-        // Keyed by the new resource's collection (its parent plus the kind of
-        // child), so a user state and a device state under one script differ.
-        let key = RecordKey::new(
-            &identity::caller(&work.authorization),
-            &work.name_prefix,
-            rid,
-        );
-        let claim = match Box::pin(self.request_ids.begin(&key, fingerprint, deadline)).await {
-            Err(Refused::Reused) => {
-                return Err(status::invalid_argument(vec![FieldViolation::new(
-                    "request_id",
-                    "was already used with a different request",
-                )]));
-            }
-            Err(Refused::Deadline) => return Err(self.deadline_exceeded()),
-            Ok(Begin::Replay(outcome)) => {
-                let call = Call {
-                    authorization: &work.authorization,
-                    deadline: work.deadline,
-                };
-                return Box::pin(self.replay::<P, R>(outcome, &parent, &call)).await;
-            }
-            Ok(Begin::Owner(claim)) => claim,
-        };
-        let host = self.graph.host().to_owned();
-        // The RPC's trace (client-request-id, attempts) follows the create
-        // into its task.
-        let trace = crate::graph::trace::Trace::current();
-        let task = tokio::spawn(async move {
-            let result = match trace {
-                Some(trace) => trace.scope(work.run()).await,
-                None => work.run().await,
-            };
-            match &result {
-                Ok((resource, graph_request_id)) => {
-                    let encoded = resource.encode_to_vec();
-                    let outcome = Outcome::Created {
-                        name: resource.name().to_owned(),
-                        response: (encoded.len() <= MAX_STORED_RESPONSE)
-                            .then(|| Bytes::from(encoded)),
-                        graph_request_id: graph_request_id.clone(),
-                    };
-                    claim.finish(outcome).await;
-                }
-                Err(GraphError::OutcomeUnknown(_)) => {
-                    let message = result
-                        .as_ref()
-                        .err()
-                        .map(ToString::to_string)
-                        .unwrap_or_default();
-                    claim.finish(Outcome::Unknown { message }).await;
-                }
-                // Nothing was applied: release the id for a retry.
-                Err(e) => {
-                    tracing::debug!(rpc, error = %e, "create failed; request id released");
-                    drop(claim)
-                }
-            }
-            result
-        });
-        let (resource, graph_request_id) = task
-            .await
-            .map_err(|_| internal("the create task failed"))?
-            .map_err(|e| status::from_graph(e, &host))?;
-        Ok(respond(resource, graph_request_id))
-    }
-
-    /// The answer recorded for a request id, again.
-    pub(super) async fn replay<P: Parent, R: Resource>(
-        &self,
-        outcome: Outcome,
-        parent: &P,
-        call: &Call<'_>,
-    ) -> Result<Response<R>, Status> {
-        match outcome {
-            Outcome::Unknown { message } => Err(status::outcome_unknown(
+    /// The status of a failed create; `request_id_field` names the field
+    /// of a reused request id.
+    pub(super) fn create_status(&self, error: CreateError, request_id_field: &str) -> Status {
+        match error {
+            CreateError::Graph(e) => self.graph_status(e),
+            CreateError::RequestIdReused => status::invalid_argument(vec![FieldViolation::new(
+                request_id_field,
+                "was already used with a different request",
+            )]),
+            CreateError::RecordedUnknown(message) => status::outcome_unknown(
                 message.trim_start_matches("the create may have been applied: "),
-                self.graph.host(),
-            )),
-            Outcome::Created {
-                response: Some(bytes),
-                graph_request_id,
-                ..
-            } => {
-                let resource =
-                    R::decode(bytes).map_err(|e| internal(format!("recorded response: {e}")))?;
-                Ok(respond(resource, graph_request_id))
-            }
-            // Too large to keep: read it back.
-            Outcome::Created { name, .. } => {
-                let id = name.rsplit('/').next().unwrap_or_default();
-                let id = Id::parse(id).map_err(|e| internal(format!("recorded name: {e}")))?;
-                let got = timeout_at(
-                    call.deadline,
-                    self.graph.get::<R::Graph>(&parent.child_path(&id), call),
-                )
-                .await
-                .unwrap_or(Err(GraphError::Timeout))
-                .map_err(|e| self.graph_status(e))?;
-                Ok(respond(R::from_graph(got.value, name), got.request_id))
-            }
+                self.engine.host(),
+            ),
         }
     }
 
@@ -446,8 +236,8 @@ impl RunStateApi {
         timeout_at(call.deadline, async {
             let path = name.graph_path();
             let patched = self
-                .graph
-                .update::<_, R::Graph>(&path, &body, &call)
+                .engine
+                .update::<_, R::Graph>(path.clone(), &body, &call)
                 .await
                 .map_err(|e| self.graph_status(e))?;
             let (value, request_id) = match patched.value {
@@ -455,8 +245,8 @@ impl RunStateApi {
                 // 204: Graph stored it but sent nothing back, so read it.
                 None => {
                     let got = self
-                        .graph
-                        .get::<R::Graph>(&path, &call)
+                        .engine
+                        .get::<R::Graph>(path, &call)
                         .await
                         .map_err(|e| {
                             applied_but_unread(self.graph_status(e), "the update was applied")
@@ -491,8 +281,8 @@ impl RunStateApi {
         drop(metadata);
         timeout_at(call.deadline, async {
             let got = self
-                .graph
-                .get::<R::Graph>(&name.graph_path(), &call)
+                .engine
+                .get::<R::Graph>(name.graph_path(), &call)
                 .await
                 .map_err(|e| self.graph_status(e))?;
             Ok(respond(
@@ -502,5 +292,26 @@ impl RunStateApi {
         })
         .await
         .unwrap_or_else(|_| Err(self.deadline_exceeded()))
+    }
+}
+
+/// A validated create for the write engine. The id the gateway would like
+/// Graph to keep is the caller's, else the request id (where Graph keeps
+/// ids, a replay then meets its own first copy).
+pub(super) fn new_state<P: Parent, R: Resource>(
+    parent: P,
+    body: R::Graph,
+    id: Option<Id>,
+    request_id: Option<uuid::Uuid>,
+    fingerprint: u64,
+) -> NewState<R> {
+    let wish = id.or_else(|| request_id.and_then(|u| Id::parse(&u.hyphenated().to_string()).ok()));
+    NewState {
+        collection: parent.collection_path(),
+        name_prefix: format!("{parent}/{}/", P::CHILDREN),
+        body,
+        wish,
+        request_id,
+        fingerprint,
     }
 }

@@ -88,6 +88,14 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
                 details,
             )
         }
+        GraphError::Unsent => {
+            let details = ErrorDetails::with_error_info("NOT_SENT", host, HashMap::new());
+            Status::with_error_details(
+                Code::DeadlineExceeded,
+                "the deadline passed before this write was sent to Graph; nothing was sent, so it is safe to retry",
+                details,
+            )
+        }
         GraphError::BodyTooLarge { field, size } => invalid_argument(vec![FieldViolation::new(
             snake_case(&field),
             format!(
@@ -152,22 +160,6 @@ pub fn outcome_unknown(cause: &str, host: &str) -> Status {
     )
 }
 
-/// The cause of an OUTCOME_UNKNOWN status, as [`outcome_unknown`] was given it.
-pub fn outcome_unknown_cause(status: &Status) -> Option<String> {
-    let info = status.get_details_error_info()?;
-    (info.reason == OUTCOME_UNKNOWN)
-        .then(|| info.metadata.get("cause").cloned())
-        .flatten()
-}
-
-/// Whether a status says a create may or may not have been applied.
-pub fn is_outcome_unknown(status: &Status) -> bool {
-    status.code() == Code::Unknown
-        && status
-            .get_details_error_info()
-            .is_some_and(|info| info.reason == OUTCOME_UNKNOWN)
-}
-
 fn from_status_error(e: StatusError) -> Status {
     let unserved = e.code.trim().eq_ignore_ascii_case(UNSERVED_ROUTE);
     let code = if unserved {
@@ -225,9 +217,11 @@ mod tests {
     #[test]
     fn outcome_unknown_carries_its_cause() {
         let s = outcome_unknown("Emulated error 504", "graph.microsoft.com");
-        assert!(is_outcome_unknown(&s));
+        let info = s.get_details_error_info().unwrap();
+        assert_eq!(s.code(), Code::Unknown);
+        assert_eq!(info.reason, OUTCOME_UNKNOWN);
         assert_eq!(
-            outcome_unknown_cause(&s).as_deref(),
+            info.metadata.get("cause").map(String::as_str),
             Some("Emulated error 504")
         );
         assert!(
@@ -235,7 +229,6 @@ mod tests {
             "{}",
             s.message()
         );
-        assert_eq!(outcome_unknown_cause(&Status::unknown("x")), None);
     }
 
     #[test]

@@ -21,10 +21,8 @@ use super::{
     batch::rpc_status,
     context,
     ops::{Create, fingerprint},
-    status,
 };
 use crate::convert::names::DeviceStateParent;
-use crate::graph::GraphError;
 use crate::pb::{
     StreamCreateScriptDeviceStatesRequest as Item,
     StreamCreateScriptDeviceStatesResponse as Answer, stream_create_script_device_states_response,
@@ -45,19 +43,6 @@ struct Feed {
 }
 
 impl RunStateApi {
-    /// Another handle on the same service state (clients, records, keys).
-    fn handle(&self) -> RunStateApi {
-        RunStateApi {
-            graph: self.graph.clone(),
-            token: self.token.clone(),
-            default_timeout: self.default_timeout,
-            request_ids: self.request_ids.clone(),
-            auth: self.auth.clone(),
-            page_tokens: self.page_tokens.clone(),
-            bulk: self.bulk,
-        }
-    }
-
     pub(super) async fn stream_create_device_states(
         &self,
         request: Request<Streaming<Item>>,
@@ -69,10 +54,10 @@ impl RunStateApi {
         if let Some(value) = metadata.get("authorization") {
             item_metadata.insert("authorization", value.clone());
         }
-        let window = self.bulk.stream_window.max(1);
+        let window = self.stream_window;
         let (tx, rx) = mpsc::channel(window);
         let feed = Arc::new(Feed {
-            api: self.handle(),
+            api: self.clone(),
             metadata: item_metadata,
             deadline: context::grpc_timeout(&metadata).map(|t| Instant::now() + t),
         });
@@ -127,7 +112,6 @@ async fn pump(
 async fn create(feed: &Feed, index: u64, item: Item) -> Answer {
     use stream_create_script_device_states_response::Result as Outcome;
     let c = Create {
-        rpc: "StreamCreateScriptDeviceStates",
         fingerprint: fingerprint(&item, &item.request_id),
         parent: DeviceStateParent::parse(&item.parent),
         resource: item.script_device_state.clone(),
@@ -138,12 +122,9 @@ async fn create(feed: &Feed, index: u64, item: Item) -> Answer {
     let work = feed.api.create(&feed.metadata, c);
     let result = match feed.deadline {
         None => work.await,
-        Some(d) => tokio::time::timeout_at(d, work).await.unwrap_or_else(|_| {
-            Err(status::from_graph(
-                GraphError::Timeout,
-                feed.api.graph.host(),
-            ))
-        }),
+        Some(d) => tokio::time::timeout_at(d, work)
+            .await
+            .unwrap_or_else(|_| Err(feed.api.deadline_exceeded())),
     };
     Answer {
         index,

@@ -16,7 +16,6 @@ impl RunStateApi {
     ) -> Result<Response<pb::ScriptUserState>, Status> {
         let (metadata, _, req) = request.into_parts();
         let create = Create {
-            rpc: "CreateScriptUserState",
             fingerprint: fingerprint(&req, &req.request_id),
             parent: ScriptName::parse(&req.parent),
             resource: req.script_user_state,

@@ -35,7 +35,7 @@ use tokio::{
 };
 use tonic::service::Routes;
 
-pub use io::{BoxIo, Io};
+pub use io::BoxIo;
 
 use crate::metrics as m;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 
-use super::GraphError;
+use crate::graph::GraphError;
 
 /// How many times and how patiently to retry.
 #[derive(Debug, Clone, Copy)]
@@ -42,14 +42,14 @@ impl Default for RetryPolicy {
 
 /// Why a retry is needed, when it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Retry {
+pub(crate) enum Retry {
     /// The request was not applied (429, 503, or no connection), or it is
     /// idempotent.
     Safe(Duration),
 }
 
 /// Whether a failed POST may have been applied.
-pub(super) fn ambiguous(error: &GraphError) -> bool {
+pub(crate) fn ambiguous(error: &GraphError) -> bool {
     match error {
         GraphError::Status(e) => e.status == StatusCode::GATEWAY_TIMEOUT,
         GraphError::Unavailable { maybe_sent, .. } => *maybe_sent,
@@ -60,7 +60,7 @@ pub(super) fn ambiguous(error: &GraphError) -> bool {
 
 impl RetryPolicy {
     /// Whether and when to retry after `error` on attempt `attempt` (0-based).
-    pub(super) fn decide(
+    pub(crate) fn decide(
         &self,
         attempt: u32,
         method: &Method,
@@ -71,7 +71,7 @@ impl RetryPolicy {
         }
         let idempotent = *method != Method::POST;
         let backoff = self.backoff(attempt);
-        let throttled = |e: &super::StatusError| {
+        let throttled = |e: &crate::graph::StatusError| {
             matches!(
                 e.status,
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

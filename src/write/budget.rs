@@ -330,10 +330,6 @@ impl WriteBudget {
         }
     }
 
-    pub fn spec(&self) -> BudgetSpec {
-        self.spec
-    }
-
     fn span(&self) -> Duration {
         self.spec.window + margin(self.spec.window)
     }

@@ -1,0 +1,308 @@
+//! The one send loop: every Graph request, alone or carried in a `$batch`,
+//! is sent, retried and budgeted here.
+//!
+//! - Each write takes a budget permit before it is sent and holds it until
+//!   its answer is back (a `$batch` takes one per write item).
+//! - Each request keeps its own attempt count, and [`RetryPolicy::decide`]
+//!   decides for it, whether it went alone or inside a `$batch`.
+//! - A 429 anywhere (a request, a `$batch`, an item inside one) pauses every
+//!   write of the tenant for its `Retry-After`.
+//! - A request never sent before the deadline ends as
+//!   [`GraphError::Unsent`]: only requests that left the gateway can have an
+//!   unknown outcome.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use http::{Method, StatusCode};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::{Engine, retry::Retry};
+use crate::graph::{BatchItem, Call, GraphError, MAX_BATCH, Raw};
+use crate::metrics as m;
+use crate::state::identity;
+
+/// One Graph request: `method` on `path` (relative to `/deviceManagement/`).
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub method: Method,
+    pub path: String,
+    pub body: Option<Bytes>,
+}
+
+impl Request {
+    pub fn get(path: String) -> Self {
+        Self {
+            method: Method::GET,
+            path,
+            body: None,
+        }
+    }
+
+    fn is_write(&self) -> bool {
+        self.method != Method::GET && self.method != Method::HEAD
+    }
+}
+
+/// How requests travel: each alone, or in `$batch` envelopes of up to 20.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    Alone,
+    Batch,
+}
+
+/// What became of one request: its last answer, and whether any attempt
+/// left the gateway.
+#[derive(Debug)]
+pub(crate) struct Sent {
+    pub result: Result<Raw, GraphError>,
+    pub sent: bool,
+}
+
+impl Engine {
+    /// Sends one request, retrying per the policy within the deadline.
+    pub(crate) async fn send(&self, request: Request, call: &Call<'_>) -> Sent {
+        let mut out = self.send_all(vec![request], Via::Alone, call).await;
+        out.pop().unwrap_or(Sent {
+            result: Err(GraphError::Unsent),
+            sent: false,
+        })
+    }
+
+    /// Sends every request, retrying each per the policy within the
+    /// deadline; answers in the requests' order.
+    pub(crate) async fn send_all(
+        &self,
+        requests: Vec<Request>,
+        via: Via,
+        call: &Call<'_>,
+    ) -> Vec<Sent> {
+        let n = requests.len();
+        let mut attempts = vec![0u32; n];
+        let mut sent = vec![false; n];
+        let mut out: Vec<Option<Result<Raw, GraphError>>> = (0..n).map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..n).collect();
+        let tenant = self
+            .budget
+            .as_ref()
+            .map(|_| identity::tenant(call.authorization));
+        while !pending.is_empty() {
+            let groups: Vec<Vec<usize>> = match via {
+                Via::Alone => pending.iter().map(|&i| vec![i]).collect(),
+                Via::Batch => pending.chunks(MAX_BATCH).map(<[usize]>::to_vec).collect(),
+            };
+            let requests = &requests;
+            let attempts_now = &attempts;
+            let tenant = tenant.as_deref();
+            let answers: Vec<(usize, Result<Raw, GraphError>, bool)> = if groups.len() == 1 {
+                let group = groups.into_iter().next().unwrap_or_default();
+                self.exchange(requests, group, via, attempts_now, tenant, call)
+                    .await
+            } else {
+                stream::iter(groups)
+                    .map(|group| self.exchange(requests, group, via, attempts_now, tenant, call))
+                    .buffer_unordered(self.batch_concurrency)
+                    .flat_map(stream::iter)
+                    .collect()
+                    .await
+            };
+            let mut again = Vec::new();
+            let mut wait = Duration::ZERO;
+            for (i, result, left) in answers {
+                sent[i] |= left;
+                let error = match result {
+                    Ok(raw) => {
+                        out[i] = Some(Ok(raw));
+                        continue;
+                    }
+                    Err(e) => e,
+                };
+                let method = &requests[i].method;
+                let delay = match self.retry.decide(attempts[i], method, &error) {
+                    Some(Retry::Safe(d)) => d,
+                    None => {
+                        out[i] = Some(Err(error));
+                        continue;
+                    }
+                };
+                if let (Some(tenant), GraphError::Status(e)) = (tenant, &error)
+                    && e.status == StatusCode::TOO_MANY_REQUESTS
+                {
+                    self.pause(tenant, delay).await;
+                }
+                if Instant::now() + delay >= call.deadline {
+                    out[i] = Some(Err(error));
+                    continue;
+                }
+                log_retry(method, &requests[i].path, attempts[i], delay, &error);
+                attempts[i] += 1;
+                wait = wait.max(delay);
+                again.push(i);
+            }
+            if !again.is_empty() {
+                tokio::time::sleep(wait).await;
+            }
+            again.sort_unstable();
+            pending = again;
+        }
+        out.into_iter()
+            .zip(sent)
+            .map(|(result, sent)| Sent {
+                result: result.unwrap_or(Err(GraphError::Unsent)),
+                sent,
+            })
+            .collect()
+    }
+
+    /// Sends one group once: alone, or as one `$batch`. Its writes hold
+    /// budget permits until the answer is back. Each answer says whether
+    /// the request left the gateway.
+    async fn exchange(
+        &self,
+        requests: &[Request],
+        group: Vec<usize>,
+        via: Via,
+        attempts: &[u32],
+        tenant: Option<&str>,
+        call: &Call<'_>,
+    ) -> Vec<(usize, Result<Raw, GraphError>, bool)> {
+        let all = |group: Vec<usize>, e: &dyn Fn() -> GraphError, left: bool| {
+            group.into_iter().map(|i| (i, Err(e()), left)).collect()
+        };
+        let writes = group.iter().filter(|&&i| requests[i].is_write()).count();
+        let mut permits = Vec::with_capacity(writes);
+        if let (Some(budget), Some(tenant)) = (&self.budget, tenant) {
+            for _ in 0..writes {
+                match budget.acquire(tenant, call.deadline).await {
+                    Ok(p) => permits.push(p),
+                    Err(retry_after) => {
+                        return all(group, &|| GraphError::WriteBudget { retry_after }, false);
+                    }
+                }
+            }
+        }
+        if Instant::now() >= call.deadline {
+            return all(group, &|| GraphError::Unsent, false);
+        }
+        let answers = if via == Via::Alone {
+            let i = group[0];
+            let r = &requests[i];
+            let result = self
+                .graph
+                .send_once(&r.method, &r.path, r.body.clone(), call, attempts[i])
+                .await;
+            vec![(i, left_the_gateway(&result), result)]
+        } else {
+            self.batch(requests, &group, attempts, call).await
+        };
+        drop(permits);
+        answers
+            .into_iter()
+            .map(|(i, left, result)| (i, result, left))
+            .collect()
+    }
+
+    /// One `$batch` of the group's requests; an envelope failure is each
+    /// item's failure.
+    async fn batch(
+        &self,
+        requests: &[Request],
+        group: &[usize],
+        attempts: &[u32],
+        call: &Call<'_>,
+    ) -> Vec<(usize, bool, Result<Raw, GraphError>)> {
+        let bodies: Vec<Option<&RawValue>> = group
+            .iter()
+            .map(|&i| {
+                requests[i]
+                    .body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+            })
+            .collect();
+        let items: Vec<BatchItem> = group
+            .iter()
+            .zip(&bodies)
+            .map(|(&i, body)| {
+                let r = &requests[i];
+                BatchItem::new(i.to_string(), &r.method, &r.path, *body)
+            })
+            .collect();
+        let attempt = group.iter().map(|&i| attempts[i]).max().unwrap_or(0);
+        match self.graph.batch_once(&items, call, attempt).await {
+            Ok(answers) => group
+                .iter()
+                .zip(items.iter().zip(answers))
+                .map(|(&i, (item, answer))| {
+                    let client_request_id = item
+                        .headers
+                        .get("client-request-id")
+                        .cloned()
+                        .unwrap_or_default();
+                    let result = match answer {
+                        Some(a) => a.into_result(self.graph.host(), client_request_id),
+                        None => Err(GraphError::Unavailable {
+                            message: "Graph's $batch answer left this request out".into(),
+                            maybe_sent: true,
+                        }),
+                    };
+                    (i, true, result)
+                })
+                .collect(),
+            Err(e) => {
+                let left = left_the_gateway::<Raw>(&Err(e.clone()));
+                group.iter().map(|&i| (i, left, Err(e.clone()))).collect()
+            }
+        }
+    }
+
+    /// Holds every write of `tenant` for `delay` (Graph throttled).
+    pub(crate) async fn pause(&self, tenant: &str, delay: Duration) {
+        if let Some(budget) = &self.budget {
+            budget.pause(tenant, delay).await;
+        }
+    }
+}
+
+/// Whether a request's attempt left the gateway: anything but a connection
+/// that was never made.
+fn left_the_gateway<T>(result: &Result<T, GraphError>) -> bool {
+    !matches!(
+        result,
+        Err(GraphError::Unavailable {
+            maybe_sent: false,
+            ..
+        } | GraphError::Unsent
+            | GraphError::BodyTooLarge { .. }
+            | GraphError::WriteBudget { .. })
+    )
+}
+
+fn log_retry(method: &Method, path: &str, attempt: u32, delay: Duration, error: &GraphError) {
+    let reason = retry_reason(error);
+    let route = m::route_template(path);
+    metrics::counter!(m::GRAPH_RETRIES, "reason" => reason).increment(1);
+    if reason == "throttled" {
+        metrics::histogram!(m::GRAPH_THROTTLE_WAIT).record(delay.as_secs_f64());
+        tracing::warn!(%method, route, attempt, delay_ms = delay.as_millis() as u64, error = %error, "Graph throttled the request; retrying");
+    } else {
+        tracing::info!(%method, route, attempt, delay_ms = delay.as_millis() as u64, reason, error = %error, "retrying Graph call");
+    }
+}
+
+/// The `reason` label of a retry.
+fn retry_reason(error: &GraphError) -> &'static str {
+    match error {
+        GraphError::Status(e) if e.status == StatusCode::TOO_MANY_REQUESTS => "throttled",
+        GraphError::Status(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        GraphError::Status(e) if e.status == StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+        GraphError::Status(_) => "status",
+        GraphError::Unavailable {
+            maybe_sent: false, ..
+        } => "connect",
+        GraphError::Unavailable { .. } => "connection_lost",
+        _ => "other",
+    }
+}
