@@ -7,6 +7,7 @@ mod bulk;
 mod cli;
 mod compliance_states;
 mod device_states;
+mod engine;
 mod errors;
 mod healthcheck;
 mod helpers;
