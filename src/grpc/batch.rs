@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use prost::Message;
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic::{Status, metadata::MetadataMap};
 
 use super::{
     RunStateApi,
@@ -18,10 +18,9 @@ use super::{
 use crate::convert::{
     FieldViolation,
     mask::Selection,
-    names::{ComplianceScriptName, DeviceStateParent, Id, Parent},
+    names::{Id, Parent},
     resources::Resource,
 };
-use crate::pb;
 use crate::write::{NewState, Via};
 
 /// Most creates in one Batch request.
@@ -84,25 +83,33 @@ pub(super) fn rpc_status(s: &Status) -> tonic_types::pb::Status {
     out
 }
 
+/// The fields of one Batch item the gateway reads.
+pub(super) struct ItemFields<'a, R> {
+    pub parent: &'a mut String,
+    pub request_id: &'a str,
+    pub id: &'a str,
+    pub resource: &'a mut Option<R>,
+}
+
 /// Each item's fingerprint as the single create of it would compute (its
 /// parent filled in from the batch's), so the two replay each other.
-fn item_prints<M: prost::Message + Clone>(
+fn item_prints<M: Message + Clone, R>(
     common: &str,
     items: &[M],
-    fields: fn(&mut M) -> (&mut String, &String),
+    fields: fn(&mut M) -> ItemFields<'_, R>,
 ) -> Vec<u64> {
     items
         .iter()
         .map(|item| {
             let mut own = item.clone();
-            let (parent, request_id) = fields(&mut own);
-            if request_id.is_empty() {
+            let f = fields(&mut own);
+            if f.request_id.is_empty() {
                 return 0;
             }
-            if parent.is_empty() {
-                common.clone_into(parent);
+            let request_id = f.request_id.to_owned();
+            if f.parent.is_empty() {
+                common.clone_into(f.parent);
             }
-            let request_id = request_id.clone();
             fingerprint(&own, &request_id)
         })
         .collect()
@@ -189,14 +196,42 @@ impl RunStateApi {
         Ok(prepared)
     }
 
-    /// Creates every item through `$batch`; results in item order.
-    async fn batch_create<R: Resource>(
+    /// A Batch RPC: validates every item (nothing is sent while one is
+    /// malformed), then creates them through `$batch`; results in item order.
+    pub(super) async fn batch_create<P: Parent, R: Resource, M: Message + Clone>(
         &self,
-        metadata: &MetadataMap,
-        items: Vec<NewState<R>>,
+        metadata: MetadataMap,
+        common: &str,
+        mut requests: Vec<M>,
+        parse: fn(&str) -> Result<P, String>,
+        fields: fn(&mut M) -> ItemFields<'_, R>,
+        id_field: &'static str,
     ) -> Result<Vec<Result<R, Status>>, Status> {
-        let authorization = self.authorize(metadata).await?;
-        let deadline = self.deadline(metadata);
+        let prints = item_prints(common, &requests, fields);
+        let resources: Vec<Option<R>> = requests
+            .iter_mut()
+            .map(|r| fields(r).resource.take())
+            .collect();
+        let creates =
+            requests
+                .iter_mut()
+                .zip(resources)
+                .zip(prints)
+                .map(|((r, resource), fingerprint)| {
+                    let f = fields(r);
+                    let parent: &str = f.parent;
+                    Create {
+                        parent: item_parent(common, parent).and_then(parse),
+                        resource,
+                        id_field,
+                        id: f.id,
+                        request_id: f.request_id,
+                        fingerprint,
+                    }
+                });
+        let items = self.prepare_batch(common, parse, creates)?;
+        let authorization = self.authorize(&metadata).await?;
+        let deadline = self.deadline(&metadata);
         let results = self
             .engine
             .create(items, Via::Batch, &authorization, deadline)
@@ -209,93 +244,5 @@ impl RunStateApi {
                     .map_err(|e| self.create_status(e, &format!("requests[{i}].request_id")))
             })
             .collect())
-    }
-
-    pub(super) async fn batch_create_device_states(
-        &self,
-        request: Request<pb::BatchCreateScriptDeviceStatesRequest>,
-    ) -> Result<Response<pb::BatchCreateScriptDeviceStatesResponse>, Status> {
-        let (metadata, _, mut req) = request.into_parts();
-        let prints = item_prints(&req.parent, &req.requests, |r| {
-            (&mut r.parent, &r.request_id)
-        });
-        let resources: Vec<_> = req
-            .requests
-            .iter_mut()
-            .map(|r| r.script_device_state.take())
-            .collect();
-        let common = req.parent.as_str();
-        let creates =
-            req.requests
-                .iter()
-                .zip(resources)
-                .zip(prints)
-                .map(|((r, resource), fingerprint)| Create {
-                    parent: item_parent(common, &r.parent).and_then(DeviceStateParent::parse),
-                    resource,
-                    id_field: "script_device_state_id",
-                    id: &r.script_device_state_id,
-                    request_id: &r.request_id,
-                    fingerprint,
-                });
-        let prepared = self.prepare_batch(common, DeviceStateParent::parse, creates)?;
-        let results = self.batch_create(&metadata, prepared).await?;
-        use pb::script_device_state_result::Result as Item;
-        Ok(Response::new(pb::BatchCreateScriptDeviceStatesResponse {
-            results: results
-                .into_iter()
-                .map(|r| pb::ScriptDeviceStateResult {
-                    result: Some(match r {
-                        Ok(state) => Item::ScriptDeviceState(state),
-                        Err(s) => Item::Status(rpc_status(&s)),
-                    }),
-                })
-                .collect(),
-        }))
-    }
-
-    pub(super) async fn batch_create_compliance_states(
-        &self,
-        request: Request<pb::BatchCreateComplianceScriptDeviceStatesRequest>,
-    ) -> Result<Response<pb::BatchCreateComplianceScriptDeviceStatesResponse>, Status> {
-        let (metadata, _, mut req) = request.into_parts();
-        let prints = item_prints(&req.parent, &req.requests, |r| {
-            (&mut r.parent, &r.request_id)
-        });
-        let resources: Vec<_> = req
-            .requests
-            .iter_mut()
-            .map(|r| r.compliance_script_device_state.take())
-            .collect();
-        let common = req.parent.as_str();
-        let creates =
-            req.requests
-                .iter()
-                .zip(resources)
-                .zip(prints)
-                .map(|((r, resource), fingerprint)| Create {
-                    parent: item_parent(common, &r.parent).and_then(ComplianceScriptName::parse),
-                    resource,
-                    id_field: "compliance_script_device_state_id",
-                    id: &r.compliance_script_device_state_id,
-                    request_id: &r.request_id,
-                    fingerprint,
-                });
-        let prepared = self.prepare_batch(common, ComplianceScriptName::parse, creates)?;
-        let results = self.batch_create(&metadata, prepared).await?;
-        use pb::compliance_script_device_state_result::Result as Item;
-        Ok(Response::new(
-            pb::BatchCreateComplianceScriptDeviceStatesResponse {
-                results: results
-                    .into_iter()
-                    .map(|r| pb::ComplianceScriptDeviceStateResult {
-                        result: Some(match r {
-                            Ok(state) => Item::ComplianceScriptDeviceState(state),
-                            Err(s) => Item::Status(rpc_status(&s)),
-                        }),
-                    })
-                    .collect(),
-            },
-        ))
     }
 }

@@ -2,19 +2,15 @@
 
 use http::StatusCode;
 use tokio::time::timeout_at;
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic::{Response, Status, metadata::MetadataMap};
 
 use super::{RunStateApi, ops::respond, status};
-use crate::convert::{
-    FieldViolation,
-    names::{ComplianceStateName, DeviceStateName, ResourcePath, UserStateName},
-};
+use crate::convert::{FieldViolation, names::ResourcePath};
 use crate::graph::{Call, GraphError};
-use crate::pb;
 
 impl RunStateApi {
     /// DELETE `{name}`; with `allow_missing`, a missing state is OK.
-    async fn delete<N: ResourcePath>(
+    pub(super) async fn delete<N: ResourcePath>(
         &self,
         metadata: &MetadataMap,
         name: &str,
@@ -41,47 +37,5 @@ impl RunStateApi {
         })
         .await
         .unwrap_or_else(|_| Err(self.deadline_exceeded()))
-    }
-
-    pub(super) async fn delete_user_state(
-        &self,
-        request: Request<pb::DeleteScriptUserStateRequest>,
-    ) -> Result<Response<()>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        self.delete(
-            &metadata,
-            &req.name,
-            UserStateName::parse,
-            req.allow_missing,
-        )
-        .await
-    }
-
-    pub(super) async fn delete_device_state(
-        &self,
-        request: Request<pb::DeleteScriptDeviceStateRequest>,
-    ) -> Result<Response<()>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        self.delete(
-            &metadata,
-            &req.name,
-            DeviceStateName::parse,
-            req.allow_missing,
-        )
-        .await
-    }
-
-    pub(super) async fn delete_compliance_state(
-        &self,
-        request: Request<pb::DeleteComplianceScriptDeviceStateRequest>,
-    ) -> Result<Response<()>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        self.delete(
-            &metadata,
-            &req.name,
-            ComplianceStateName::parse,
-            req.allow_missing,
-        )
-        .await
     }
 }

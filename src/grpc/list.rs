@@ -3,28 +3,28 @@
 
 use prost_types::FieldMask;
 use tokio::time::timeout_at;
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic::{Status, metadata::MetadataMap};
 
-use super::{RunStateApi, ops::respond, status};
+use super::{RunStateApi, status};
 use crate::convert::{
     FieldViolation,
-    names::{ComplianceScriptName, DeviceStateParent, Id, Parent, ScriptName},
+    names::{Id, Parent},
     page_token::Binding,
     query::{self, Filterable},
     resources::Resource,
 };
 use crate::graph::Call;
-use crate::pb;
 
 /// The fields of a list request, before validation.
-struct List<'a, P> {
-    rpc: &'static str,
-    parent: Result<P, String>,
-    page_size: i32,
-    page_token: &'a str,
-    filter: &'a str,
-    filterable: Filterable,
-    read_mask: Option<&'a FieldMask>,
+pub(super) struct List<'a, P> {
+    /// Names the RPC a page token is bound to.
+    pub rpc: &'static str,
+    pub parent: Result<P, String>,
+    pub page_size: i32,
+    pub page_token: &'a str,
+    pub filter: &'a str,
+    pub filterable: Filterable,
+    pub read_mask: Option<&'a FieldMask>,
 }
 
 /// Records a violation on `field` when `result` is an error.
@@ -39,14 +39,14 @@ pub(super) fn check<T>(
 }
 
 /// A page: the resources and the token of the next page (empty at the end).
-struct Listed<R> {
-    items: Vec<R>,
-    next_page_token: String,
-    graph_request_id: Option<String>,
+pub(super) struct Listed<R> {
+    pub items: Vec<R>,
+    pub next_page_token: String,
+    pub graph_request_id: Option<String>,
 }
 
 impl RunStateApi {
-    async fn list<P: Parent, R: Resource>(
+    pub(super) async fn list<P: Parent, R: Resource>(
         &self,
         metadata: &MetadataMap,
         l: List<'_, P>,
@@ -116,86 +116,5 @@ impl RunStateApi {
         })
         .await
         .unwrap_or_else(|_| Err(self.deadline_exceeded()))
-    }
-
-    pub(super) async fn list_user_states(
-        &self,
-        request: Request<pb::ListScriptUserStatesRequest>,
-    ) -> Result<Response<pb::ListScriptUserStatesResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        let l = List {
-            rpc: "ListScriptUserStates",
-            parent: ScriptName::parse(&req.parent),
-            page_size: req.page_size,
-            page_token: &req.page_token,
-            filter: &req.filter,
-            filterable: Filterable::Text {
-                proto: "user_principal_name",
-                graph: "userPrincipalName",
-            },
-            read_mask: req.read_mask.as_ref(),
-        };
-        let page = self.list(&metadata, l).await?;
-        Ok(respond(
-            pb::ListScriptUserStatesResponse {
-                script_user_states: page.items,
-                next_page_token: page.next_page_token,
-            },
-            page.graph_request_id,
-        ))
-    }
-
-    pub(super) async fn list_device_states(
-        &self,
-        request: Request<pb::ListScriptDeviceStatesRequest>,
-    ) -> Result<Response<pb::ListScriptDeviceStatesResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        let l = List {
-            rpc: "ListScriptDeviceStates",
-            parent: DeviceStateParent::parse(&req.parent),
-            page_size: req.page_size,
-            page_token: &req.page_token,
-            filter: &req.filter,
-            filterable: Filterable::RunState {
-                proto: "run_state",
-                graph: "runState",
-            },
-            read_mask: req.read_mask.as_ref(),
-        };
-        let page = self.list(&metadata, l).await?;
-        Ok(respond(
-            pb::ListScriptDeviceStatesResponse {
-                script_device_states: page.items,
-                next_page_token: page.next_page_token,
-            },
-            page.graph_request_id,
-        ))
-    }
-
-    pub(super) async fn list_compliance_states(
-        &self,
-        request: Request<pb::ListComplianceScriptDeviceStatesRequest>,
-    ) -> Result<Response<pb::ListComplianceScriptDeviceStatesResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        let l = List {
-            rpc: "ListComplianceScriptDeviceStates",
-            parent: ComplianceScriptName::parse(&req.parent),
-            page_size: req.page_size,
-            page_token: &req.page_token,
-            filter: &req.filter,
-            filterable: Filterable::RunState {
-                proto: "detection_state",
-                graph: "detectionState",
-            },
-            read_mask: req.read_mask.as_ref(),
-        };
-        let page = self.list(&metadata, l).await?;
-        Ok(respond(
-            pb::ListComplianceScriptDeviceStatesResponse {
-                compliance_script_device_states: page.items,
-                next_page_token: page.next_page_token,
-            },
-            page.graph_request_id,
-        ))
     }
 }
