@@ -136,6 +136,13 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Log lines queued for stderr at most (16-1000000). When whatever reads stderr falls
+    /// behind and the queue is full, new lines are dropped and counted
+    /// (runstate_log_lines_dropped_total): calls never wait for the log.
+    #[arg(long, env = "RUNSTATE_LOG_BUFFER_LINES", default_value_t = crate::telemetry::DEFAULT_BUFFER_LINES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
+    pub log_buffer_lines: usize,
+
     /// Secret that keys the List RPCs' page tokens (HMAC-SHA256). Give every
     /// replica behind one load balancer the same one; when unset, a random
     /// per-process key is used and tokens die with the process.
@@ -383,6 +390,19 @@ pub struct EmulatorArgs {
     /// line) for log collectors; RUST_LOG chooses what is logged.
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// A configuration the gateway refuses to start with. The process exits 2,
+/// as for a flag clap refuses, printing this one-line message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+impl Refusal {
+    /// Wraps a refusal message as an error for startup to return.
+    pub fn error(message: impl Into<String>) -> anyhow::Error {
+        Refusal(message.into()).into()
+    }
 }
 
 /// Format of the log lines.
