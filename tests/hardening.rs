@@ -417,7 +417,10 @@ async fn broken_framing_gets_invalid_argument_with_plain_messages() {
         ..Default::default()
     }
     .encode_to_vec();
-    let cases: Vec<(&str, &str, Option<&str>, Bytes, Code, &str)> = vec![
+    /// What is sent, on which RPC, with which `grpc-encoding`, and the
+    /// code and text expected.
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Bytes, Code, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "a prefix shorter than the message",
             unary,

@@ -130,12 +130,8 @@ impl StatusError {
     /// not known to send, which says nothing either way. 500, 502 and 503
     /// say the request failed; 501 and 507 that it was refused.
     pub fn leaves_outcome_unknown(&self) -> bool {
-        match self.status.as_u16() {
-            504 => true,
-            500..=503 | 507 => false,
-            500..=599 => true,
-            _ => false,
-        }
+        let status = self.status.as_u16();
+        status / 100 == 5 && !matches!(status, 500..=503 | 507)
     }
 }
 

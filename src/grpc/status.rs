@@ -50,9 +50,11 @@ pub fn code_for(status: StatusCode, method: &Method) -> Code {
         502..=504 => Code::Unavailable,
         // Insufficient storage: Graph has no room for what was sent.
         507 => Code::ResourceExhausted,
-        400..=499 => Code::FailedPrecondition,
-        500..=599 => Code::Unavailable,
-        _ => Code::Unknown,
+        n => match n / 100 {
+            4 => Code::FailedPrecondition,
+            5 => Code::Unavailable,
+            _ => Code::Unknown,
+        },
     }
 }
 

@@ -85,7 +85,8 @@ async fn an_invalid_worker_thread_count_fails_startup_naming_it() {
 async fn refused_configurations_exit_2_with_one_line_and_no_backtrace() {
     // No log lines: stderr holds only what the refusal prints.
     let backtrace = [("RUST_BACKTRACE", "1"), ("RUST_LOG", "off")];
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (
             &["--listen", "0.0.0.0:0", "--emulator"],
             &backtrace,
