@@ -120,8 +120,9 @@ pub struct ServeArgs {
     )]
     pub max_request_bytes: usize,
 
-    /// Largest number of RPCs in flight at once, from 1 to 1000000; calls beyond it are
-    /// refused at once with RESOURCE_EXHAUSTED rather than queued.
+    /// Largest number of RPCs in flight at once, from 1 to 1000000 (a streaming call counts
+    /// until it ends); calls beyond it are refused at once with RESOURCE_EXHAUSTED rather
+    /// than queued.
     #[arg(
         long,
         env = "RUNSTATE_MAX_CONCURRENT_REQUESTS",
