@@ -29,6 +29,7 @@ pub fn router(metrics: Option<PrometheusHandle>, state: Arc<server::State>) -> R
 }
 
 async fn render(State(admin): State<Admin>) -> impl IntoResponse {
+    crate::metrics::refresh();
     match &admin.metrics {
         Some(handle) => (
             StatusCode::OK,

@@ -120,8 +120,9 @@ pub struct ServeArgs {
     )]
     pub max_request_bytes: usize,
 
-    /// Largest number of RPCs in flight at once, from 1 to 1000000; calls beyond it are
-    /// refused at once with RESOURCE_EXHAUSTED rather than queued.
+    /// Largest number of RPCs in flight at once, from 1 to 1000000 (a streaming call counts
+    /// until it ends); calls beyond it are refused at once with RESOURCE_EXHAUSTED rather
+    /// than queued.
     #[arg(
         long,
         env = "RUNSTATE_MAX_CONCURRENT_REQUESTS",
@@ -135,6 +136,13 @@ pub struct ServeArgs {
     /// line) for log collectors; RUST_LOG chooses what is logged.
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Log lines queued for stderr at most (16-1000000). When whatever reads stderr falls
+    /// behind and the queue is full, new lines are dropped and counted
+    /// (runstate_log_lines_dropped_total): calls never wait for the log.
+    #[arg(long, env = "RUNSTATE_LOG_BUFFER_LINES", default_value_t = crate::telemetry::DEFAULT_BUFFER_LINES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
+    pub log_buffer_lines: usize,
 
     /// Secret that keys the List RPCs' page tokens (HMAC-SHA256). Give every
     /// replica behind one load balancer the same one; when unset, a random
@@ -383,6 +391,19 @@ pub struct EmulatorArgs {
     /// line) for log collectors; RUST_LOG chooses what is logged.
     #[arg(long, env = "RUNSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// A configuration the gateway refuses to start with. The process exits 2,
+/// as for a flag clap refuses, printing this one-line message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+impl Refusal {
+    /// Wraps a refusal message as an error for startup to return.
+    pub fn error(message: impl Into<String>) -> anyhow::Error {
+        Refusal(message.into()).into()
+    }
 }
 
 /// Format of the log lines.

@@ -46,6 +46,8 @@ pub const WRITE_BUDGET_WAIT: &str = "runstate_write_budget_wait_seconds";
 pub const WRITE_BUDGET_REJECTED: &str = "runstate_write_budget_rejected_total";
 /// Failed calls to the shared state store, by `store`.
 pub const STATE_STORE_ERRORS: &str = "runstate_state_store_errors_total";
+/// Log lines dropped because stderr did not keep up.
+pub const LOG_LINES_DROPPED: &str = "runstate_log_lines_dropped_total";
 
 /// Latency buckets, in seconds: 1 ms to 60 s.
 const BUCKETS: &[f64] = &[
@@ -146,6 +148,55 @@ fn describe() {
         Unit::Seconds,
         "Token request latency."
     );
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stderr was not read fast enough (the queue to it was full)."
+    );
+}
+
+/// Brings the values kept outside the recorder up to date; run before each
+/// render.
+pub fn refresh() {
+    metrics::counter!(LOG_LINES_DROPPED).absolute(crate::telemetry::dropped_lines());
+}
+
+/// The `status` label of a Graph answer: the statuses Graph is known to
+/// send as themselves, any other by its class (`1xx`...`5xx`), `error` when
+/// there was no answer. A Graph (or proxy) answering arbitrary codes cannot
+/// grow the number of series.
+pub fn status_label(status: Option<StatusCode>) -> &'static str {
+    let Some(status) = status else {
+        return "error";
+    };
+    match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        409 => "409",
+        412 => "412",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        n => match n / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            5 => "5xx",
+            _ => "other",
+        },
+    }
 }
 
 /// A Graph path with its ids replaced: `deviceManagementScripts/{id}/userRunStates/{id}`.
@@ -180,14 +231,14 @@ pub fn route_template(path: &str) -> String {
 
 /// The counter and histogram of one Graph method, route and status.
 type GraphPair = (metrics::Counter, metrics::Histogram);
-/// The handles of one route, by method and status.
-type RouteHandles = Vec<(Method, Option<StatusCode>, GraphPair)>;
+/// The handles of one route, by method and status label.
+type RouteHandles = Vec<(Method, &'static str, GraphPair)>;
 
 /// Handles of the Graph request metrics, made once per method, route and
 /// status (None: no answer) and then reused: building the labels and
 /// looking them up in the recorder for every request cost ~6k instructions.
-/// Bounded as the labels are: routes are templates, methods and statuses
-/// come from the code and from HTTP.
+/// Bounded as the labels are: routes are templates, methods come from the
+/// code, statuses from [`status_label`].
 #[derive(Default)]
 pub struct GraphRequests {
     by_route: RwLock<HashMap<String, RouteHandles>>,
@@ -202,7 +253,8 @@ impl std::fmt::Debug for GraphRequests {
 impl GraphRequests {
     /// Counts one request and its latency.
     pub fn record(&self, method: &Method, route: &str, status: Option<StatusCode>, seconds: f64) {
-        let find = |list: &[(Method, Option<StatusCode>, GraphPair)]| {
+        let status = status_label(status);
+        let find = |list: &[(Method, &'static str, GraphPair)]| {
             list.iter()
                 .find(|(m, s, _)| m == method && *s == status)
                 .map(|(_, _, pair)| pair.clone())
@@ -221,10 +273,7 @@ impl GraphRequests {
                 let labels = [
                     ("method", method.as_str().to_owned()),
                     ("route", route.to_owned()),
-                    (
-                        "status",
-                        status.map_or_else(|| "error".to_owned(), |s| s.as_str().to_owned()),
-                    ),
+                    ("status", status.to_owned()),
                 ];
                 let pair = (
                     metrics::counter!(GRAPH_REQUESTS, &labels),
@@ -255,5 +304,20 @@ mod tests {
         );
         assert_eq!(route_template("evil\nname/x/y"), "other/{id}/y");
         assert!(route_template(&"a/b/".repeat(100)).split('/').count() <= 8);
+    }
+
+    #[test]
+    fn unknown_statuses_are_labelled_by_class() {
+        let label = |n: u16| status_label(Some(StatusCode::from_u16(n).unwrap()));
+        assert_eq!(label(201), "201");
+        assert_eq!(label(429), "429");
+        assert_eq!(label(504), "504");
+        assert_eq!(label(431), "4xx");
+        assert_eq!(label(599), "5xx");
+        assert_eq!(label(302), "3xx");
+        assert_eq!(label(999), "other");
+        assert_eq!(status_label(None), "error");
+        let labels: std::collections::HashSet<_> = (100..1000).map(label).collect();
+        assert!(labels.len() <= 25, "{labels:?}");
     }
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
-use crate::config::{EmulatorArgs, ServeArgs};
+use crate::config::{EmulatorArgs, Refusal, ServeArgs};
 use crate::emulator::{Emulator, RunningEmulator};
 use crate::graph::{GraphClient, Options};
 use crate::grpc::{RunStateApi, context};
@@ -41,7 +41,7 @@ impl Application {
         if args.cloud != crate::config::Cloud::Global && graph_url == DEFAULT_GRAPH_URL {
             graph_url = crate::auth::cloud_graph_url(args.cloud);
         }
-        crate::tls::check_plaintext(args).map_err(|e| anyhow::anyhow!(e))?;
+        crate::tls::check_plaintext(args).map_err(Refusal::error)?;
         let mut token = args.graph_token.clone();
         let mut h2c = args.graph_h2c;
         let emulator = if args.emulator {
@@ -75,17 +75,17 @@ impl Application {
         let redis = args
             .state_store
             .open()
-            .map_err(|e| anyhow::anyhow!("--state-store: {e}"))?;
+            .map_err(|e| Refusal::error(format!("--state-store: {e}")))?;
         let budget = args
             .write_budget
             .0
             .map(|spec| std::sync::Arc::new(WriteBudget::new(spec, redis.clone(), args.replicas)));
         let extra_roots = match &args.graph_ca_file {
-            Some(path) => crate::tls::read_ca_file(path).map_err(|e| anyhow::anyhow!(e))?,
+            Some(path) => crate::tls::read_ca_file(path).map_err(Refusal::error)?,
             None => Vec::new(),
         };
         let graph = GraphClient::with_roots(&graph_url, options, &extra_roots)
-            .map_err(|e| anyhow::anyhow!("--graph-url / --graph-connections: {e}"))?;
+            .map_err(|e| Refusal::error(format!("--graph-url / --graph-connections: {e}")))?;
         let records = std::sync::Arc::new(RequestIds::new(redis));
         let engine = write::Engine::new(graph, settings, budget, records);
         let auth = crate::auth::from_args(
@@ -97,12 +97,12 @@ impl Application {
             emulator.as_ref(),
             &extra_roots,
         )
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .map_err(Refusal::error)?;
         tracing::info!(mode = ?auth.mode(), "Graph tokens");
         let token = token
             .map(|t| context::bearer(t.expose()))
             .transpose()
-            .map_err(|_| anyhow::anyhow!("--graph-token: not a valid header value"))?;
+            .map_err(|_| Refusal::error("--graph-token: not a valid header value"))?;
         let mut api = RunStateApi::new(engine, token, args.request_timeout)
             .with_auth(auth)
             .with_stream_window(args.stream_max_in_flight as usize);
@@ -112,7 +112,7 @@ impl Application {
             ));
         }
 
-        let tls = crate::tls::TlsSource::from_args(args).map_err(|e| anyhow::anyhow!(e))?;
+        let tls = crate::tls::TlsSource::from_args(args).map_err(Refusal::error)?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -309,8 +309,10 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=1024).contains(n))
-            .with_context(|| {
-                format!("TOKIO_WORKER_THREADS={v:?}: use a number of threads, 1 to 1024")
+            .ok_or_else(|| {
+                Refusal::error(format!(
+                    "TOKIO_WORKER_THREADS={v:?}: use a number of threads, 1 to 1024"
+                ))
             })?,
         Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };

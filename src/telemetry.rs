@@ -3,14 +3,20 @@
 //! they live in sensitive header values and in `config::Secret`, whose `Debug`
 //! output is redacted.
 //!
+//! Lines reach stderr through a bounded queue drained by a thread of its
+//! own (tracing-appender's lossy non-blocking writer), so nothing serving a
+//! call waits on stderr: when the reader of stderr stalls and the queue is
+//! full, new lines are dropped and counted (`runstate_log_lines_dropped_total`).
+//!
 //! Text lines cannot be forged: every field value, the message included, is
 //! written with control characters escaped (`\n`, `\r`, `\u{1b}`...), so
 //! caller or Graph text (names, masks, error messages) stays on its line.
 //! JSON lines are escaped by the JSON encoder.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::OnceLock};
 
 use tracing::field::{Field, Visit};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{
     EnvFilter,
     field::{MakeVisitor, VisitFmt, VisitOutput},
@@ -18,18 +24,41 @@ use tracing_subscriber::{
     fmt::format::Writer,
 };
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, Refusal};
 
-/// Installs the global subscriber; a second call is a no-op. Fails when
-/// `RUST_LOG` is set but is not a valid filter.
-pub fn init(format: LogFormat) -> anyhow::Result<()> {
+/// Log lines queued for stderr at most, by default (`--log-buffer-lines`).
+pub const DEFAULT_BUFFER_LINES: usize = 4096;
+
+/// Lines dropped because the queue to stderr was full, once logging is set up.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Installs the global subscriber, writing through a queue of at most
+/// `buffer_lines` lines. Keep the guard for the life of the process: when
+/// dropped, it flushes the queue (waiting at most about a second).
+/// A second call installs nothing. Fails when `RUST_LOG` is set but is not
+/// a valid filter.
+pub fn init(format: LogFormat, buffer_lines: usize) -> anyhow::Result<WorkerGuard> {
     let filter = filter_from(std::env::var_os("RUST_LOG").as_deref())?;
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(buffer_lines.max(1))
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    let builder = fmt().with_env_filter(filter).with_writer(writer);
+    let installed = match format {
         LogFormat::Text => builder.fmt_fields(EscapedFields).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    Ok(())
+    if installed.is_ok() {
+        let _ = DROPPED.set(dropped);
+    }
+    Ok(guard)
+}
+
+/// Lines dropped so far because stderr did not keep up (0 before [`init`]).
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
 }
 
 /// The filter for a `RUST_LOG` value: `info` when unset or blank, an error
@@ -39,14 +68,14 @@ pub fn filter_from(rust_log: Option<&std::ffi::OsStr>) -> anyhow::Result<EnvFilt
         return Ok(EnvFilter::new("info"));
     };
     let Some(text) = value.to_str() else {
-        anyhow::bail!("RUST_LOG is not valid UTF-8");
+        return Err(Refusal::error("RUST_LOG is not valid UTF-8"));
     };
     if text.trim().is_empty() {
         return Ok(EnvFilter::new("info"));
     }
     EnvFilter::builder()
         .parse(text)
-        .map_err(|e| anyhow::anyhow!("RUST_LOG={text:?} is not a valid log filter: {e}"))
+        .map_err(|e| Refusal::error(format!("RUST_LOG={text:?} is not a valid log filter: {e}")))
 }
 
 /// Formats text-log fields as `name=value` with control characters escaped.

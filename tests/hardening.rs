@@ -391,3 +391,134 @@ async fn bodies_over_the_upstream_limit_are_refused_before_graph() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
+
+/// Broken gRPC framing: INVALID_ARGUMENT (UNIMPLEMENTED for compression)
+/// with a plain message, never INTERNAL or an internal type's name.
+#[tokio::test]
+async fn broken_framing_gets_invalid_argument_with_plain_messages() {
+    let gw = spawn(&[]);
+    let mut send = raw(gw.addr, 65_535).await;
+    let name = GetScriptDeviceStateRequest {
+        name: "deviceManagementScripts/s/deviceRunStates/d".into(),
+    }
+    .encode_to_vec();
+    let with_prefix = |flag: u8, length: u32, data: &[u8]| {
+        let mut b = BytesMut::new();
+        b.put_u8(flag);
+        b.put_u32(length);
+        b.put_slice(data);
+        b.freeze()
+    };
+    let unary = "GetScriptDeviceState";
+    let stream = "StreamCreateScriptDeviceStates";
+    let item = CreateScriptDeviceStateRequest {
+        parent: "deviceManagementScripts/s".into(),
+        script_device_state: Some(ScriptDeviceState::default()),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    /// What is sent, on which RPC, with which `grpc-encoding`, and the
+    /// code and text expected.
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Bytes, Code, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "a prefix shorter than the message",
+            unary,
+            None,
+            with_prefix(0, 5, &name),
+            Code::InvalidArgument,
+            "announces 5 bytes",
+        ),
+        (
+            "a prefix longer than the message",
+            unary,
+            None,
+            with_prefix(0, name.len() as u32 + 10, &name),
+            Code::InvalidArgument,
+            "announces",
+        ),
+        (
+            "a 3-byte prefix",
+            unary,
+            None,
+            Bytes::from_static(&[0, 0, 0]),
+            Code::InvalidArgument,
+            "cut short after 3 bytes",
+        ),
+        (
+            "the compressed flag without grpc-encoding",
+            unary,
+            None,
+            with_prefix(1, name.len() as u32, &name),
+            Code::InvalidArgument,
+            "marked compressed",
+        ),
+        (
+            "flag byte 7",
+            unary,
+            None,
+            with_prefix(7, name.len() as u32, &name),
+            Code::InvalidArgument,
+            "compression flag 7",
+        ),
+        (
+            "no message at all",
+            unary,
+            None,
+            Bytes::new(),
+            Code::InvalidArgument,
+            "holds no message",
+        ),
+        (
+            "an unsupported compression",
+            unary,
+            Some("gzip"),
+            with_prefix(1, name.len() as u32, &name),
+            Code::Unimplemented,
+            "uncompressed",
+        ),
+        (
+            "flag byte 7 in a stream",
+            stream,
+            None,
+            with_prefix(7, item.len() as u32, &item),
+            Code::InvalidArgument,
+            "compression flag 7",
+        ),
+        (
+            "a stream ending inside a message",
+            stream,
+            None,
+            with_prefix(0, item.len() as u32 + 10, &item),
+            Code::InvalidArgument,
+            "ended inside a message",
+        ),
+        (
+            "a stream message that is not protobuf",
+            stream,
+            None,
+            with_prefix(0, 3, &[0x0a, 0x09, b'x']),
+            Code::InvalidArgument,
+            "is not valid protobuf",
+        ),
+    ];
+    for (case, rpc, encoding, body, code, text) in cases {
+        send = send.ready().await.unwrap();
+        let mut request = grpc_request(gw.addr, rpc);
+        if let Some(encoding) = encoding {
+            request
+                .headers_mut()
+                .insert("grpc-encoding", encoding.parse().unwrap());
+        }
+        let (response, mut out) = send.send_request(request, false).unwrap();
+        out.send_data(body, true).unwrap();
+        let (got, message) = grpc_status(response, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{case}: no answer"));
+        assert_eq!(got, code as i32, "{case}: {message}");
+        assert!(message.contains(text), "{case}: {message}");
+        for internal in ["Request", "Protobuf", "protocol error", "Unexpected EOF"] {
+            assert!(!message.contains(internal), "{case}: {message}");
+        }
+    }
+}

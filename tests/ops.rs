@@ -471,3 +471,190 @@ async fn caller_and_graph_text_cannot_forge_text_log_lines() {
         "{lines:?}"
     );
 }
+
+/// A gateway whose stderr is a pipe that is read only until it listens,
+/// then never again (a log collector that stalled).
+struct Unread {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    /// Kept open and never read.
+    _stderr: std::io::BufReader<std::process::ChildStderr>,
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_unread() -> Unread {
+    use std::io::BufRead;
+    let program = std::env::var("RUNSTATE_TEST_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runstate-gateway").to_owned());
+    let mut child = Command::new(program)
+        .args(["--emulator", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+        // 600 creates are more than the default budget gives in 20 s.
+        .args(["--write-budget", "off"])
+        // Every call logs several lines; a small queue fills fast. (The
+        // variable, not the flag: a build without it still starts.)
+        .env("RUST_LOG", "debug")
+        .env("RUNSTATE_LOG_BUFFER_LINES", "64")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the gateway binary starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (mut addr, mut admin) = (None, None);
+    let mut line = String::new();
+    while addr.is_none() || admin.is_none() {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the gateway exited before listening"
+        );
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let found = v["addr"].as_str().and_then(|a| a.parse().ok());
+        let message = v["message"].as_str().unwrap_or_default();
+        if message.contains("runstate-gateway listening") {
+            addr = found;
+        } else if message.contains("admin endpoint listening") {
+            admin = found;
+        }
+    }
+    Unread {
+        child,
+        addr: addr.unwrap(),
+        admin: admin.unwrap(),
+        _stderr: stderr,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_drops_counted_lines_and_never_stalls_calls() {
+    const CALLS: usize = 600;
+    const TASKS: usize = 4;
+    let mut gw = spawn_unread();
+    let endpoint = format!("http://{}", gw.addr);
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move {
+                let mut c = RunStateServiceClient::connect(endpoint).await.unwrap();
+                let mut ok = 0;
+                for _ in 0..CALLS / TASKS {
+                    // A hang detector, not a speed check.
+                    let answer = tokio::time::timeout(
+                        Duration::from_secs(20),
+                        c.create_script_user_state(create()),
+                    )
+                    .await;
+                    match answer {
+                        Ok(Ok(_)) => ok += 1,
+                        Ok(Err(status)) => panic!("call {ok}: {status:?}"),
+                        Err(_) => panic!("call {ok} of this task got no answer in 20 s"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        answered += task.await.unwrap();
+    }
+    assert_eq!(answered, CALLS);
+
+    let text = reqwest::get(format!("http://{}/metrics", gw.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped = sample(&text, "runstate_log_lines_dropped_total").expect("the counter is served");
+    assert!(dropped > 0.0, "no line counted as dropped:\n{text}");
+
+    // Shutdown does not wait for the stalled stderr either.
+    let ok = Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_streaming_call_holds_its_concurrency_slot_until_it_ends() {
+    use runstate_gateway::pb::{ScriptDeviceState, StreamCreateScriptDeviceStatesRequest};
+    let gw = spawn(&[
+        "--max-concurrent-requests",
+        "2",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let item = || StreamCreateScriptDeviceStatesRequest {
+        parent: "deviceManagementScripts/s".into(),
+        script_device_state: Some(ScriptDeviceState::default()),
+        ..Default::default()
+    };
+    // Two streams, each past its first answer, then idle.
+    let mut feeds = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(item()).await.unwrap();
+        let mut stream = client(&gw)
+            .await
+            .stream_create_script_device_states(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().expect("the first answer");
+        assert!(first.result.is_some());
+        feeds.push(tx);
+        answers.push(stream);
+    }
+    let (_, text) = scrape(&gw, "/metrics").await;
+    assert_eq!(sample(&text, "runstate_rpc_in_flight"), Some(2.0), "{text}");
+    let get = || GetScriptUserStateRequest {
+        name: "deviceShellScripts/s/userRunStates/missing".into(),
+    };
+    let shed = client(&gw)
+        .await
+        .get_script_user_state(get())
+        .await
+        .unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    assert!(
+        shed.message().contains("--max-concurrent-requests"),
+        "{shed:?}"
+    );
+
+    // Ending the streams gives their slots back.
+    drop(feeds);
+    for mut stream in answers {
+        while stream.message().await.unwrap().is_some() {}
+    }
+    eventually("a free slot", async || {
+        let answer = client(&gw).await.get_script_user_state(get()).await;
+        answer.is_err_and(|s| s.code() == Code::NotFound)
+    })
+    .await;
+}

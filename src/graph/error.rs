@@ -130,6 +130,17 @@ impl StatusError {
     }
 }
 
+impl StatusError {
+    /// Whether this answer leaves it unknown whether a POST was applied: a
+    /// 504 (the answer was lost behind a gateway), or a server error Graph is
+    /// not known to send, which says nothing either way. 500, 502 and 503
+    /// say the request failed; 501 and 507 that it was refused.
+    pub fn leaves_outcome_unknown(&self) -> bool {
+        let status = self.status.as_u16();
+        status / 100 == 5 && !matches!(status, 500..=503 | 507)
+    }
+}
+
 /// Longest Graph message passed on (it becomes a gRPC header).
 const MAX_MESSAGE: usize = 2048;
 
@@ -219,6 +230,27 @@ mod tests {
         let e = read(400, &[], &body);
         assert!(e.message.len() <= MAX_MESSAGE + '…'.len_utf8());
         assert!(e.message.ends_with('…'));
+    }
+
+    #[test]
+    fn unknown_server_errors_leave_a_create_in_doubt() {
+        for (status, unknown) in [
+            (504, true),
+            (505, true),
+            (599, true),
+            (500, false),
+            (502, false),
+            (503, false),
+            (507, false),
+            (431, false),
+            (404, false),
+        ] {
+            assert_eq!(
+                read(status, &[], "").leaves_outcome_unknown(),
+                unknown,
+                "{status}"
+            );
+        }
     }
 
     #[test]

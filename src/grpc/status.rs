@@ -24,7 +24,14 @@ const UNSERVED_ROUTE: &str = "No method match route template";
 /// Suggested wait after a 429 that came without `Retry-After`.
 const DEFAULT_THROTTLE_DELAY: Duration = Duration::from_secs(2);
 
-/// The gRPC code for a Graph HTTP error status.
+/// The gRPC code for a Graph HTTP error status. Statuses Graph is known to
+/// send map one by one; any other maps by its class:
+/// - another 4xx is FAILED_PRECONDITION: the gateway checked the request's
+///   arguments before sending it, so Graph refuses it for a state of its own
+///   (gone, locked, a failed dependency...), which retrying will not change;
+/// - another 5xx is UNAVAILABLE (a create it leaves in doubt is
+///   OUTCOME_UNKNOWN before it gets here: see `StatusError::leaves_outcome_unknown`);
+/// - anything else (an unexpected 1xx or 3xx) is UNKNOWN.
 pub fn code_for(status: StatusCode, method: &Method) -> Code {
     match status.as_u16() {
         400 => Code::InvalidArgument,
@@ -36,12 +43,18 @@ pub fn code_for(status: StatusCode, method: &Method) -> Code {
         409 if *method == Method::POST => Code::AlreadyExists,
         409 => Code::Aborted,
         412 => Code::FailedPrecondition,
-        // Payload too large: the request's content is at fault.
-        413 => Code::InvalidArgument,
+        // Payload or headers too large: the request's content is at fault.
+        413 | 431 => Code::InvalidArgument,
         429 => Code::ResourceExhausted,
         500 => Code::Internal,
         502..=504 => Code::Unavailable,
-        _ => Code::Unknown,
+        // Insufficient storage: Graph has no room for what was sent.
+        507 => Code::ResourceExhausted,
+        n => match n / 100 {
+            4 => Code::FailedPrecondition,
+            5 => Code::Unavailable,
+            _ => Code::Unknown,
+        },
     }
 }
 
@@ -174,6 +187,11 @@ fn from_status_error(e: StatusError) -> Status {
             e.status.as_u16(),
             e.message
         )
+    } else if e.status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+        format!(
+            "Graph refused the request's headers as too large (HTTP 431); the largest header sent is authorization, the bearer token: {}",
+            e.message
+        )
     } else {
         e.message
     };
@@ -247,7 +265,13 @@ mod tests {
             (502, Code::Unavailable),
             (503, Code::Unavailable),
             (504, Code::Unavailable),
-            (418, Code::Unknown),
+            (431, Code::InvalidArgument),
+            (507, Code::ResourceExhausted),
+            (418, Code::FailedPrecondition),
+            (410, Code::FailedPrecondition),
+            (505, Code::Unavailable),
+            (599, Code::Unavailable),
+            (302, Code::Unknown),
         ];
         for (status, code) in table {
             assert_eq!(

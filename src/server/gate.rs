@@ -2,11 +2,13 @@
 //! that observes calls (metrics, the per-call log line).
 //!
 //! In order: refuse while draining or while the connection has too many
-//! unread response bytes; read the whole request message within
-//! `--request-read-timeout` and `--max-request-bytes`; check it decodes
-//! (a plain INVALID_ARGUMENT otherwise); take a `--max-concurrent-requests`
-//! permit or shed the call. Health and reflection skip the gate, so probes
-//! are answered under any load.
+//! unread response bytes; refuse compressed messages; read the whole request
+//! message within `--request-read-timeout` and `--max-request-bytes`; check
+//! its framing and that it decodes (a plain INVALID_ARGUMENT otherwise);
+//! take a `--max-concurrent-requests` slot or shed the call. A unary call
+//! gives its slot back when its handler answers, a streaming call when it
+//! ends. Health and reflection skip the gate, so probes are answered under
+//! any load.
 
 use std::{
     convert::Infallible,
@@ -29,10 +31,10 @@ use tokio::{sync::OwnedSemaphorePermit, time::timeout};
 use tonic::{Code, Status, body::Body, service::Routes};
 use tower::Service;
 
-use super::Shared;
-use crate::convert::FieldViolation;
+use super::{Shared, framing};
 use crate::graph::trace::Trace;
-use crate::grpc::status::{CLIENT_REQUEST_ID, invalid_argument};
+use crate::grpc::codec::malformed;
+use crate::grpc::status::CLIENT_REQUEST_ID;
 use crate::metrics as m;
 use crate::pb::{self, run_state_service_server::RunStateServiceServer};
 
@@ -120,29 +122,32 @@ impl Gate {
             Err(status) => status.into_http::<Body>(),
             // The service's own paths go to it straight, without the
             // router's matching and its layers of futures.
-            Ok((request, permit)) if ours => {
+            Ok(request) if ours => {
                 let answer = self.api.call(request);
                 let Ok(response) = trace.scope(answer).await;
-                drop(permit);
                 response
             }
             // Boxed: the router's future is large and rarely needed.
-            Ok((request, permit)) => {
+            Ok(request) => {
                 let answer = self.routes.call(request);
                 let Ok(response) = Box::pin(trace.scope(answer)).await;
-                drop(permit);
                 response
             }
         };
+        // A unary call is done once its handler answered; a streaming
+        // call keeps its slot until its response ends.
+        if !STREAMING.contains(&call.method) {
+            call.slot = None;
+        }
         Ok(Box::pin(call.respond(response)).await)
     }
 
-    /// Checks the call and reads its message; the permit is its slot.
+    /// Checks the call and reads its message; puts its slot in `call`.
     async fn admit(
         &self,
         request: Request<Incoming>,
         call: &mut Observed,
-    ) -> Result<(Request<Body>, OwnedSemaphorePermit), Status> {
+    ) -> Result<Request<Body>, Status> {
         let limits = &self.shared.limits;
         if self.shared.state.draining() {
             shed("draining");
@@ -158,12 +163,14 @@ impl Gate {
             )));
         }
         let (mut parts, body) = request.into_parts();
+        framing::check_encoding(&parts.headers)?;
         if STREAMING.contains(&call.method) {
             // A stream is a long feed: its messages are not read up front
-            // (tonic checks each against --max-request-bytes, and the handler
-            // applies backpressure), but it takes a concurrency slot.
-            let permit = self.permit()?;
-            return Ok((Request::from_parts(parts, Body::new(body)), permit));
+            // (their framing and size are checked as they pass, and the
+            // handler applies backpressure), but it takes a concurrency slot.
+            call.slot = Some(self.permit()?);
+            let body = framing::Checked::new(body, limits.max_request_bytes);
+            return Ok(Request::from_parts(parts, Body::new(body)));
         }
         let read = timeout(
             limits.request_read_timeout,
@@ -175,6 +182,10 @@ impl Gate {
                 limits.request_read_timeout.as_millis()
             ))
         })??;
+        // A path no RPC serves is answered UNIMPLEMENTED, whatever its body.
+        if call.rpc != RPCS.len() - 1 {
+            framing::check_unary(&message)?;
+        }
         call.resource = check_message(call.method, &message)?;
         // The handler measures the caller's deadline from when it starts:
         // take off the time spent reading the message.
@@ -193,11 +204,8 @@ impl Gate {
                 headers.insert("grpc-timeout", value);
             }
         }
-        let permit = self.permit()?;
-        Ok((
-            Request::from_parts(parts, Body::new(Full::new(message))),
-            permit,
-        ))
+        call.slot = Some(self.permit()?);
+        Ok(Request::from_parts(parts, Body::new(Full::new(message))))
     }
 
     /// A `--max-concurrent-requests` slot, or the call is shed.
@@ -344,13 +352,11 @@ impl RpcMetrics {
 }
 
 /// Decodes the message for its RPC; returns the resource it names (the
-/// parent of a create). Framing the gateway does not handle (compression,
-/// a short body) is left to tonic, which answers it.
+/// parent of a create). Its framing was checked before.
 fn check_message(rpc: &str, framed: &[u8]) -> Result<String, Status> {
-    if framed.len() < 5 || framed[0] != 0 {
+    let Some(b) = framed.get(5..) else {
         return Ok(String::new());
-    }
-    let b = &framed[5..];
+    };
     let decoded = match rpc {
         "CreateScriptUserState" => pb::CreateScriptUserStateRequest::decode(b).map(|m| m.parent),
         "CreateScriptDeviceState" => {
@@ -396,47 +402,6 @@ fn check_message(rpc: &str, framed: &[u8]) -> Result<String, Status> {
     decoded.map_err(|e| malformed(&e))
 }
 
-/// INVALID_ARGUMENT for a message that does not decode, naming the field
-/// (in proto terms) without the internal message type names.
-fn malformed(error: &prost::DecodeError) -> Status {
-    // prost writes "failed to decode Protobuf message: Inner.field: Outer.field: why".
-    let text = error.to_string();
-    let text = text
-        .strip_prefix("failed to decode Protobuf message: ")
-        .unwrap_or(&text);
-    let mut fields = Vec::new();
-    let mut why = text;
-    while let Some((head, rest)) = why.split_once(": ") {
-        match head.split_once('.') {
-            Some((message, field))
-                if !message.is_empty()
-                    && message
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                    && field
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-            {
-                fields.push(field);
-                why = rest;
-            }
-            _ => break,
-        }
-    }
-    fields.reverse();
-    let why = if why.contains("UTF-8") {
-        "is not valid UTF-8".to_owned()
-    } else {
-        format!("is not valid protobuf ({why})")
-    };
-    let field = if fields.is_empty() {
-        "request".to_owned()
-    } else {
-        fields.join(".")
-    };
-    invalid_argument(vec![FieldViolation::new(field, why)])
-}
-
 /// The `client-request-id` for Graph: the caller's `x-request-id` or
 /// `client-request-id` when it is a GUID, else a new one.
 fn client_request_id(headers: &HeaderMap) -> String {
@@ -462,6 +427,8 @@ struct Observed {
     resource: String,
     code: Option<Code>,
     message: String,
+    /// The call's `--max-concurrent-requests` slot, while it holds one.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Observed {
@@ -478,6 +445,7 @@ impl Observed {
             resource: String::new(),
             code: None,
             message: String::new(),
+            slot: None,
         }
     }
 
@@ -682,29 +650,6 @@ impl HttpBody for GateBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn malformed_messages_name_the_field_not_the_type() {
-        // parent (field 1, length-delimited) holding invalid UTF-8.
-        let bytes = [0x0a, 0x02, 0xff, 0xfe];
-        let err = pb::CreateScriptUserStateRequest::decode(&bytes[..]).unwrap_err();
-        let status = malformed(&err);
-        assert_eq!(status.code(), Code::InvalidArgument);
-        assert_eq!(status.message(), "parent: is not valid UTF-8");
-        assert!(
-            !status.message().contains("Request"),
-            "{}",
-            status.message()
-        );
-        let err = pb::GetScriptUserStateRequest::decode(&[0x0a, 0x09][..]).unwrap_err();
-        let status = malformed(&err);
-        assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(
-            !status.message().contains("GetScript"),
-            "{}",
-            status.message()
-        );
-    }
 
     #[test]
     fn caller_request_ids_are_used_only_when_they_are_guids() {

@@ -8,6 +8,7 @@
 //! within `--handshake-timeout`; past `--max-connections` a stream is
 //! closed as soon as it is accepted.
 
+mod framing;
 mod gate;
 mod io;
 

@@ -51,7 +51,7 @@ pub(crate) enum Retry {
 /// Whether a failed POST may have been applied.
 pub(crate) fn ambiguous(error: &GraphError) -> bool {
     match error {
-        GraphError::Status(e) => e.status == StatusCode::GATEWAY_TIMEOUT,
+        GraphError::Status(e) => e.leaves_outcome_unknown(),
         GraphError::Unavailable { maybe_sent, .. } => *maybe_sent,
         GraphError::Timeout => true,
         _ => false,

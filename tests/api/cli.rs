@@ -56,14 +56,14 @@ async fn an_invalid_rust_log_fails_startup_naming_it() {
         &[("RUST_LOG", "info,runstate_gateway=loud")],
     )
     .await;
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("RUST_LOG"), "{err}");
     let (code, err) = run(
         &["emulator", "--listen", "127.0.0.1:0"],
         &[("RUST_LOG", "[")],
     )
     .await;
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("RUST_LOG"), "{err}");
 }
 
@@ -75,9 +75,76 @@ async fn an_invalid_worker_thread_count_fails_startup_naming_it() {
             &[("TOKIO_WORKER_THREADS", value)],
         )
         .await;
-        assert_eq!(code, 1, "{value}: {err}");
+        assert_eq!(code, 2, "{value}: {err}");
         assert!(err.contains("TOKIO_WORKER_THREADS"), "{value}: {err}");
     }
+}
+
+/// A refused configuration exits 2 with one plain line, never a backtrace.
+#[tokio::test]
+async fn refused_configurations_exit_2_with_one_line_and_no_backtrace() {
+    // No log lines: stderr holds only what the refusal prints.
+    let backtrace = [("RUST_BACKTRACE", "1"), ("RUST_LOG", "off")];
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
+        (
+            &["--listen", "0.0.0.0:0", "--emulator"],
+            &backtrace,
+            "--allow-plaintext",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--graph-url",
+                "http://graph.example/beta",
+            ],
+            &backtrace,
+            "--allow-http-upstream",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--emulator"],
+            &[("RUST_BACKTRACE", "1"), ("RUST_LOG", "=loud")],
+            "RUST_LOG",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--graph-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            &backtrace,
+            "--graph-ca-file",
+        ),
+    ];
+    for (args, envs, names) in cases {
+        let (code, err) = run(args, envs).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].starts_with("error: "), "{err}");
+        assert!(lines[0].contains(names), "{err}");
+        assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    }
+}
+
+/// A failure that is not the configuration's (the port is taken) exits 1,
+/// also in one line.
+#[tokio::test]
+async fn a_taken_port_exits_1_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, err) = run(
+        &["--listen", &addr, "--emulator"],
+        &[("RUST_BACKTRACE", "1"), ("RUST_LOG", "off")],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error: cannot listen on"), "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
 }
 
 #[tokio::test]
