@@ -22,7 +22,8 @@
 //!
 //! [`emulator`] is an in-memory stand-in for Graph, used by `--emulator`, the
 //! `emulator` subcommand and the tests. [`config`] holds the command line,
-//! [`startup`] wires the server together, [`telemetry`] sets up logging.
+//! [`startup`] wires the server together, [`telemetry`] sets up logging,
+//! [`memory`] hands freed memory back to the system.
 //! [`healthcheck`] is the `healthcheck` subcommand, a gRPC health client for
 //! container probes.
 //! [`auth`] decides which Graph token a call carries (the caller's, a static
@@ -38,6 +39,7 @@ pub mod emulator;
 pub mod graph;
 pub mod grpc;
 pub mod healthcheck;
+pub mod memory;
 pub mod metrics;
 pub mod server;
 pub mod startup;

@@ -99,14 +99,38 @@ impl Service<Request<Incoming>> for Gate {
                 Ok(response.map(GateBody::plain))
             });
         }
-        Box::pin(self.clone().api_call(request))
+        if STREAMING.contains(&RPCS[rpc_index(path)]) {
+            return Box::pin(self.clone().stream_call(request));
+        }
+        Box::pin(self.clone().api_call(request.map(Inbound::Unary)))
     }
 }
 
+/// A request's body as the gate gets it.
+enum Inbound {
+    Unary(Incoming),
+    /// A streaming call that has waited for its first bytes.
+    Stream(Result<(Body, super::streams::Watch), Status>),
+}
+
 impl Gate {
+    /// A streaming call waits for its first bytes here, holding little (no
+    /// call state yet), then goes on as any call.
+    fn stream_call(
+        self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<GateBody>, Infallible>> + Send {
+        let (parts, body) = request.into_parts();
+        let open = self.shared.streams.open(body);
+        async move {
+            let request = Request::from_parts(parts, Inbound::Stream(open.await));
+            Box::pin(self.api_call(request)).await
+        }
+    }
+
     async fn api_call(
         mut self,
-        request: Request<Incoming>,
+        request: Request<Inbound>,
     ) -> Result<Response<GateBody>, Infallible> {
         let path = request.uri().path();
         let rpc = rpc_index(path);
@@ -134,13 +158,17 @@ impl Gate {
                 response
             }
         };
+        let response = match call.stream.take() {
+            Some(watch) => watch.wrap(response),
+            None => response,
+        };
         Ok(Box::pin(call.respond(response)).await)
     }
 
     /// Checks the call and reads its message; the permit is its slot.
     async fn admit(
         &self,
-        request: Request<Incoming>,
+        request: Request<Inbound>,
         call: &mut Observed,
     ) -> Result<(Request<Body>, OwnedSemaphorePermit), Status> {
         let limits = &self.shared.limits;
@@ -158,13 +186,19 @@ impl Gate {
             )));
         }
         let (mut parts, body) = request.into_parts();
-        if STREAMING.contains(&call.method) {
+        let body = match body {
+            Inbound::Unary(body) => body,
             // A stream is a long feed: its messages are not read up front
             // (tonic checks each against --max-request-bytes, and the handler
-            // applies backpressure), but it takes a concurrency slot.
-            let permit = self.permit()?;
-            return Ok((Request::from_parts(parts, Body::new(body)), permit));
-        }
+            // applies backpressure); it has a streaming slot and takes a
+            // concurrency slot.
+            Inbound::Stream(opened) => {
+                let (body, watch) = opened?;
+                call.stream = Some(watch);
+                let permit = self.permit()?;
+                return Ok((Request::from_parts(parts, body), permit));
+            }
+        };
         let read = timeout(
             limits.request_read_timeout,
             read_message(body, limits.max_request_bytes),
@@ -462,6 +496,8 @@ struct Observed {
     resource: String,
     code: Option<Code>,
     message: String,
+    /// A streaming call's slot and idle timer.
+    stream: Option<super::streams::Watch>,
 }
 
 impl Observed {
@@ -478,6 +514,7 @@ impl Observed {
             resource: String::new(),
             code: None,
             message: String::new(),
+            stream: None,
         }
     }
 
