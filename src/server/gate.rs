@@ -120,12 +120,12 @@ impl Gate {
         self,
         request: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<GateBody>, Infallible>> + Send {
+        use futures_util::FutureExt;
         let (parts, body) = request.into_parts();
-        let open = self.shared.streams.open(body);
-        async move {
-            let request = Request::from_parts(parts, Inbound::Stream(open.await));
-            Box::pin(self.api_call(request)).await
-        }
+        self.shared.streams.open(body).then(move |opened| {
+            let request = Request::from_parts(parts, Inbound::Stream(opened));
+            Box::pin(self.api_call(request))
+        })
     }
 
     async fn api_call(

@@ -22,11 +22,10 @@ use std::{
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::{Instant, Sleep, sleep_until, timeout},
+    time::{Instant, Sleep, sleep, sleep_until},
 };
 use tonic::{Status, body::Body};
 
@@ -51,25 +50,61 @@ impl Streams {
     /// Takes a slot for a new streaming call and waits (at most the idle
     /// timeout) for its first request bytes; returns the body to hand to
     /// the handler and the watch that ends the call when it goes idle.
-    pub(super) fn open(
-        &self,
-        mut body: Incoming,
-    ) -> impl Future<Output = Result<(Body, Watch), Status>> + Send + use<> {
-        let (slots, max, idle) = (Arc::clone(&self.slots), self.max, self.idle);
-        async move {
-            let slot = slots.try_acquire_owned().map_err(|_| {
-                metrics::counter!(m::RPC_SHED, "reason" => "max_streaming_calls").increment(1);
-                Status::resource_exhausted(format!(
-                    "the gateway has its limit of {max} streaming calls open (--max-streaming-calls); retry later"
-                ))
-            })?;
-            let first = match timeout(idle, body.frame()).await {
-                Ok(Some(Ok(frame))) => Some(frame),
-                Ok(Some(Err(_))) => return Err(Status::cancelled("the client reset the stream")),
-                Ok(None) => None,
-                Err(_) => return Err(idle_status(idle)),
-            };
-            Ok(started(slot, body, first, idle))
+    pub(super) fn open(&self, body: Incoming) -> Opening {
+        Opening {
+            slot: Arc::clone(&self.slots).try_acquire_owned().ok(),
+            max: self.max,
+            body: Some(body),
+            timer: Box::pin(sleep(self.idle)),
+            idle: self.idle,
+        }
+    }
+}
+
+/// A stream waiting for its first bytes: all an idle stream holds, so it
+/// is written out (small) rather than an `async` block.
+pub(super) struct Opening {
+    /// None past the limit.
+    slot: Option<OwnedSemaphorePermit>,
+    max: usize,
+    /// None once done.
+    body: Option<Incoming>,
+    timer: Pin<Box<Sleep>>,
+    idle: Duration,
+}
+
+impl Future for Opening {
+    type Output = Result<(Body, Watch), Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(Err(Status::cancelled("the stream has ended")));
+        };
+        if this.slot.is_none() {
+            this.body = None;
+            metrics::counter!(m::RPC_SHED, "reason" => "max_streaming_calls").increment(1);
+            return Poll::Ready(Err(Status::resource_exhausted(format!(
+                "the gateway has its limit of {} streaming calls open (--max-streaming-calls); retry later",
+                this.max
+            ))));
+        }
+        let first = match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Some(frame),
+            Poll::Ready(Some(Err(_))) => {
+                this.body = None;
+                return Poll::Ready(Err(Status::cancelled("the client reset the stream")));
+            }
+            Poll::Ready(None) => None,
+            Poll::Pending => {
+                ready!(this.timer.as_mut().poll(cx));
+                this.body = None;
+                return Poll::Ready(Err(idle_status(this.idle)));
+            }
+        };
+        match (this.slot.take(), this.body.take()) {
+            (Some(slot), Some(body)) => Poll::Ready(Ok(started(slot, body, first, this.idle))),
+            _ => Poll::Ready(Err(Status::cancelled("the stream has ended"))),
         }
     }
 }
