@@ -190,6 +190,38 @@ pub struct ServeArgs {
     #[arg(long, env = "RUNSTATE_CONNECTION_SEND_BUDGET", default_value_t = 4 << 20,
         value_parser = clap::value_parser!(u64).range(65_536..=1 << 30))]
     pub connection_send_budget: u64,
+
+    /// Most StreamCreateScriptDeviceStates calls open at once (1-1000000); a stream past it is
+    /// refused at once with RESOURCE_EXHAUSTED, and unary calls are not affected.
+    #[arg(long, env = "RUNSTATE_MAX_STREAMING_CALLS", default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_streaming_calls: u32,
+
+    /// Time a streaming call may go without sending a whole message while none of its items
+    /// is waiting for an answer; it is then ended with DEADLINE_EXCEEDED (e.g. 30s).
+    #[arg(long, env = "RUNSTATE_STREAM_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub stream_idle_timeout: Duration,
+
+    /// Time a client connection may stay open with no call on it; it then gets GOAWAY and
+    /// is closed, and gRPC clients reconnect on their next call (e.g. 2m).
+    #[arg(long, env = "RUNSTATE_IDLE_CONNECTION_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub idle_connection_timeout: Duration,
+
+    /// Most connections open at once to --admin-listen; connections past it are closed as
+    /// soon as they are accepted (1-10000).
+    #[arg(long, env = "RUNSTATE_ADMIN_MAX_CONNECTIONS", default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub admin_max_connections: u32,
+
+    /// Time an admin connection has to send a request's headers, from when it opens or its
+    /// previous response ends; it is closed otherwise (e.g. 5s).
+    #[arg(long, env = "RUNSTATE_ADMIN_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub admin_header_read_timeout: Duration,
+
+    /// Time an admin connection may go without a byte read or written (a stalled request or
+    /// an unread response) before it is closed (e.g. 30s).
+    #[arg(long, env = "RUNSTATE_ADMIN_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub admin_idle_timeout: Duration,
     /// Whether Graph keeps a client-chosen `id` on create: `auto` learns it
     /// per collection kind from Graph's answers; `honour` or `ignore` tell it.
     #[arg(long, env = "GRAPH_CLIENT_IDS", default_value = "auto")]
@@ -540,7 +572,20 @@ mod tests {
         assert_eq!(a.shutdown_grace, Duration::from_secs(10));
         assert_eq!(a.connection_send_budget, 4 << 20);
         assert!(a.admin_listen.is_none());
+        assert_eq!(a.max_streaming_calls, 1024);
+        assert_eq!(a.stream_idle_timeout, Duration::from_secs(30));
+        assert_eq!(a.idle_connection_timeout, Duration::from_secs(120));
+        assert_eq!(a.admin_max_connections, 64);
+        assert_eq!(a.admin_header_read_timeout, Duration::from_secs(5));
+        assert_eq!(a.admin_idle_timeout, Duration::from_secs(30));
         for bad in [
+            ["--max-streaming-calls", "0"],
+            ["--stream-idle-timeout", "0s"],
+            ["--idle-connection-timeout", "0s"],
+            ["--admin-max-connections", "0"],
+            ["--admin-max-connections", "10001"],
+            ["--admin-header-read-timeout", "0s"],
+            ["--admin-idle-timeout", "25h"],
             ["--max-streams-per-connection", "0"],
             ["--max-streams-per-connection", "10001"],
             ["--max-connections", "0"],

@@ -22,7 +22,8 @@
 //!
 //! [`emulator`] is an in-memory stand-in for Graph, used by `--emulator`, the
 //! `emulator` subcommand and the tests. [`config`] holds the command line,
-//! [`startup`] wires the server together, [`telemetry`] sets up logging.
+//! [`startup`] wires the server together, [`telemetry`] sets up logging,
+//! [`memory`] hands freed memory back to the system.
 //! [`healthcheck`] is the `healthcheck` subcommand, a gRPC health client for
 //! container probes.
 //! [`auth`] decides which Graph token a call carries (the caller's, a static
@@ -37,6 +38,7 @@ pub mod emulator;
 pub(crate) mod graph;
 pub(crate) mod grpc;
 pub mod healthcheck;
+pub(crate) mod memory;
 pub(crate) mod metrics;
 pub(crate) mod server;
 pub mod startup;

@@ -166,6 +166,7 @@ impl Application {
         let _upkeep = metrics
             .clone()
             .map(|handle| AbortOnDrop(tokio::spawn(crate::metrics::upkeep(handle))));
+        let _trim = AbortOnDrop(tokio::spawn(crate::memory::trim()));
         let state = Arc::new(server::State::default());
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -203,10 +204,16 @@ impl Application {
             let stop = async {
                 let _ = admin_stopped.await;
             };
+            let limits = crate::admin::Limits {
+                max_connections: self.args.admin_max_connections as usize,
+                header_read_timeout: self.args.admin_header_read_timeout,
+                idle_timeout: self.args.admin_idle_timeout,
+            };
             tokio::spawn(crate::admin::serve(
                 listener,
                 metrics,
                 Arc::clone(&state),
+                limits,
                 stop,
             ))
         });
@@ -221,6 +228,9 @@ impl Application {
             max_concurrent_requests: a.max_concurrent_requests,
             connection_send_budget: a.connection_send_budget as usize,
             shutdown_grace: a.shutdown_grace,
+            max_streaming_calls: a.max_streaming_calls as usize,
+            stream_idle_timeout: a.stream_idle_timeout,
+            idle_connection_timeout: a.idle_connection_timeout,
         };
         let on_drain = async {
             health_reporter
@@ -323,6 +333,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         b.worker_threads(workers);
         b
     };
+    builder.on_thread_park(crate::memory::on_park);
     Ok(builder.enable_all().build()?)
 }
 

@@ -101,14 +101,38 @@ impl Service<Request<Incoming>> for Gate {
                 Ok(response.map(GateBody::plain))
             });
         }
-        Box::pin(self.clone().api_call(request))
+        if STREAMING.contains(&RPCS[rpc_index(path)]) {
+            return Box::pin(self.clone().stream_call(request));
+        }
+        Box::pin(self.clone().api_call(request.map(Inbound::Unary)))
     }
 }
 
+/// A request's body as the gate gets it.
+enum Inbound {
+    Unary(Incoming),
+    /// A streaming call that has waited for its first bytes.
+    Stream(Result<(Body, super::streams::Watch), Status>),
+}
+
 impl Gate {
+    /// A streaming call waits for its first bytes here, holding little (no
+    /// call state yet), then goes on as any call.
+    fn stream_call(
+        self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<GateBody>, Infallible>> + Send {
+        use futures_util::FutureExt;
+        let (parts, body) = request.into_parts();
+        self.shared.streams.open(body).then(move |opened| {
+            let request = Request::from_parts(parts, Inbound::Stream(opened));
+            Box::pin(self.api_call(request))
+        })
+    }
+
     async fn api_call(
         mut self,
-        request: Request<Incoming>,
+        request: Request<Inbound>,
     ) -> Result<Response<GateBody>, Infallible> {
         let path = request.uri().path();
         let rpc = rpc_index(path);
@@ -139,13 +163,17 @@ impl Gate {
         if !STREAMING.contains(&call.method) {
             call.slot = None;
         }
+        let response = match call.stream.take() {
+            Some(watch) => watch.wrap(response),
+            None => response,
+        };
         Ok(Box::pin(call.respond(response)).await)
     }
 
     /// Checks the call and reads its message; puts its slot in `call`.
     async fn admit(
         &self,
-        request: Request<Incoming>,
+        request: Request<Inbound>,
         call: &mut Observed,
     ) -> Result<Request<Body>, Status> {
         let limits = &self.shared.limits;
@@ -164,14 +192,20 @@ impl Gate {
         }
         let (mut parts, body) = request.into_parts();
         framing::check_encoding(&parts.headers)?;
-        if STREAMING.contains(&call.method) {
+        let body = match body {
+            Inbound::Unary(body) => body,
             // A stream is a long feed: its messages are not read up front
             // (their framing and size are checked as they pass, and the
-            // handler applies backpressure), but it takes a concurrency slot.
-            call.slot = Some(self.permit()?);
-            let body = framing::Checked::new(body, limits.max_request_bytes);
-            return Ok(Request::from_parts(parts, Body::new(body)));
-        }
+            // handler applies backpressure); it has a streaming slot and
+            // takes a concurrency slot.
+            Inbound::Stream(opened) => {
+                let (body, watch) = opened?;
+                call.stream = Some(watch);
+                call.slot = Some(self.permit()?);
+                let body = framing::Checked::new(body, limits.max_request_bytes);
+                return Ok(Request::from_parts(parts, Body::new(body)));
+            }
+        };
         let read = timeout(
             limits.request_read_timeout,
             read_message(body, limits.max_request_bytes),
@@ -429,6 +463,8 @@ struct Observed {
     message: String,
     /// The call's `--max-concurrent-requests` slot, while it holds one.
     slot: Option<OwnedSemaphorePermit>,
+    /// A streaming call's slot and idle timer.
+    stream: Option<super::streams::Watch>,
 }
 
 impl Observed {
@@ -446,6 +482,7 @@ impl Observed {
             code: None,
             message: String::new(),
             slot: None,
+            stream: None,
         }
     }
 

@@ -6,11 +6,14 @@
 //! here with hyper directly. Each accepted TCP stream goes through an
 //! optional async `Handshake` (TLS) and must send the HTTP/2 preface, all
 //! within `--handshake-timeout`; past `--max-connections` a stream is
-//! closed as soon as it is accepted.
+//! closed as soon as it is accepted. A connection with no open stream for
+//! `--idle-connection-timeout` gets GOAWAY and is closed.
 
 mod framing;
 mod gate;
+mod idle;
 mod io;
+mod streams;
 
 use std::{
     io as stdio,
@@ -56,6 +59,9 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     pub connection_send_budget: usize,
     pub shutdown_grace: Duration,
+    pub max_streaming_calls: usize,
+    pub stream_idle_timeout: Duration,
+    pub idle_connection_timeout: Duration,
 }
 
 /// What the server and the admin endpoint share: the drain flag.
@@ -82,6 +88,8 @@ struct Shared {
     idle: Notify,
     /// The per-call metric handles.
     rpc_metrics: gate::RpcMetrics,
+    /// The open streaming calls.
+    streams: streams::Streams,
 }
 
 impl Shared {
@@ -114,6 +122,9 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_HEADER_LIST_BYTES: u32 = 32 << 10;
 /// Per-stream bytes hyper may buffer ahead of the client's window.
 const MAX_SEND_BUF_BYTES: usize = 64 << 10;
+/// Request bytes a client may send on one stream ahead of the handler
+/// (hyper's default is 1 MiB): what a stream in backpressure holds.
+const STREAM_WINDOW_BYTES: u32 = 64 << 10;
 
 /// Serves `routes` on `listener` until `shutdown` completes, then drains:
 /// `on_drain` runs (health turns NOT_SERVING), the listener closes, calls in
@@ -133,6 +144,7 @@ pub async fn serve(
 ) {
     let shared = Arc::new(Shared {
         permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+        streams: streams::Streams::new(limits.max_streaming_calls, limits.stream_idle_timeout),
         limits,
         state,
         in_flight: AtomicUsize::new(0),
@@ -144,6 +156,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(shared.limits.max_streams_per_connection)
         .max_send_buf_size(MAX_SEND_BUF_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .max_header_list_size(MAX_HEADER_LIST_BYTES)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
@@ -255,7 +268,11 @@ impl Connection {
                 return;
             }
         };
-        let service = gate::Gate::new(Arc::clone(&self.shared), self.routes, self.api);
+        let tracker = Arc::new(idle::Tracker::default());
+        let service = idle::Tracked::new(
+            gate::Gate::new(Arc::clone(&self.shared), self.routes, self.api),
+            Arc::clone(&tracker),
+        );
         let conn = self
             .builder
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
@@ -271,6 +288,11 @@ impl Connection {
                 return;
             }
             _ = self.stop.changed() => conn.as_mut().graceful_shutdown(),
+            _ = tracker.idle_for(self.shared.limits.idle_connection_timeout) => {
+                metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "idle").increment(1);
+                tracing::debug!(peer = %self.peer, "connection closed: idle (--idle-connection-timeout)");
+                conn.as_mut().graceful_shutdown();
+            }
         }
         let _ = conn.await;
     }
