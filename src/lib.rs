@@ -3,32 +3,35 @@
 //!
 //! # Layout
 //!
-//! A gRPC call enters in [`grpc`], whose handlers (one file per resource) check
-//! the caller's token and deadline. [`convert`] validates resource names and
-//! translates the proto resource into Graph's JSON model (enums, timestamps,
-//! update masks, nulls); it is the only module that knows both sides. The call
-//! goes out through [`graph`], the Graph client (retries, errors, request ids),
-//! which knows nothing of protobuf. Graph's answer comes back the same way, and
-//! [`grpc::status`] turns a Graph error into a gRPC status with rich details.
+//! A gRPC call enters in `server`, which serves HTTP/2 itself: it accepts
+//! connections (connection cap, handshake and idle timeouts, stream limits,
+//! send budget), and its gate checks each call's framing, reads its message,
+//! sheds excess calls and writes the call's log line and `metrics`;
+//! `admin` serves the metrics and the probes on a port of its own.
 //!
-//! Under the handlers, [`server`] serves HTTP/2 itself: it accepts connections
-//! (connection cap, handshake timeout, stream limit, send budget), and its gate
-//! reads each request message, sheds excess calls, and writes the call's log
-//! line and [`metrics`]; [`admin`] serves the metrics and the probes.
+//! `grpc` holds thin adapters: `grpc::kinds` declares the three resource
+//! kinds once and writes their RPCs from shared shapes; each checks the
+//! caller's token (`auth`) and deadline. [`convert`] validates resource
+//! names and translates the proto resource into Graph's JSON model (enums,
+//! timestamps, update masks, nulls); it is the only module that knows both
+//! sides. `grpc::status` turns a Graph error into a gRPC status with rich
+//! details.
 //!
-//! Writes wait for a slot of the [`budget`] (the write budget); request-id
-//! records and the budget live in [`state`] (in memory, or Redis for many
-//! replicas).
+//! Every Graph request goes through `write`, the write engine: the one
+//! place where a write is decided (exactly-once creates, request-id records,
+//! client-id worlds, 409 and lost answers), retried (one send loop, one
+//! retry policy, for single requests and `$batch` items alike) and budgeted
+//! (budget permits, the tenant pause on a 429). `graph` is the plain Graph
+//! HTTP client under it: one request, sent once. `state` holds what
+//! replicas share (Redis) and who the caller and tenant are.
 //!
 //! [`emulator`] is an in-memory stand-in for Graph, used by `--emulator`, the
 //! `emulator` subcommand and the tests. [`config`] holds the command line,
-//! [`startup`] wires the server together, [`telemetry`] sets up logging,
-//! [`memory`] hands freed memory back to the system.
+//! [`startup`] wires the server together, [`telemetry`] sets up logging
+//! (never blocking a call), `memory` hands freed memory back to the system.
 //! [`healthcheck`] is the `healthcheck` subcommand, a gRPC health client for
-//! container probes.
-//! [`auth`] decides which Graph token a call carries (the caller's, a static
-//! one, or the gateway's own credential); [`tls`] protects the listener.
-//! [`pb`] is the code generated from `proto/` by `build.rs`.
+//! container probes. [`tls`] protects the listener. [`pb`] is the code
+//! generated from `proto/` by `build.rs`.
 
 pub(crate) mod admin;
 pub(crate) mod auth;
