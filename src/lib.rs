@@ -20,9 +20,12 @@
 //! records and the budget live in [`state`] (in memory, or Redis for many
 //! replicas).
 //!
-//! [`emulator`] is an in-memory stand-in for Graph, used by `--emulator`, the
-//! `emulator` subcommand and the tests. [`config`] holds the command line,
-//! [`startup`] wires the server together, [`telemetry`] sets up logging.
+//! The Graph emulator, an in-memory stand-in for Graph, is a crate of its own
+//! (`emulator/`, `runstate-emulator`) that depends on no gateway code; the
+//! gateway embeds it behind the default cargo feature `emulator` for
+//! `--emulator` and the `emulator` command, and the tests steer it directly.
+//! [`config`] holds the command line, [`startup`] wires the server together
+//! (the embedded emulator included), [`telemetry`] sets up logging.
 //! [`healthcheck`] is the `healthcheck` subcommand, a gRPC health client for
 //! container probes.
 //! [`auth`] decides which Graph token a call carries (the caller's, a static
@@ -34,7 +37,6 @@ pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod convert;
-pub mod emulator;
 pub mod graph;
 pub mod grpc;
 pub mod healthcheck;

@@ -13,6 +13,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Err(e) = cli.check_features() {
+        e.exit();
+    }
     startup::runtime()?.block_on(async {
         match cli.command {
             Some(Command::Emulator(args)) => {

@@ -2,14 +2,15 @@
 //! the per-connection limits, and drains on shutdown.
 //!
 //! tonic's own `Server` cannot cap connections, time out a silent handshake
-//! or bound a connection's send buffers, so the tonic `Routes` are served
-//! here with hyper directly. Each accepted TCP stream goes through an
+//! or bound a connection's send buffers, so the gRPC services ([`Routes`])
+//! are served here with hyper directly. Each accepted TCP stream goes through an
 //! optional async `Handshake` (TLS) and must send the HTTP/2 preface, all
 //! within `--handshake-timeout`; past `--max-connections` a stream is
 //! closed as soon as it is accepted.
 
 mod gate;
 mod io;
+mod routes;
 
 use std::{
     io as stdio,
@@ -27,15 +28,14 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
+pub use io::{BoxIo, Io};
+pub use routes::Routes;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Notify, Semaphore, watch},
     task::JoinSet,
     time::{Instant, sleep, timeout, timeout_at},
 };
-use tonic::service::Routes;
-
-pub use io::{BoxIo, Io};
 
 use crate::metrics as m;
 
