@@ -10,7 +10,13 @@ use serde_json::Value;
 /// `cargo metadata` of the workspace, without resolving dependencies.
 fn metadata() -> Value {
     let out = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
@@ -73,13 +79,19 @@ fn the_gateway_embeds_the_emulator_only_behind_its_feature() {
         gateway["features"]["emulator"],
         serde_json::json!(["dep:runstate-emulator"])
     );
-    assert_eq!(gateway["features"]["default"], serde_json::json!(["emulator"]));
+    assert_eq!(
+        gateway["features"]["default"],
+        serde_json::json!(["emulator"])
+    );
     for dep in &normal {
         let name = dep["name"].as_str().unwrap();
         assert!(!["axum", "rcgen", "time"].contains(&name), "{name}");
         if name == "tonic" {
             assert!(
-                !dep["features"].as_array().unwrap().contains(&"router".into()),
+                !dep["features"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&"router".into()),
                 "tonic's router brings axum"
             );
         }
