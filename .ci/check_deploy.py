@@ -106,6 +106,16 @@ def check_dockerfile():
     cargo = open(os.path.join(ROOT, "Cargo.toml"), encoding="utf-8").read()
     for name in re.findall(r"--bin\s+(\S+)", text):
         check(f'name = "{name}"' in cargo, f"Dockerfile: --bin {name} is not a binary of Cargo.toml")
+    # Every workspace member must be copied where cargo reads manifests.
+    members = re.search(r"^members\s*=\s*\[([^\]]*)\]", cargo, re.M)
+    for member in re.findall(r'"([^"]+)"', members.group(1) if members else ""):
+        if member != ".":
+            check(text.count(f"COPY {member} ./{member}") >= 2, f"Dockerfile: workspace member {member}/ must be copied for the recipe and the build")
+    # The binary is built with the shipped profile and copied from its folder.
+    profile = re.search(r"cargo build --profile (\S+)", text)
+    if check(profile is not None, "Dockerfile: build with `cargo build --profile dist`"):
+        check(f"target/{profile.group(1)}/runstate-gateway" in text, f"Dockerfile: the binary is copied from target/{profile.group(1)}/")
+        check(re.search(rf"^\[profile\.{re.escape(profile.group(1))}\]", cargo, re.M) is not None, f"Dockerfile: Cargo.toml has no [profile.{profile.group(1)}]")
     # Every bench/example target named in Cargo.toml must be copied where cargo reads manifests.
     for section in ("bench", "example"):
         if re.search(rf"^\[\[{section}\]\]", cargo, re.M):

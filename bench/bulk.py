@@ -30,7 +30,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REL = ROOT / "target" / "release"
+# Cargo.toml's `dist` profile, as bench/run.py.
+REL = ROOT / "target" / "dist"
 GATEWAY = REL / "runstate-gateway"
 BULK = REL / "examples" / "bench_bulk"
 OUT = ROOT / "target" / "bench-bulk"
@@ -138,8 +139,9 @@ def main():
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--examples", "--bin", "runstate-gateway"],
-                       cwd=ROOT, check=True, env=dict(os.environ, CARGO_INCREMENTAL="0"))
+        for what in (["--bin", "runstate-gateway"], ["--examples"]):
+            subprocess.run(["cargo", "build", "--profile", "dist", *what],
+                           cwd=ROOT, check=True, env=dict(os.environ, CARGO_INCREMENTAL="0"))
 
     eport, gport = free_port(), free_port()
     emu = start("emulator", [GATEWAY, "emulator", "--listen", f"127.0.0.1:{eport}"], eport)
@@ -241,7 +243,7 @@ def report(args, single: dict, batch: dict, stream: dict) -> str:
     for name, r in (("single", single), ("batch", batch), ("stream", stream)):
         if r.get("first_error"):
             lines += [f"First {name} error: `{r['first_error']}`", ""]
-    lines += ["Reproduce: `python3 bench/bulk.py --append` (builds release first; "
+    lines += ["Reproduce: `python3 bench/bulk.py --append` (builds the dist profile first; "
               "`--n`, `--concurrency`, `--batch-size`, `--stream-n`, `--slow-ms` change the sizes).", ""]
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@
 //! `--admin-idle-timeout` without a byte read or written.
 
 use std::{
+    convert::Infallible,
     io,
     pin::{Pin, pin},
     sync::Arc,
@@ -18,14 +19,11 @@ use std::{
     time::Duration,
 };
 
-use axum::{
-    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
-};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
 use hyper::server::conn::http1;
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -45,45 +43,61 @@ pub struct Limits {
     pub idle_timeout: Duration,
 }
 
-#[derive(Clone)]
 struct Admin {
     metrics: Option<PrometheusHandle>,
     state: Arc<server::State>,
 }
 
-/// The admin routes.
-pub fn router(metrics: Option<PrometheusHandle>, state: Arc<server::State>) -> Router {
-    Router::new()
-        .route("/metrics", get(render))
-        .route("/livez", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .with_state(Admin { metrics, state })
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
-async fn render(State(admin): State<Admin>) -> impl IntoResponse {
-    crate::metrics::refresh();
-    match &admin.metrics {
-        Some(handle) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            handle.render(),
-        ),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "another metrics recorder is installed in this process\n".to_owned(),
-        ),
-    }
-}
-
-async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
-    if admin.state.draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else {
-        (StatusCode::OK, "ready\n")
+impl Admin {
+    /// The answer to one request: GET (or HEAD) of a route, else 404 or 405.
+    fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        let route = request.uri().path();
+        if !matches!(route, "/metrics" | "/livez" | "/readyz") {
+            return text(StatusCode::NOT_FOUND, TEXT, "");
+        }
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, TEXT, "");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET,HEAD"));
+            return response;
+        }
+        match route {
+            "/metrics" => match &self.metrics {
+                Some(handle) => {
+                    crate::metrics::refresh();
+                    text(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        handle.render(),
+                    )
+                }
+                None => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "another metrics recorder is installed in this process\n",
+                ),
+            },
+            "/livez" => text(StatusCode::OK, TEXT, "ok\n"),
+            _ if self.state.draining() => text(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n"),
+            _ => text(StatusCode::OK, TEXT, "ready\n"),
+        }
     }
 }
 
@@ -105,7 +119,10 @@ pub async fn serve(
             }
         })
     });
-    let service = TowerToHyperService::new(router(metrics, state));
+    let admin = Arc::new(Admin { metrics, state });
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        std::future::ready(Ok::<_, Infallible>(admin.answer(&request)))
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

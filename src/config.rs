@@ -396,28 +396,18 @@ impl Cloud {
     }
 }
 
-/// Options of the standalone emulator.
+/// Options of the `emulator` command: the emulator's own, then logging.
 #[derive(Debug, Clone, Args)]
 pub struct EmulatorArgs {
-    /// Address the emulator listens on; the gateway's Graph URL is then http://ADDR/beta.
-    #[arg(long, env = "EMULATOR_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    #[cfg(feature = "emulator")]
+    #[command(flatten)]
+    pub emulator: runstate_emulator::Args,
 
-    /// What the emulator does with an `id` in a POST body: store it (a repeat is 409),
-    /// ignore it (assign a GUID) or reject the create (400).
-    #[arg(long, env = "EMULATOR_CLIENT_IDS", value_enum, default_value_t = crate::emulator::ClientIds::Ignore)]
-    pub client_ids: crate::emulator::ClientIds,
-
-    /// Answer 429 beyond N writes (POST/PATCH/DELETE) per sliding window, such as
-    /// 50/5s; there is no limit when unset.
-    #[arg(long, env = "EMULATOR_WRITE_LIMIT", value_parser = crate::emulator::parse_write_limit)]
-    pub write_limit: Option<(u32, Duration)>,
-
-    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with a certificate for localhost,
-    /// 127.0.0.1 and ::1 signed by a CA made at startup, and write that CA (PEM) to
-    /// this file before listening: give it to the gateway as --graph-ca-file.
-    #[arg(long, env = "EMULATOR_TLS_CA_OUT", value_name = "PATH")]
-    pub tls_ca_out: Option<std::path::PathBuf>,
+    /// Whatever follows `emulator` in a build without the emulator, which
+    /// refuses to run it ([`Cli::check_features`]).
+    #[cfg(not(feature = "emulator"))]
+    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ignored: Vec<String>,
 
     /// Format of the log lines written to stderr: text for people, json (one object per
     /// line) for log collectors; RUST_LOG chooses what is logged.
@@ -435,6 +425,31 @@ impl Refusal {
     /// Wraps a refusal message as an error for startup to return.
     pub fn error(message: impl Into<String>) -> anyhow::Error {
         Refusal(message.into()).into()
+    }
+}
+
+/// Why a build without the `emulator` feature refuses `--emulator` and the
+/// `emulator` command.
+pub const NO_EMULATOR: &str = "this runstate-gateway was built without the Graph emulator \
+(cargo feature `emulator`, on by default): --emulator and the `emulator` command need a build \
+with it, e.g. `cargo build --release`";
+
+impl Cli {
+    /// Refuses what this build leaves out: with the `emulator` feature off,
+    /// `--emulator` and the `emulator` command are a usage error (exit 2)
+    /// naming the feature.
+    pub fn check_features(&self) -> Result<(), clap::Error> {
+        let wants_emulator = match &self.command {
+            Some(Command::Emulator(_)) => true,
+            Some(Command::Serve(args)) => args.emulator,
+            Some(Command::Healthcheck(_)) => false,
+            None => self.serve.emulator,
+        };
+        if wants_emulator && !cfg!(feature = "emulator") {
+            use clap::CommandFactory;
+            return Err(Cli::command().error(clap::error::ErrorKind::InvalidValue, NO_EMULATOR));
+        }
+        Ok(())
     }
 }
 
@@ -728,12 +743,39 @@ mod tests {
     }
 
     #[test]
+    fn emulator_options_need_the_emulator_feature() {
+        let uses: [&[&str]; 3] = [
+            &["runstate-gateway", "--emulator"],
+            &["runstate-gateway", "serve", "--emulator"],
+            &["runstate-gateway", "emulator", "--listen", "127.0.0.1:9"],
+        ];
+        for argv in uses {
+            let checked = Cli::try_parse_from(argv).unwrap().check_features();
+            if cfg!(feature = "emulator") {
+                assert!(checked.is_ok(), "{argv:?}");
+            } else {
+                let e = checked.unwrap_err();
+                assert_eq!(e.exit_code(), 2, "{argv:?}");
+                assert!(e.to_string().contains("feature `emulator`"), "{e}");
+            }
+        }
+        for argv in [
+            &["runstate-gateway"][..],
+            &["runstate-gateway", "healthcheck"],
+        ] {
+            assert!(Cli::try_parse_from(argv).unwrap().check_features().is_ok());
+        }
+    }
+
+    #[cfg(feature = "emulator")]
+    #[test]
     fn subcommands_parse() {
+        use runstate_emulator::ClientIds;
         let cli = Cli::try_parse_from(["runstate-gateway", "--emulator"]).unwrap();
         assert!(cli.command.is_none() && cli.serve.emulator);
         let cli = Cli::try_parse_from(["runstate-gateway", "emulator", "--listen", "127.0.0.1:9"])
             .unwrap();
-        assert!(matches!(cli.command, Some(Command::Emulator(a)) if a.listen.port() == 9));
+        assert!(matches!(cli.command, Some(Command::Emulator(a)) if a.emulator.listen.port() == 9));
         let cli = Cli::try_parse_from([
             "runstate-gateway",
             "emulator",
@@ -744,11 +786,11 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(cli.command, Some(Command::Emulator(a))
-            if a.client_ids == crate::emulator::ClientIds::Honour
-                && a.write_limit == Some((50, Duration::from_secs(5)))));
+            if a.emulator.client_ids == ClientIds::Honour
+                && a.emulator.write_limit == Some((50, Duration::from_secs(5)))));
         let cli = Cli::try_parse_from(["runstate-gateway", "emulator"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Emulator(a))
-            if a.client_ids == crate::emulator::ClientIds::Ignore && a.write_limit.is_none()));
+            if a.emulator.client_ids == ClientIds::Ignore && a.emulator.write_limit.is_none()));
         for bad in [
             ["--client-ids", "maybe"],
             ["--write-limit", "0/5s"],

@@ -25,10 +25,13 @@
 //! HTTP client under it: one request, sent once. `state` holds what
 //! replicas share (Redis) and who the caller and tenant are.
 //!
-//! [`emulator`] is an in-memory stand-in for Graph, used by `--emulator`, the
-//! `emulator` subcommand and the tests. [`config`] holds the command line,
-//! [`startup`] wires the server together, [`telemetry`] sets up logging
-//! (never blocking a call), `memory` hands freed memory back to the system.
+//! The Graph emulator, an in-memory stand-in for Graph, is a crate of its own
+//! (`emulator/`, `runstate-emulator`) that depends on no gateway code; the
+//! gateway embeds it behind the default cargo feature `emulator` for
+//! `--emulator` and the `emulator` command, and the tests steer it directly.
+//! [`config`] holds the command line, [`startup`] wires the server together
+//! (the embedded emulator included), [`telemetry`] sets up logging (never
+//! blocking a call), `memory` hands freed memory back to the system.
 //! [`healthcheck`] is the `healthcheck` subcommand, a gRPC health client for
 //! container probes. [`tls`] protects the listener. [`pb`] is the code
 //! generated from `proto/` by `build.rs`.
@@ -37,7 +40,6 @@ pub(crate) mod admin;
 pub(crate) mod auth;
 pub mod config;
 pub mod convert;
-pub mod emulator;
 pub(crate) mod graph;
 pub(crate) mod grpc;
 pub mod healthcheck;

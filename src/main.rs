@@ -20,6 +20,9 @@ const REFUSED: u8 = 2;
 /// backtrace: a refused configuration exits 2, any other failure 1.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cli.check_features() {
+        e.exit();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -1,5 +1,5 @@
 //! Wires the gateway together. Order: (1) the embedded emulator, when asked
-//! for, so Graph's URL is known; (2) the Graph client; (3) the listening
+//! for (see [`emulator`]), so Graph's URL is known; (2) the Graph client; (3) the listening
 //! socket (and the admin socket), so tests can bind port 0 and read the
 //! ports; (4) the gRPC services, served by [`crate::server`] until shutdown.
 
@@ -7,22 +7,31 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 use crate::config::{EmulatorArgs, Refusal, ServeArgs};
-use crate::emulator::{Emulator, RunningEmulator};
 use crate::graph::{GraphClient, Options};
 use crate::grpc::{RunStateApi, context};
 use crate::pb::{self, run_state_service_server::RunStateServiceServer};
-use crate::server::{self, Handshake, Limits};
+use crate::server::{self, Handshake, Limits, Routes};
 use crate::write::{self, budget::WriteBudget, records::RequestIds, retry::RetryPolicy};
 
-/// The token the gateway sends to its embedded emulator when given none.
-const EMULATOR_TOKEN: &str = "emulator-token";
+#[cfg(feature = "emulator")]
+mod emulator;
+#[cfg(feature = "emulator")]
+use runstate_emulator::RunningEmulator;
 
 /// `--graph-url`'s default; `--cloud` replaces it.
 const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com/beta";
+
+/// Where Graph calls go: the command line's Graph, or the embedded emulator.
+struct Upstream {
+    url: String,
+    token: Option<crate::config::Secret>,
+    h2c: bool,
+    /// The base URL of a local stand-in for Entra ID and IMDS.
+    identity: Option<String>,
+}
 
 /// A built gateway, bound to its port but not yet serving.
 pub struct Application {
@@ -30,6 +39,7 @@ pub struct Application {
     local_addr: SocketAddr,
     api: RunStateApi,
     args: ServeArgs,
+    #[cfg(feature = "emulator")]
     emulator: Option<RunningEmulator>,
     admin: Option<TcpListener>,
     handshake: Option<Handshake>,
@@ -42,23 +52,24 @@ impl Application {
             graph_url = crate::auth::cloud_graph_url(args.cloud);
         }
         crate::tls::check_plaintext(args).map_err(Refusal::error)?;
-        let mut token = args.graph_token.clone();
-        let mut h2c = args.graph_h2c;
-        let emulator = if args.emulator {
-            let running = Emulator::new()
-                .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
-                .await
-                .context("cannot start the embedded Graph emulator")?;
-            graph_url = running.base_url();
-            h2c = true;
-            if args.graph_token_file.is_none() {
-                token.get_or_insert_with(|| crate::config::Secret::new(EMULATOR_TOKEN));
-            }
-            tracing::info!(url = %graph_url, "embedded Graph emulator started");
-            Some(running)
-        } else {
-            None
+        let upstream = Upstream {
+            url: graph_url,
+            token: args.graph_token.clone(),
+            h2c: args.graph_h2c,
+            identity: None,
         };
+        #[cfg(not(feature = "emulator"))]
+        if args.emulator {
+            return Err(Refusal::error(crate::config::NO_EMULATOR));
+        }
+        #[cfg(feature = "emulator")]
+        let (upstream, emulator) = emulator::embed(args, upstream).await?;
+        let Upstream {
+            url: graph_url,
+            token,
+            h2c,
+            identity,
+        } = upstream;
 
         let options = Options {
             h2c,
@@ -88,16 +99,22 @@ impl Application {
             .map_err(|e| Refusal::error(format!("--graph-url / --graph-connections: {e}")))?;
         let records = std::sync::Arc::new(RequestIds::new(redis));
         let engine = write::Engine::new(graph, settings, budget, records);
-        let auth = crate::auth::from_args(
+        let auth_settings = crate::auth::settings(
             &ServeArgs {
                 graph_token: token.clone(),
                 ..args.clone()
             },
             &graph_url,
-            emulator.as_ref(),
+            identity.as_deref(),
             &extra_roots,
         )
         .map_err(Refusal::error)?;
+        #[cfg(feature = "emulator")]
+        if let Some(running) = &emulator {
+            emulator::register(running, &auth_settings).map_err(Refusal::error)?;
+        }
+        let auth = crate::auth::authorizer(auth_settings, args.allow_http_upstream)
+            .map_err(Refusal::error)?;
         tracing::info!(mode = ?auth.mode(), "Graph tokens");
         let token = token
             .map(|t| context::bearer(t.expose()))
@@ -130,6 +147,7 @@ impl Application {
             local_addr,
             api,
             args: args.clone(),
+            #[cfg(feature = "emulator")]
             emulator,
             admin,
             handshake: tls.map(|t| t.handshake()),
@@ -153,6 +171,7 @@ impl Application {
     }
 
     /// The embedded emulator, when started with `--emulator`.
+    #[cfg(feature = "emulator")]
     pub fn emulator(&self) -> Option<&RunningEmulator> {
         self.emulator.as_ref()
     }
@@ -190,11 +209,11 @@ impl Application {
             .max_decoding_message_size(self.args.max_request_bytes)
             .max_encoding_message_size(4 << 20);
 
-        let routes = Routes::new(health_service)
+        let routes = Routes::default()
+            .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(service.clone())
-            .prepare();
+            .add_service(service.clone());
 
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = self.admin.map(|listener| {
@@ -257,6 +276,7 @@ impl Application {
         if let Some(admin) = admin {
             let _ = admin.await;
         }
+        #[cfg(feature = "emulator")]
         if let Some(emulator) = self.emulator {
             emulator.stop().await;
         }
@@ -265,20 +285,15 @@ impl Application {
     }
 }
 
-/// Runs the emulator alone until Ctrl-C or SIGTERM.
+/// Runs the emulator alone until Ctrl-C or SIGTERM (the `emulator` command).
 pub async fn run_emulator(args: &EmulatorArgs) -> anyhow::Result<()> {
-    let emulator = Emulator::new();
-    emulator.set_client_ids(args.client_ids);
-    emulator.set_write_limit(args.write_limit);
-    let running = match &args.tls_ca_out {
-        Some(ca_out) => emulator.spawn_tls(args.listen, ca_out).await,
-        None => emulator.spawn(args.listen).await,
+    #[cfg(feature = "emulator")]
+    return Ok(runstate_emulator::serve(&args.emulator, shutdown_signal()).await?);
+    #[cfg(not(feature = "emulator"))]
+    {
+        let _ = args;
+        anyhow::bail!(crate::config::NO_EMULATOR)
     }
-    .with_context(|| format!("cannot serve the emulator on {}", args.listen))?;
-    tracing::info!(url = %running.base_url(), "Graph emulator listening");
-    shutdown_signal().await;
-    running.stop().await;
-    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -8,10 +8,8 @@
 mod helpers;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use runstate_gateway::{
-    emulator::Emulator,
-    pb::{CreateScriptDeviceStateRequest, ScriptDeviceState},
-};
+use runstate_emulator::Emulator;
+use runstate_gateway::pb::{CreateScriptDeviceStateRequest, ScriptDeviceState};
 use tonic::Code;
 
 use helpers::{start, with_token};

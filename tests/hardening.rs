@@ -17,12 +17,10 @@ use std::{
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
-use runstate_gateway::{
-    emulator::Fault,
-    pb::{
-        CreateScriptDeviceStateRequest, GetScriptDeviceStateRequest, ScriptDeviceState,
-        run_state_service_client::RunStateServiceClient,
-    },
+use runstate_emulator::Fault;
+use runstate_gateway::pb::{
+    CreateScriptDeviceStateRequest, GetScriptDeviceStateRequest, ScriptDeviceState,
+    run_state_service_client::RunStateServiceClient,
 };
 use tokio::{io::AsyncReadExt, net::TcpStream, time::timeout};
 use tonic::Code;

@@ -55,7 +55,7 @@ async fn tokens_never_reach_the_logs() {
         .await
         .unwrap();
     app.graph
-        .inject(runstate_gateway::emulator::Fault::status(401).code("InvalidAuthenticationToken"));
+        .inject(runstate_emulator::Fault::status(401).code("InvalidAuthenticationToken"));
     let failed = app
         .client
         .create_script_device_state(with_token(create_device_state(), "caller-s3cret-CCC"))

@@ -233,7 +233,7 @@ impl Entra {
 }
 
 /// Reads a secret or token file, trimmed.
-pub(super) fn read_trimmed(path: &std::path::Path, what: &str) -> Result<String, TokenError> {
+pub(crate) fn read_trimmed(path: &std::path::Path, what: &str) -> Result<String, TokenError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| TokenError::Credential(format!("{what} {}: {e}", path.display())))?;
     let text = text.trim();

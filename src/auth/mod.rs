@@ -21,7 +21,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::config::{AuthMode, Cloud, Secret, ServeArgs};
 use cache::{Fetched, TokenCache};
-use rustls_pki_types::{CertificateDer, pem::PemObject};
+use rustls_pki_types::CertificateDer;
 
 pub use crate::grpc::context::bearer;
 
@@ -262,70 +262,50 @@ impl Settings {
 /// The default instance metadata service address.
 const IMDS: &str = "http://169.254.169.254";
 
-/// Builds the [`Authorizer`] for the command line, Graph being at
-/// `graph_url`. With the embedded emulator, its identity endpoints stand in
-/// for Entra ID and IMDS (unless --authority-host says otherwise), the
-/// configured credential is registered with it, and it then accepts only
-/// the Graph tokens it issued.
-pub fn from_args(
+/// The [`Settings`] for the command line, Graph being at `graph_url`.
+/// `local_identity`, the base URL of a local stand-in for Entra ID and IMDS
+/// (the embedded emulator), replaces the cloud's authority (unless
+/// --authority-host names one) and the default IMDS address.
+pub fn settings(
     args: &ServeArgs,
     graph_url: &str,
-    emulator: Option<&crate::emulator::RunningEmulator>,
+    local_identity: Option<&str>,
     extra_roots: &[CertificateDer<'static>],
-) -> Result<Arc<Authorizer>, String> {
+) -> Result<Settings, String> {
     check_upstream("--graph-url", graph_url, args.allow_http_upstream)?;
     let mut s = Settings::from_args(args, graph_url, extra_roots)?;
     if !graph_url.starts_with("https://") {
         // The emulator or a local proxy: ask for the cloud's Graph scope.
         s.resource = args.cloud.graph_host().to_owned();
     }
-    let own_credential = !matches!(
-        s.mode,
-        None | Some(AuthMode::Passthrough) | Some(AuthMode::Static)
-    );
-    if let Some(running) = emulator {
-        let base = format!("http://{}", running.addr());
+    if let Some(base) = local_identity {
         if args.authority_host.is_none() {
-            s.authority = base.clone();
+            s.authority = base.to_owned();
         }
         if s.imds_endpoint == IMDS {
-            s.imds_endpoint = base;
-        }
-        if own_credential {
-            register_with_emulator(&s, running.emulator())?;
-            running.emulator().require_issued_tokens(true);
+            s.imds_endpoint = base.to_owned();
         }
     }
-    if own_credential && s.mode != Some(AuthMode::ManagedIdentity) {
-        check_upstream("--authority-host", &s.authority, args.allow_http_upstream)?;
+    Ok(s)
+}
+
+/// Builds the [`Authorizer`]; a plain-http authority must be loopback unless
+/// `allow_http`.
+pub fn authorizer(s: Settings, allow_http: bool) -> Result<Arc<Authorizer>, String> {
+    if s.own_credential() && s.mode != Some(AuthMode::ManagedIdentity) {
+        check_upstream("--authority-host", &s.authority, allow_http)?;
     }
     Authorizer::new(s).map(Arc::new)
 }
 
-/// Tells the embedded emulator about the gateway's own credential.
-fn register_with_emulator(s: &Settings, e: &crate::emulator::Emulator) -> Result<(), String> {
-    let client_id = s.client_id.clone().unwrap_or_default();
-    if let Some(secret) = &s.client_secret {
-        e.add_client_secret(&client_id, secret.expose());
+impl Settings {
+    /// Whether Graph tokens come from a credential of the gateway's own.
+    pub fn own_credential(&self) -> bool {
+        !matches!(
+            self.mode,
+            None | Some(AuthMode::Passthrough) | Some(AuthMode::Static)
+        )
     }
-    if let Some(path) = &s.client_secret_file {
-        let secret =
-            entra::read_trimmed(path, "AZURE_CLIENT_SECRET_FILE").map_err(|e| e.to_string())?;
-        e.add_client_secret(&client_id, &secret);
-    }
-    if let Some(path) = &s.certificate_path {
-        let bytes = std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))?;
-        if let Some(Ok(der)) = rustls_pki_types::CertificateDer::pem_slice_iter(&bytes).next() {
-            e.add_client_certificate(&client_id, &der);
-        }
-    }
-    if s.federated_token_file.is_some() {
-        e.allow_federated(&client_id);
-    }
-    if let Some(header) = &s.identity_header {
-        e.set_identity_header(header.expose());
-    }
-    Ok(())
 }
 
 /// `scheme://host[:port]` of a URL.

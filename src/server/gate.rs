@@ -28,10 +28,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use prost::Message;
 use tokio::{sync::OwnedSemaphorePermit, time::timeout};
-use tonic::{Code, Status, body::Body, service::Routes};
+use tonic::{Code, Status, body::Body};
 use tower::Service;
 
-use super::{Shared, framing};
+use super::{Routes, Shared, framing};
 use crate::graph::trace::Trace;
 use crate::grpc::codec::malformed;
 use crate::grpc::status::CLIENT_REQUEST_ID;

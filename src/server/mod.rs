@@ -2,8 +2,8 @@
 //! the per-connection limits, and drains on shutdown.
 //!
 //! tonic's own `Server` cannot cap connections, time out a silent handshake
-//! or bound a connection's send buffers, so the tonic `Routes` are served
-//! here with hyper directly. Each accepted TCP stream goes through an
+//! or bound a connection's send buffers, so the gRPC services ([`Routes`])
+//! are served here with hyper directly. Each accepted TCP stream goes through an
 //! optional async `Handshake` (TLS) and must send the HTTP/2 preface, all
 //! within `--handshake-timeout`; past `--max-connections` a stream is
 //! closed as soon as it is accepted. A connection with no open stream for
@@ -13,6 +13,7 @@ mod framing;
 mod gate;
 mod idle;
 mod io;
+mod routes;
 mod streams;
 
 use std::{
@@ -31,15 +32,14 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
+pub use io::BoxIo;
+pub use routes::Routes;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Notify, Semaphore, watch},
     task::JoinSet,
     time::{Instant, sleep, timeout, timeout_at},
 };
-use tonic::service::Routes;
-
-pub use io::BoxIo;
 
 use crate::metrics as m;
 

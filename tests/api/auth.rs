@@ -62,7 +62,7 @@ async fn no_token_is_unauthenticated_without_calling_graph() {
 async fn tokens_are_not_echoed_in_errors() {
     let mut app = spawn_app_with(&[]).await;
     app.graph
-        .inject(runstate_gateway::emulator::Fault::status(401).code("InvalidAuthenticationToken"));
+        .inject(runstate_emulator::Fault::status(401).code("InvalidAuthenticationToken"));
     let status = app
         .client
         .create_script_device_state(with_token(create_device_state(), "very-secret-token"))
@@ -79,9 +79,9 @@ pub(crate) mod credentials {
     use std::time::Duration;
 
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    use runstate_emulator::{Emulator, RunningEmulator};
     use runstate_gateway::{
         config::ServeArgs,
-        emulator::{Emulator, RunningEmulator},
         pb::{CreateScriptDeviceStateRequest, GetScriptDeviceStateRequest, ScriptDeviceState},
         startup::Application,
     };

@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use runstate_gateway::emulator::{ClientIds, Fault};
+use runstate_emulator::{ClientIds, Fault};
 use tonic::Code;
 use tonic_types::StatusExt;
 

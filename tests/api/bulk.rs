@@ -3,15 +3,13 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use runstate_gateway::{
-    emulator::Fault,
-    pb::{
-        BatchCreateComplianceScriptDeviceStatesRequest, BatchCreateScriptDeviceStatesRequest,
-        ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest,
-        CreateScriptDeviceStateRequest, ListScriptDeviceStatesRequest, RunState, ScriptDeviceState,
-        StreamCreateScriptDeviceStatesRequest, compliance_script_device_state_result,
-        script_device_state_result, stream_create_script_device_states_response,
-    },
+use runstate_emulator::Fault;
+use runstate_gateway::pb::{
+    BatchCreateComplianceScriptDeviceStatesRequest, BatchCreateScriptDeviceStatesRequest,
+    ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest,
+    CreateScriptDeviceStateRequest, ListScriptDeviceStatesRequest, RunState, ScriptDeviceState,
+    StreamCreateScriptDeviceStatesRequest, compliance_script_device_state_result,
+    script_device_state_result, stream_create_script_device_states_response,
 };
 use tonic::Code;
 
@@ -473,7 +471,7 @@ fn post_count(app: &TestApp) -> usize {
 async fn request_ids_make_a_resent_batch_safe_where_graph_ignores_ids() {
     let mut app = spawn_app_with(&["--graph-token", "t", "--write-budget", "off"]).await;
     app.graph
-        .set_client_ids(runstate_gateway::emulator::ClientIds::Ignore);
+        .set_client_ids(runstate_emulator::ClientIds::Ignore);
     let parent = "deviceManagementScripts/s1";
     let (ids, batch) = batch_with_request_ids(parent, 5);
     let first = app
@@ -534,7 +532,7 @@ async fn request_ids_make_a_resent_batch_safe_where_graph_ignores_ids() {
 async fn a_lost_batch_answer_is_outcome_unknown_and_never_posted_twice() {
     let mut app = spawn_app_with(&["--graph-token", "t", "--write-budget", "off"]).await;
     app.graph
-        .set_client_ids(runstate_gateway::emulator::ClientIds::Ignore);
+        .set_client_ids(runstate_emulator::ClientIds::Ignore);
     let parent = "deviceManagementScripts/s7";
     app.graph.inject(
         Fault::status(504)

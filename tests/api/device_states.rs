@@ -1,9 +1,7 @@
-use runstate_gateway::{
-    emulator::Fault,
-    pb::{
-        CreateScriptDeviceStateRequest, CreateScriptUserStateRequest, GetScriptDeviceStateRequest,
-        RunState, ScriptDeviceState, ScriptUserState, UpdateScriptDeviceStateRequest,
-    },
+use runstate_emulator::Fault;
+use runstate_gateway::pb::{
+    CreateScriptDeviceStateRequest, CreateScriptUserStateRequest, GetScriptDeviceStateRequest,
+    RunState, ScriptDeviceState, ScriptUserState, UpdateScriptDeviceStateRequest,
 };
 use serde_json::json;
 use tonic::Code;

@@ -3,13 +3,11 @@
 
 use std::time::Duration;
 
-use runstate_gateway::{
-    emulator::{ClientIds, Fault},
-    pb::{
-        BatchCreateComplianceScriptDeviceStatesRequest, ComplianceScriptDeviceState,
-        CreateComplianceScriptDeviceStateRequest, RunState,
-        compliance_script_device_state_result::Result as Item,
-    },
+use runstate_emulator::{ClientIds, Fault};
+use runstate_gateway::pb::{
+    BatchCreateComplianceScriptDeviceStatesRequest, ComplianceScriptDeviceState,
+    CreateComplianceScriptDeviceStateRequest, RunState,
+    compliance_script_device_state_result::Result as Item,
 };
 use tonic::{Code, Request};
 use tonic_types::StatusExt;

@@ -2,12 +2,10 @@
 
 use std::time::Duration;
 
-use runstate_gateway::{
-    emulator::Fault,
-    pb::{
-        CreateScriptUserStateRequest, GetScriptUserStateRequest, ScriptUserState,
-        UpdateScriptUserStateRequest,
-    },
+use runstate_emulator::Fault;
+use runstate_gateway::pb::{
+    CreateScriptUserStateRequest, GetScriptUserStateRequest, ScriptUserState,
+    UpdateScriptUserStateRequest,
 };
 use tonic::{Code, Request};
 use tonic_types::StatusExt;

@@ -3,7 +3,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use runstate_gateway::{config::ServeArgs, emulator::Emulator, startup::Application};
+use runstate_emulator::Emulator;
+use runstate_gateway::{config::ServeArgs, startup::Application};
 use tokio::net::TcpListener;
 use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;

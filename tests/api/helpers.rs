@@ -2,11 +2,9 @@
 
 use std::net::SocketAddr;
 
+use runstate_emulator::{Emulator, Recorded, RunningEmulator};
 use runstate_gateway::{
-    config::ServeArgs,
-    emulator::{Emulator, Recorded, RunningEmulator},
-    pb::run_state_service_client::RunStateServiceClient,
-    startup::Application,
+    config::ServeArgs, pb::run_state_service_client::RunStateServiceClient, startup::Application,
 };
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Status, transport::Channel};
@@ -41,7 +39,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
     let graph = Emulator::new();
     // These tests were written for a Graph that keeps chosen ids.
-    graph.set_client_ids(runstate_gateway::emulator::ClientIds::Honour);
+    graph.set_client_ids(runstate_emulator::ClientIds::Honour);
     let upstream = graph
         .spawn(([127, 0, 0, 1], 0).into())
         .await
@@ -96,7 +94,7 @@ impl TestApp {
     /// Graph applies the next POST, then its answer is lost behind a 504.
     pub fn lose_the_next_answer(&self) {
         self.graph.inject(
-            runstate_gateway::emulator::Fault::status(504)
+            runstate_emulator::Fault::status(504)
                 .method("POST")
                 .after_apply()
                 .times(1),

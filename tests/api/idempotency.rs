@@ -74,7 +74,7 @@ async fn a_request_id_reused_for_another_request_is_refused() {
 async fn a_failed_create_can_be_retried_with_the_same_id() {
     let mut app = spawn_app().await;
     app.graph
-        .inject(runstate_gateway::emulator::Fault::status(400).times(1));
+        .inject(runstate_emulator::Fault::status(400).times(1));
     let id = uuid::Uuid::new_v4().to_string();
     assert!(
         app.client

@@ -12,12 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use runstate_gateway::{
-    emulator::{Emulator, RunningEmulator},
-    pb::{
-        ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest, RunState,
-        run_state_service_client::RunStateServiceClient,
-    },
+use runstate_emulator::{Emulator, RunningEmulator};
+use runstate_gateway::pb::{
+    ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest, RunState,
+    run_state_service_client::RunStateServiceClient,
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},

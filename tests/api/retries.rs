@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use runstate_gateway::{
-    emulator::Fault,
-    pb::{CreateScriptUserStateRequest, ScriptUserState, UpdateScriptUserStateRequest},
+use runstate_emulator::Fault;
+use runstate_gateway::pb::{
+    CreateScriptUserStateRequest, ScriptUserState, UpdateScriptUserStateRequest,
 };
 use tonic::{Code, Request};
 

@@ -1,9 +1,7 @@
 //! Timestamps through the whole gateway, both ways.
 
-use runstate_gateway::{
-    emulator::Fault,
-    pb::{ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest},
-};
+use runstate_emulator::Fault;
+use runstate_gateway::pb::{ComplianceScriptDeviceState, CreateComplianceScriptDeviceStateRequest};
 use serde_json::json;
 
 use crate::helpers::{assert_violation, spawn_app, ts};

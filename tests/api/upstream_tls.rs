@@ -1,7 +1,8 @@
 //! Graph over HTTPS: the emulator serves TLS with a CA made for the test,
 //! which the gateway trusts only through `--graph-ca-file`.
 
-use runstate_gateway::{emulator::Emulator, pb::CreateScriptUserStateRequest, pb::ScriptUserState};
+use runstate_emulator::Emulator;
+use runstate_gateway::{pb::CreateScriptUserStateRequest, pb::ScriptUserState};
 use tonic::Code;
 
 use crate::auth::credentials::{CLIENT, TENANT, secret_flags};
@@ -40,10 +41,7 @@ async fn unavailable(app: &mut TestApp, why: &str) {
 }
 
 /// A gateway in front of a TLS emulator; `trust` gives it the CA file.
-async fn app(
-    trust: bool,
-    dir: &std::path::Path,
-) -> (TestApp, runstate_gateway::emulator::RunningEmulator) {
+async fn app(trust: bool, dir: &std::path::Path) -> (TestApp, runstate_emulator::RunningEmulator) {
     let graph = Emulator::new();
     let ca = dir.join("ca.pem");
     let upstream = graph

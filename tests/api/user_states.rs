@@ -269,7 +269,7 @@ async fn an_applied_update_that_cannot_be_read_back_says_so() {
     let state = created(&mut app).await;
     app.graph.set_patch_no_content(true);
     app.graph
-        .inject(runstate_gateway::emulator::Fault::unserved_route("GET"));
+        .inject(runstate_emulator::Fault::unserved_route("GET"));
     let req = UpdateScriptUserStateRequest {
         script_user_state: Some(ScriptUserState {
             name: state.name,

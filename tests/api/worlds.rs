@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use runstate_gateway::emulator::ClientIds;
+use runstate_emulator::ClientIds;
 use tonic::Code;
 
 use crate::helpers::{TOKEN, TestApp, spawn_app_with};

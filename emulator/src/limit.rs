@@ -38,8 +38,11 @@ impl WriteLimiter {
     }
 }
 
-/// Parses a write limit such as `50/5s` (writes per window; see
-/// [`crate::config::parse_duration`] for the window's units).
+/// The longest window.
+const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a write limit such as `50/5s`: writes per window, the window in
+/// humantime's units (`500ms`, `5s`, `2m`, `1h`), above zero and at most 24h.
 pub fn parse_write_limit(text: &str) -> Result<(u32, Duration), String> {
     let (n, window) = text
         .split_once('/')
@@ -51,5 +54,10 @@ pub fn parse_write_limit(text: &str) -> Result<(u32, Duration), String> {
     if !(1..=MAX_WRITES).contains(&n) {
         return Err(format!("the number of writes must be 1 to {MAX_WRITES}"));
     }
-    Ok((n, crate::config::parse_duration(window)?))
+    let window = humantime::parse_duration(window.trim())
+        .map_err(|e| format!("{window:?} is not a window like 5s or 500ms: {e}"))?;
+    if window.is_zero() || window > MAX_WINDOW {
+        return Err("the window must be above zero and at most 24h".into());
+    }
+    Ok((n, window))
 }

@@ -1,7 +1,8 @@
 //! An in-memory stand-in for the Graph beta run-state API, for trying the
 //! gateway with no tenant and for tests: the gateway's test oracle, so it
 //! shares none of the gateway's translation code (its own entity model, dates
-//! and paths; a test below keeps it that way).
+//! and paths). It is a crate of its own that depends on no gateway crate, so
+//! the compiler keeps it that way.
 //!
 //! It serves the four script collections' `userRunStates`, `deviceRunStates`
 //! and nested device states with POST, GET (paged, `$filter`, `$select`),
@@ -14,9 +15,11 @@
 //! ([`Fault`]), PATCH answered 204, added latency, and a bounded record of the
 //! requests it saw. The same controls are served over HTTP under `/_emulator/`
 //! (see [`control`]); they are for development only: anyone who can reach the
-//! port can use them.
+//! port can use them. [`Args`] and [`serve`] run it alone (the gateway's
+//! `emulator` command).
 
 mod batch;
+mod cli;
 pub mod control;
 mod dates;
 mod fault;
@@ -29,6 +32,7 @@ mod record;
 mod routes;
 mod tls;
 
+pub use cli::{Args, serve};
 pub use fault::Fault;
 pub use identity::{Grant, Issued};
 pub use limit::parse_write_limit;
