@@ -1,12 +1,26 @@
-//! Compiles `proto/` with protox (no protoc needed) and generates tonic code.
+//! Compiles `proto/` with protox (no protoc needed) and generates tonic code,
+//! after checking the protos and the translation tables against Graph's
+//! definitions (`graph-metadata/runstates.xml`, see `build/csdl.rs`).
 //!
 //! The descriptor set for reflection is the compiler's own encoding: encoding
 //! the decoded set again would drop custom options such as `google.api.http`.
 
 use std::{env, fs, path::PathBuf};
 
+#[allow(dead_code)]
+#[path = "src/convert/schema.rs"]
+mod schema;
+
+#[path = "build/csdl.rs"]
+mod csdl;
+
+const CSDL: &str = "graph-metadata/runstates.xml";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed={CSDL}");
+    println!("cargo:rerun-if-changed=src/convert/schema.rs");
+    println!("cargo:rerun-if-changed=build");
     let files = [
         "proto/intune/runstates/v1/resources.proto",
         "proto/intune/runstates/v1/service.proto",
@@ -14,6 +28,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_imports(true).include_source_info(true);
     compiler.open_files(files)?;
+    let descriptors = compiler.file_descriptor_set();
+    let xml = fs::read_to_string(CSDL).map_err(|e| format!("{CSDL}: {e}"))?;
+    if let Err(problems) = csdl::check(&xml, &descriptors) {
+        for problem in problems {
+            println!("cargo::error={CSDL} disagrees with the gateway: {problem}");
+        }
+        return Ok(());
+    }
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out.join("runstates_descriptor.bin"),
@@ -26,6 +48,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::grpc::codec::LeanCodec")
         // Per-item errors of batches and streams use tonic-types' Status.
         .extern_path(".google.rpc", "::tonic_types::pb")
-        .compile_fds(compiler.file_descriptor_set())?;
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -3,13 +3,7 @@
 use prost_types::FieldMask;
 
 use super::FieldViolation;
-
-/// A writable field: its proto name and its Graph (JSON) name.
-#[derive(Debug, Clone, Copy)]
-pub struct Writable {
-    pub proto: &'static str,
-    pub graph: &'static str,
-}
+pub use super::schema::Writable;
 
 /// Output-only fields of every resource.
 const OUTPUT_ONLY: [&str; 2] = ["name", "id"];
@@ -114,10 +108,12 @@ mod tests {
         Writable {
             proto: "user_principal_name",
             graph: "userPrincipalName",
+            nullable: true,
         },
         Writable {
             proto: "success_device_count",
             graph: "successDeviceCount",
+            nullable: false,
         },
     ];
 

@@ -8,6 +8,13 @@ pub mod page_token;
 pub mod query;
 pub mod resources;
 pub mod run_state;
+pub mod schema;
+
+/// The build-time check of `schema` and `proto/` against Graph's CSDL, tested
+/// here on edited excerpts.
+#[cfg(test)]
+#[path = "../../build/csdl.rs"]
+mod csdl;
 
 /// A problem with one field of a request, reported as a `BadRequest` field
 /// violation.

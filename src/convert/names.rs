@@ -9,6 +9,8 @@ use std::fmt;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use super::schema::{self, DEVICE_STATES, USER_STATES};
+
 /// Everything but RFC 3986 unreserved characters is encoded in a segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -19,10 +21,8 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// The longest id accepted.
 pub const MAX_ID_LEN: usize = 256;
 
-const USER_STATES: &str = "userRunStates";
-const DEVICE_STATES: &str = "deviceRunStates";
-
-/// The four kinds of Intune script that hold run states.
+/// The four kinds of Intune script that hold run states, in the order of
+/// [`schema::SCRIPTS`], which says what each holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScriptKind {
     /// Windows PowerShell scripts.
@@ -35,34 +35,51 @@ pub enum ScriptKind {
     Compliance,
 }
 
+const _: () = assert!(ScriptKind::ALL.len() == schema::SCRIPTS.len());
+
 impl ScriptKind {
-    /// The kinds whose scripts hold user and device run states.
-    pub const WITH_USER_STATES: [ScriptKind; 3] = [
+    const ALL: [ScriptKind; 4] = [
         ScriptKind::DeviceManagement,
         ScriptKind::Shell,
         ScriptKind::CustomAttributeShell,
+        ScriptKind::Compliance,
     ];
+
+    fn schema(self) -> &'static schema::ScriptCollection {
+        &schema::SCRIPTS[self as usize]
+    }
 
     /// The Graph collection word, e.g. `deviceShellScripts`.
     pub fn collection(self) -> &'static str {
-        match self {
-            ScriptKind::DeviceManagement => "deviceManagementScripts",
-            ScriptKind::Shell => "deviceShellScripts",
-            ScriptKind::CustomAttributeShell => "deviceCustomAttributeShellScripts",
-            ScriptKind::Compliance => "deviceComplianceScripts",
-        }
+        self.schema().collection
     }
 
     pub fn from_collection(word: &str) -> Option<Self> {
-        [
-            ScriptKind::DeviceManagement,
-            ScriptKind::Shell,
-            ScriptKind::CustomAttributeShell,
-            ScriptKind::Compliance,
-        ]
-        .into_iter()
-        .find(|k| k.collection() == word)
+        Self::ALL.into_iter().find(|k| k.collection() == word)
     }
+
+    /// Whether its scripts hold user run states (of `ScriptUserState`).
+    pub fn has_user_states(self) -> bool {
+        self.schema().user_states == Some(schema::USER_STATE.graph)
+    }
+
+    /// Whether its scripts hold device run states of `ScriptDeviceState`.
+    pub fn has_device_states(self) -> bool {
+        self.schema().device_states == schema::DEVICE_STATE.graph
+    }
+
+    /// Whether its scripts hold device run states of `ComplianceScriptDeviceState`.
+    pub fn has_compliance_states(self) -> bool {
+        self.schema().device_states == schema::COMPLIANCE_STATE.graph
+    }
+}
+
+/// Which script kinds a name may start with.
+type Kinds = fn(ScriptKind) -> bool;
+
+/// Kinds whose user run states hold device run states of `ScriptDeviceState`.
+fn has_nested_device_states(kind: ScriptKind) -> bool {
+    kind.has_user_states() && schema::USER_STATE_DEVICE_STATES == schema::DEVICE_STATE.graph
 }
 
 /// A validated id segment.
@@ -170,16 +187,13 @@ pub trait Parent: ResourcePath {
     }
 }
 
-const SCRIPT_WORDS: &str =
-    "`deviceManagementScripts`, `deviceShellScripts` or `deviceCustomAttributeShellScripts`";
-
 fn id_at(segments: &[&str], at: usize, what: &str) -> Result<Id, String> {
     Id::parse(segments[at]).map_err(|why| format!("the {what} id {why}"))
 }
 
-fn script_at(segments: &[&str], kinds: &[ScriptKind], shape: &str) -> Result<ScriptName, String> {
+fn script_at(segments: &[&str], kinds: Kinds, shape: &str) -> Result<ScriptName, String> {
     let kind = ScriptKind::from_collection(segments[0])
-        .filter(|k| kinds.contains(k))
+        .filter(|k| kinds(*k))
         .ok_or_else(|| {
             format!(
                 "must look like `{shape}`; the first segment is not {}",
@@ -192,11 +206,16 @@ fn script_at(segments: &[&str], kinds: &[ScriptKind], shape: &str) -> Result<Scr
     })
 }
 
-fn kinds_text(kinds: &[ScriptKind]) -> &'static str {
-    if kinds == [ScriptKind::Compliance] {
-        "`deviceComplianceScripts`"
-    } else {
-        SCRIPT_WORDS
+/// The collection words of `kinds`, e.g. "`a`, `b` or `c`".
+fn kinds_text(kinds: Kinds) -> String {
+    let words: Vec<String> = ScriptKind::ALL
+        .into_iter()
+        .filter(|k| kinds(*k))
+        .map(|k| format!("`{}`", k.collection()))
+        .collect();
+    match words.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => words.concat(),
     }
 }
 
@@ -229,17 +248,17 @@ fn split<'a>(name: &'a str, shape: &str, lens: &[usize]) -> Result<Vec<&'a str>,
 impl ScriptName {
     const SHAPE: &'static str = "{scripts}/{script}";
 
-    /// Parses a script of one of the three kinds that hold user states.
+    /// Parses a script of a kind that holds user states.
     pub fn parse(name: &str) -> Result<Self, String> {
         let s = split(name, Self::SHAPE, &[2])?;
-        script_at(&s, &ScriptKind::WITH_USER_STATES, Self::SHAPE)
+        script_at(&s, ScriptKind::has_user_states, Self::SHAPE)
     }
 
     /// Parses `deviceComplianceScripts/{script}`.
     pub fn parse_compliance(name: &str) -> Result<Self, String> {
         const SHAPE: &str = "deviceComplianceScripts/{script}";
         let s = split(name, SHAPE, &[2])?;
-        script_at(&s, &[ScriptKind::Compliance], SHAPE)
+        script_at(&s, ScriptKind::has_compliance_states, SHAPE)
     }
 }
 
@@ -260,11 +279,11 @@ impl UserStateName {
 
     pub fn parse(name: &str) -> Result<Self, String> {
         let s = split(name, Self::SHAPE, &[4])?;
-        Self::from_segments(&s)
+        Self::from_segments(&s, ScriptKind::has_user_states)
     }
 
-    fn from_segments(s: &[&str]) -> Result<Self, String> {
-        let script = script_at(s, &ScriptKind::WITH_USER_STATES, Self::SHAPE)?;
+    fn from_segments(s: &[&str], kinds: Kinds) -> Result<Self, String> {
+        let script = script_at(s, kinds, Self::SHAPE)?;
         expect_word(s, 2, USER_STATES, Self::SHAPE)?;
         Ok(UserStateName {
             script,
@@ -298,11 +317,14 @@ impl DeviceStateParent {
         if s.len() == 2 {
             Ok(Self::Script(script_at(
                 &s,
-                &ScriptKind::WITH_USER_STATES,
+                ScriptKind::has_device_states,
                 Self::SHAPE,
             )?))
         } else {
-            Ok(Self::UserState(UserStateName::from_segments(&s)?))
+            Ok(Self::UserState(UserStateName::from_segments(
+                &s,
+                has_nested_device_states,
+            )?))
         }
     }
 }
@@ -331,9 +353,9 @@ impl DeviceStateName {
     pub fn parse(name: &str) -> Result<Self, String> {
         let s = split(name, Self::SHAPE, &[4, 6])?;
         let parent = if s.len() == 4 {
-            DeviceStateParent::Script(script_at(&s, &ScriptKind::WITH_USER_STATES, Self::SHAPE)?)
+            DeviceStateParent::Script(script_at(&s, ScriptKind::has_device_states, Self::SHAPE)?)
         } else {
-            let script = script_at(&s, &ScriptKind::WITH_USER_STATES, Self::SHAPE)?;
+            let script = script_at(&s, has_nested_device_states, Self::SHAPE)?;
             expect_word(&s, 2, USER_STATES, Self::SHAPE)?;
             DeviceStateParent::UserState(UserStateName {
                 script,
@@ -369,7 +391,7 @@ impl ComplianceStateName {
 
     pub fn parse(name: &str) -> Result<Self, String> {
         let s = split(name, Self::SHAPE, &[4])?;
-        let script = script_at(&s, &[ScriptKind::Compliance], Self::SHAPE)?;
+        let script = script_at(&s, ScriptKind::has_compliance_states, Self::SHAPE)?;
         expect_word(&s, 2, DEVICE_STATES, Self::SHAPE)?;
         Ok(ComplianceStateName {
             script,
@@ -471,8 +493,35 @@ mod tests {
     }
 
     #[test]
+    fn kinds_follow_the_schema_table() {
+        assert_eq!(
+            ScriptKind::Compliance.collection(),
+            "deviceComplianceScripts"
+        );
+        let compliance: Vec<_> = ScriptKind::ALL
+            .into_iter()
+            .filter(|k| k.has_compliance_states())
+            .collect();
+        assert_eq!(compliance, [ScriptKind::Compliance]);
+        for kind in ScriptKind::ALL {
+            assert_eq!(ScriptKind::from_collection(kind.collection()), Some(kind));
+            assert_eq!(kind.has_user_states(), kind != ScriptKind::Compliance);
+            assert_eq!(kind.has_device_states(), kind != ScriptKind::Compliance);
+        }
+        assert_eq!(
+            kinds_text(ScriptKind::has_user_states),
+            "`deviceManagementScripts`, `deviceShellScripts` or `deviceCustomAttributeShellScripts`"
+        );
+        assert_eq!(
+            kinds_text(ScriptKind::has_compliance_states),
+            "`deviceComplianceScripts`"
+        );
+    }
+
+    #[test]
     fn parses_user_state_names_of_each_kind() {
-        for kind in ScriptKind::WITH_USER_STATES {
+        let kinds = ScriptKind::ALL.into_iter().filter(|k| k.has_user_states());
+        for kind in kinds {
             let text = format!("{}/s-1/userRunStates/u:1", kind.collection());
             let name = UserStateName::parse(&text).unwrap();
             assert_eq!(name.script.kind, kind);

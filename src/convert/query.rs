@@ -280,10 +280,12 @@ mod tests {
         Writable {
             proto: "run_state",
             graph: "runState",
+            nullable: false,
         },
         Writable {
             proto: "error_code",
             graph: "errorCode",
+            nullable: false,
         },
     ];
 

@@ -14,7 +14,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::{
     FieldViolation, datetime,
     mask::{Selection, Writable},
-    run_state,
+    run_state, schema,
 };
 use crate::graph::model::{self as g, Field};
 use crate::pb;
@@ -45,16 +45,23 @@ pub trait Resource: prost::Message + Default + Clone + Send + Sync + 'static {
 struct Writer<'a> {
     selection: &'a Selection,
     prefix: &'static str,
+    fields: &'static [Writable],
     errors: Vec<FieldViolation>,
 }
 
 impl<'a> Writer<'a> {
-    fn new(selection: &'a Selection, prefix: &'static str) -> Self {
+    fn new<R: Resource>(selection: &'a Selection) -> Self {
         Self {
             selection,
-            prefix,
+            prefix: R::FIELD,
+            fields: R::WRITABLE,
             errors: Vec::new(),
         }
+    }
+
+    /// Whether Graph allows `null` in the property of a field.
+    fn nullable(&self, field: &str) -> bool {
+        self.fields.iter().any(|w| w.proto == field && w.nullable)
     }
 
     fn violation(&mut self, field: &str, description: impl Into<String>) {
@@ -101,12 +108,7 @@ impl<'a> Writer<'a> {
         }
     }
 
-    fn timestamp(
-        &mut self,
-        field: &str,
-        value: Option<Timestamp>,
-        nullable: bool,
-    ) -> Field<String> {
+    fn timestamp(&mut self, field: &str, value: Option<Timestamp>) -> Field<String> {
         if !self.selection.has(field) {
             return Field::Absent;
         }
@@ -119,7 +121,7 @@ impl<'a> Writer<'a> {
                 }
             },
             None if self.selection.is_create() => Field::Absent,
-            None if nullable => Field::Null,
+            None if self.nullable(field) => Field::Null,
             None => {
                 self.violation(field, "cannot be cleared; Graph's property is not nullable");
                 Field::Absent
@@ -169,20 +171,7 @@ fn read_id(field: &Field<String>) -> Option<&str> {
 impl Resource for pb::ScriptUserState {
     type Graph = g::ScriptUserState;
     const FIELD: &'static str = "script_user_state";
-    const WRITABLE: &'static [Writable] = &[
-        Writable {
-            proto: "user_principal_name",
-            graph: "userPrincipalName",
-        },
-        Writable {
-            proto: "success_device_count",
-            graph: "successDeviceCount",
-        },
-        Writable {
-            proto: "error_device_count",
-            graph: "errorDeviceCount",
-        },
-    ];
+    const WRITABLE: &'static [Writable] = schema::USER_STATE.fields;
 
     fn name(&self) -> &str {
         &self.name
@@ -198,7 +187,7 @@ impl Resource for pb::ScriptUserState {
     }
 
     fn to_graph(self, selection: &Selection) -> Result<g::ScriptUserState, Vec<FieldViolation>> {
-        let w = Writer::new(selection, Self::FIELD);
+        let w = Writer::new::<Self>(selection);
         let graph = g::ScriptUserState {
             odata_type: selection.is_create().then_some(g::USER_STATE_TYPE),
             id: Field::Absent,
@@ -231,28 +220,7 @@ impl Resource for pb::ScriptUserState {
 impl Resource for pb::ScriptDeviceState {
     type Graph = g::ScriptDeviceState;
     const FIELD: &'static str = "script_device_state";
-    const WRITABLE: &'static [Writable] = &[
-        Writable {
-            proto: "run_state",
-            graph: "runState",
-        },
-        Writable {
-            proto: "result_message",
-            graph: "resultMessage",
-        },
-        Writable {
-            proto: "last_state_update_date_time",
-            graph: "lastStateUpdateDateTime",
-        },
-        Writable {
-            proto: "error_code",
-            graph: "errorCode",
-        },
-        Writable {
-            proto: "error_description",
-            graph: "errorDescription",
-        },
-    ];
+    const WRITABLE: &'static [Writable] = schema::DEVICE_STATE.fields;
 
     fn name(&self) -> &str {
         &self.name
@@ -270,7 +238,7 @@ impl Resource for pb::ScriptDeviceState {
     }
 
     fn to_graph(self, selection: &Selection) -> Result<g::ScriptDeviceState, Vec<FieldViolation>> {
-        let mut w = Writer::new(selection, Self::FIELD);
+        let mut w = Writer::new::<Self>(selection);
         let graph = g::ScriptDeviceState {
             odata_type: selection.is_create().then_some(g::DEVICE_STATE_TYPE),
             id: Field::Absent,
@@ -279,7 +247,6 @@ impl Resource for pb::ScriptDeviceState {
             last_state_update_date_time: w.timestamp(
                 "last_state_update_date_time",
                 self.last_state_update_date_time,
-                false,
             ),
             error_code: w.int("error_code", self.error_code),
             error_description: w.string("error_description", self.error_description),
@@ -314,32 +281,7 @@ impl Resource for pb::ScriptDeviceState {
 impl Resource for pb::ComplianceScriptDeviceState {
     type Graph = g::ComplianceScriptDeviceState;
     const FIELD: &'static str = "compliance_script_device_state";
-    const WRITABLE: &'static [Writable] = &[
-        Writable {
-            proto: "detection_state",
-            graph: "detectionState",
-        },
-        Writable {
-            proto: "last_state_update_date_time",
-            graph: "lastStateUpdateDateTime",
-        },
-        Writable {
-            proto: "expected_state_update_date_time",
-            graph: "expectedStateUpdateDateTime",
-        },
-        Writable {
-            proto: "last_sync_date_time",
-            graph: "lastSyncDateTime",
-        },
-        Writable {
-            proto: "script_output",
-            graph: "scriptOutput",
-        },
-        Writable {
-            proto: "script_error",
-            graph: "scriptError",
-        },
-    ];
+    const WRITABLE: &'static [Writable] = schema::COMPLIANCE_STATE.fields;
 
     fn name(&self) -> &str {
         &self.name
@@ -361,7 +303,7 @@ impl Resource for pb::ComplianceScriptDeviceState {
         self,
         selection: &Selection,
     ) -> Result<g::ComplianceScriptDeviceState, Vec<FieldViolation>> {
-        let mut w = Writer::new(selection, Self::FIELD);
+        let mut w = Writer::new::<Self>(selection);
         let graph = g::ComplianceScriptDeviceState {
             odata_type: selection.is_create().then_some(g::COMPLIANCE_STATE_TYPE),
             id: Field::Absent,
@@ -369,18 +311,12 @@ impl Resource for pb::ComplianceScriptDeviceState {
             last_state_update_date_time: w.timestamp(
                 "last_state_update_date_time",
                 self.last_state_update_date_time,
-                false,
             ),
             expected_state_update_date_time: w.timestamp(
                 "expected_state_update_date_time",
                 self.expected_state_update_date_time,
-                true,
             ),
-            last_sync_date_time: w.timestamp(
-                "last_sync_date_time",
-                self.last_sync_date_time,
-                false,
-            ),
+            last_sync_date_time: w.timestamp("last_sync_date_time", self.last_sync_date_time),
             script_output: w.string("script_output", self.script_output),
             script_error: w.string("script_error", self.script_error),
         };

@@ -1,38 +1,32 @@
-//! `RunState` ⇄ Graph's `runState` member names.
+//! `RunState` ⇄ Graph's `runState` member names, through the table
+//! [`RUN_STATES`] (which `build.rs` checks against Graph's definitions).
 
+use super::schema::RUN_STATES;
 use crate::pb::RunState;
 
 /// Graph's name for a run state; `None` for UNSPECIFIED ("not set").
 pub fn to_graph(state: RunState) -> Option<&'static str> {
-    Some(match state {
-        RunState::Unspecified => return None,
-        RunState::Unknown => "unknown",
-        RunState::Success => "success",
-        RunState::Fail => "fail",
-        RunState::ScriptError => "scriptError",
-        RunState::Pending => "pending",
-        RunState::NotApplicable => "notApplicable",
-    })
+    let proto = state.as_str_name();
+    RUN_STATES
+        .iter()
+        .find(|e| e.proto == proto)
+        .map(|e| e.graph)
 }
 
 /// The run state Graph names. A name this version does not know (Graph adds
 /// members over time) is UNSPECIFIED, with a warning, never an error.
 pub fn from_graph(name: &str) -> RunState {
-    match name {
-        "unknown" => RunState::Unknown,
-        "success" => RunState::Success,
-        "fail" => RunState::Fail,
-        "scriptError" => RunState::ScriptError,
-        "pending" => RunState::Pending,
-        "notApplicable" => RunState::NotApplicable,
-        other => {
-            tracing::warn!(
-                run_state = other,
-                "Graph sent a runState this gateway does not know; returning RUN_STATE_UNSPECIFIED"
-            );
-            RunState::Unspecified
-        }
-    }
+    let known = RUN_STATES
+        .iter()
+        .find(|e| e.graph == name)
+        .and_then(|e| RunState::from_str_name(e.proto));
+    known.unwrap_or_else(|| {
+        tracing::warn!(
+            run_state = name,
+            "Graph sent a runState this gateway does not know; returning RUN_STATE_UNSPECIFIED"
+        );
+        RunState::Unspecified
+    })
 }
 
 #[cfg(test)]

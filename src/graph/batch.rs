@@ -119,7 +119,7 @@ impl ItemReply {
     }
 
     /// The item's failure, read as a Graph error answer.
-    fn error(&self, host: &str, client_request_id: String) -> StatusError {
+    pub(super) fn error(&self, host: &str, client_request_id: String) -> StatusError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
         let body = self
             .body

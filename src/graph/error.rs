@@ -59,7 +59,8 @@ pub struct StatusError {
     pub request_id: Option<String>,
     /// The `client-request-id` the gateway sent.
     pub client_request_id: String,
-    /// `Retry-After`, in seconds.
+    /// `Retry-After`, rounded up to whole seconds; `None` when Graph gave
+    /// none, `0`, or something unreadable (then the caller's backoff applies).
     pub retry_after: Option<Duration>,
     /// The Graph host, e.g. `graph.microsoft.com`.
     pub host: String,
@@ -156,10 +157,25 @@ fn truncate(text: &mut String, max: usize) {
     }
 }
 
-/// `Retry-After` in delta-seconds (the form Graph sends); other forms are ignored.
+/// `Retry-After` in seconds, the form Graph sends. A decimal (`1.5`) is
+/// rounded up to whole seconds, the unit of the header and of Graph's
+/// throttling windows, so the wait is never shorter than asked. `0` (or
+/// `0.0`) is no guidance: retrying at once while throttled prolongs the
+/// throttling, so it reads as absent and the caller's own backoff applies, as
+/// it does for an HTTP date or anything else unreadable.
 fn parse_retry_after(value: &str) -> Option<Duration> {
-    let seconds: u64 = value.trim().parse().ok()?;
-    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+    let value = value.trim();
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(fraction) {
+        return None;
+    }
+    let max = MAX_RETRY_AFTER.as_secs();
+    let seconds = whole
+        .parse::<u64>()
+        .unwrap_or(max)
+        .saturating_add(u64::from(fraction.bytes().any(|b| b != b'0')));
+    (seconds > 0).then(|| Duration::from_secs(seconds.min(max)))
 }
 
 #[cfg(test)]
@@ -251,6 +267,74 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn rounds_a_decimal_retry_after_up_to_whole_seconds() {
+        for (header, seconds) in [
+            ("1.5", 2),
+            ("0.2", 1),
+            ("2.0", 2),
+            ("2.", 2),
+            (" 3.001 ", 4),
+        ] {
+            assert_eq!(
+                read(429, &[("retry-after", header)], "").retry_after,
+                Some(Duration::from_secs(seconds)),
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_zero_retry_after_leaves_the_wait_to_the_backoff() {
+        for header in ["0", "0.0", "00"] {
+            assert_eq!(
+                read(429, &[("retry-after", header)], "").retry_after,
+                None,
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_retry_after_is_absent() {
+        for header in [
+            "", "-1", "+1", "1e3", "inf", "NaN", ".5", "1.5.0", "1,5", "1 s", "0x10",
+        ] {
+            assert_eq!(
+                read(503, &[("retry-after", header)], "").retry_after,
+                None,
+                "{header:?}"
+            );
+        }
+        assert_eq!(
+            read(429, &[("retry-after", "99999999999999999999999.5")], "").retry_after,
+            Some(MAX_RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn batch_items_read_retry_after_from_their_headers() {
+        let item = |headers: serde_json::Value| {
+            serde_json::from_value::<super::super::batch::ItemReply>(serde_json::json!({
+                "id": "1", "status": 429, "headers": headers,
+                "body": {"error": {"code": "TooManyRequests", "message": "slow down"}}
+            }))
+            .unwrap()
+            .error("graph.microsoft.com", "c".into())
+            .retry_after
+        };
+        assert_eq!(
+            item(serde_json::json!({"Retry-After": "1.5"})),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            item(serde_json::json!({"Retry-After": 1.5})),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(item(serde_json::json!({"Retry-After": "0"})), None);
+        assert_eq!(item(serde_json::json!({})), None);
     }
 
     #[test]

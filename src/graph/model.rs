@@ -54,9 +54,11 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
     }
 }
 
-pub const USER_STATE_TYPE: &str = "#microsoft.graph.deviceManagementScriptUserState";
-pub const DEVICE_STATE_TYPE: &str = "#microsoft.graph.deviceManagementScriptDeviceState";
-pub const COMPLIANCE_STATE_TYPE: &str = "#microsoft.graph.deviceComplianceScriptDeviceState";
+use crate::convert::schema;
+
+pub const USER_STATE_TYPE: &str = schema::USER_STATE.odata_type;
+pub const DEVICE_STATE_TYPE: &str = schema::DEVICE_STATE.odata_type;
+pub const COMPLIANCE_STATE_TYPE: &str = schema::COMPLIANCE_STATE.odata_type;
 
 /// `deviceManagementScriptUserState`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
