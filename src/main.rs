@@ -59,7 +59,7 @@ fn serve(
     runtime: &tokio::runtime::Runtime,
     args: runstate_gateway::config::ServeArgs,
 ) -> anyhow::Result<ExitCode> {
-    let _logs = telemetry::init(args.log_format, args.log_buffer_lines)?;
+    let _logs = telemetry::init(args.logs.log_format, args.logs.log_buffer_lines)?;
     runtime.block_on(async {
         let app = startup::Application::build(&args).await?;
         app.run_until(startup::shutdown_signal()).await

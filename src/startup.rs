@@ -47,19 +47,19 @@ pub struct Application {
 
 impl Application {
     pub async fn build(args: &ServeArgs) -> anyhow::Result<Self> {
-        let mut graph_url = args.graph_url.clone();
-        if args.cloud != crate::config::Cloud::Global && graph_url == DEFAULT_GRAPH_URL {
-            graph_url = crate::auth::cloud_graph_url(args.cloud);
+        let mut graph_url = args.graph.graph_url.clone();
+        if args.graph.cloud != crate::config::Cloud::Global && graph_url == DEFAULT_GRAPH_URL {
+            graph_url = crate::auth::cloud_graph_url(args.graph.cloud);
         }
-        crate::tls::check_plaintext(args).map_err(Refusal::error)?;
+        crate::tls::check_plaintext(&args.listener).map_err(Refusal::error)?;
         let upstream = Upstream {
             url: graph_url,
-            token: args.graph_token.clone(),
-            h2c: args.graph_h2c,
+            token: args.auth.graph_token.clone(),
+            h2c: args.graph.graph_h2c,
             identity: None,
         };
         #[cfg(not(feature = "emulator"))]
-        if args.emulator {
+        if args.graph.emulator {
             return Err(Refusal::error(crate::config::NO_EMULATOR));
         }
         #[cfg(feature = "emulator")]
@@ -73,25 +73,25 @@ impl Application {
 
         let options = Options {
             h2c,
-            connections: args.graph_connections,
+            connections: args.graph.graph_connections,
         };
         let settings = write::Settings {
             retry: RetryPolicy {
-                max_retries: args.graph_max_retries,
+                max_retries: args.graph.graph_max_retries,
                 ..RetryPolicy::default()
             },
-            client_ids: args.graph_client_ids,
-            batch_concurrency: args.batch_concurrency as usize,
+            client_ids: args.graph.graph_client_ids,
+            batch_concurrency: args.calls.batch_concurrency as usize,
         };
         let redis = args
+            .state
             .state_store
             .open()
             .map_err(|e| Refusal::error(format!("--state-store: {e}")))?;
-        let budget = args
-            .write_budget
-            .0
-            .map(|spec| std::sync::Arc::new(WriteBudget::new(spec, redis.clone(), args.replicas)));
-        let extra_roots = match &args.graph_ca_file {
+        let budget = args.budget.write_budget.0.map(|spec| {
+            std::sync::Arc::new(WriteBudget::new(spec, redis.clone(), args.budget.replicas))
+        });
+        let extra_roots = match &args.graph.graph_ca_file {
             Some(path) => crate::tls::read_ca_file(path).map_err(Refusal::error)?,
             None => Vec::new(),
         };
@@ -100,10 +100,11 @@ impl Application {
         let records = std::sync::Arc::new(RequestIds::new(redis));
         let engine = write::Engine::new(graph, settings, budget, records);
         let auth_settings = crate::auth::settings(
-            &ServeArgs {
+            &crate::config::AuthArgs {
                 graph_token: token.clone(),
-                ..args.clone()
+                ..args.auth.clone()
             },
+            &args.graph,
             &graph_url,
             identity.as_deref(),
             &extra_roots,
@@ -113,28 +114,28 @@ impl Application {
         if let Some(running) = &emulator {
             emulator::register(running, &auth_settings).map_err(Refusal::error)?;
         }
-        let auth = crate::auth::authorizer(auth_settings, args.allow_http_upstream)
+        let auth = crate::auth::authorizer(auth_settings, args.graph.allow_http_upstream)
             .map_err(Refusal::error)?;
         tracing::info!(mode = ?auth.mode(), "Graph tokens");
         let token = token
             .map(|t| context::bearer(t.expose()))
             .transpose()
             .map_err(|_| Refusal::error("--graph-token: not a valid header value"))?;
-        let mut api = RunStateApi::new(engine, token, args.request_timeout)
+        let mut api = RunStateApi::new(engine, token, args.calls.request_timeout)
             .with_auth(auth)
-            .with_stream_window(args.stream_max_in_flight as usize);
-        if let Some(key) = &args.page_token_key {
+            .with_stream_window(args.calls.stream_max_in_flight as usize);
+        if let Some(key) = &args.calls.page_token_key {
             api = api.with_page_tokens(crate::convert::page_token::PageTokens::from_secret(
                 key.expose(),
             ));
         }
 
-        let tls = crate::tls::TlsSource::from_args(args).map_err(Refusal::error)?;
-        let listener = TcpListener::bind(args.listen)
+        let tls = crate::tls::TlsSource::from_args(&args.listener).map_err(Refusal::error)?;
+        let listener = TcpListener::bind(args.listener.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+            .with_context(|| format!("cannot listen on {}", args.listener.listen))?;
         let local_addr = listener.local_addr()?;
-        let admin = match args.admin_listen {
+        let admin = match args.admin.admin_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -206,7 +207,7 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let service = RunStateServiceServer::new(self.api)
-            .max_decoding_message_size(self.args.max_request_bytes)
+            .max_decoding_message_size(self.args.limits.max_request_bytes)
             .max_encoding_message_size(4 << 20);
 
         let routes = Routes::default()
@@ -224,9 +225,9 @@ impl Application {
                 let _ = admin_stopped.await;
             };
             let limits = crate::admin::Limits {
-                max_connections: self.args.admin_max_connections as usize,
-                header_read_timeout: self.args.admin_header_read_timeout,
-                idle_timeout: self.args.admin_idle_timeout,
+                max_connections: self.args.admin.admin_max_connections as usize,
+                header_read_timeout: self.args.admin.admin_header_read_timeout,
+                idle_timeout: self.args.admin.admin_idle_timeout,
             };
             tokio::spawn(crate::admin::serve(
                 listener,
@@ -239,17 +240,17 @@ impl Application {
 
         let a = &self.args;
         let limits = Limits {
-            max_connections: a.max_connections as usize,
-            max_streams_per_connection: a.max_streams_per_connection,
-            handshake_timeout: a.handshake_timeout,
-            request_read_timeout: a.request_read_timeout,
-            max_request_bytes: a.max_request_bytes,
-            max_concurrent_requests: a.max_concurrent_requests,
-            connection_send_budget: a.connection_send_budget as usize,
-            shutdown_grace: a.shutdown_grace,
-            max_streaming_calls: a.max_streaming_calls as usize,
-            stream_idle_timeout: a.stream_idle_timeout,
-            idle_connection_timeout: a.idle_connection_timeout,
+            max_connections: a.limits.max_connections as usize,
+            max_streams_per_connection: a.limits.max_streams_per_connection,
+            handshake_timeout: a.limits.handshake_timeout,
+            request_read_timeout: a.limits.request_read_timeout,
+            max_request_bytes: a.limits.max_request_bytes,
+            max_concurrent_requests: a.limits.max_concurrent_requests,
+            connection_send_budget: a.limits.connection_send_budget as usize,
+            shutdown_grace: a.calls.shutdown_grace,
+            max_streaming_calls: a.limits.max_streaming_calls as usize,
+            stream_idle_timeout: a.limits.stream_idle_timeout,
+            idle_connection_timeout: a.limits.idle_connection_timeout,
         };
         let on_drain = async {
             health_reporter

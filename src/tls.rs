@@ -25,7 +25,7 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ServeArgs;
+use crate::config::ListenerArgs;
 use crate::server::{BoxIo, Handshake};
 
 /// How often the certificate files are looked at for changes.
@@ -49,7 +49,7 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
     Ok(certs)
 }
 
-pub fn check_plaintext(args: &ServeArgs) -> Result<(), String> {
+pub fn check_plaintext(args: &ListenerArgs) -> Result<(), String> {
     if args.tls_cert.is_some() || args.listen.ip().is_loopback() || args.allow_plaintext {
         return Ok(());
     }
@@ -149,7 +149,7 @@ pub struct TlsSource {
 impl TlsSource {
     /// From `--tls-cert`, `--tls-key`, `--tls-client-ca` and `--allow-client`;
     /// `None` without `--tls-cert`.
-    pub fn from_args(args: &ServeArgs) -> Result<Option<Self>, String> {
+    pub fn from_args(args: &ListenerArgs) -> Result<Option<Self>, String> {
         let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
             if args.tls_cert.is_some() || args.tls_key.is_some() || args.tls_client_ca.is_some() {
                 return Err("TLS needs both --tls-cert and --tls-key".into());

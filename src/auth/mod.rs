@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status, metadata::MetadataMap};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::config::{AuthMode, Cloud, Secret, ServeArgs};
+use crate::config::{AuthArgs, AuthMode, Cloud, GraphArgs, Secret};
 use cache::{Fetched, TokenCache};
 use rustls_pki_types::CertificateDer;
 
@@ -220,7 +220,8 @@ impl Settings {
     /// From the command line, the secrets from the environment
     /// (`AZURE_CLIENT_SECRET`, `AZURE_CLIENT_CERTIFICATE_PASSWORD`, `IDENTITY_HEADER`).
     pub fn from_args(
-        args: &ServeArgs,
+        args: &AuthArgs,
+        cloud: Cloud,
         graph_url: &str,
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Self, String> {
@@ -233,7 +234,7 @@ impl Settings {
         let resource = origin(graph_url)?;
         let authority = match &args.authority_host {
             Some(a) => a.trim_end_matches('/').to_owned(),
-            None => args.cloud.authority().to_owned(),
+            None => cloud.authority().to_owned(),
         };
         Ok(Self {
             mode: args.auth,
@@ -267,16 +268,17 @@ const IMDS: &str = "http://169.254.169.254";
 /// (the embedded emulator), replaces the cloud's authority (unless
 /// --authority-host names one) and the default IMDS address.
 pub fn settings(
-    args: &ServeArgs,
+    args: &AuthArgs,
+    graph: &GraphArgs,
     graph_url: &str,
     local_identity: Option<&str>,
     extra_roots: &[CertificateDer<'static>],
 ) -> Result<Settings, String> {
-    check_upstream("--graph-url", graph_url, args.allow_http_upstream)?;
-    let mut s = Settings::from_args(args, graph_url, extra_roots)?;
+    check_upstream("--graph-url", graph_url, graph.allow_http_upstream)?;
+    let mut s = Settings::from_args(args, graph.cloud, graph_url, extra_roots)?;
     if !graph_url.starts_with("https://") {
         // The emulator or a local proxy: ask for the cloud's Graph scope.
-        s.resource = args.cloud.graph_host().to_owned();
+        s.resource = graph.cloud.graph_host().to_owned();
     }
     if let Some(base) = local_identity {
         if args.authority_host.is_none() {

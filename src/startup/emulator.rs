@@ -21,7 +21,7 @@ pub(super) async fn embed(
     args: &ServeArgs,
     upstream: Upstream,
 ) -> anyhow::Result<(Upstream, Option<RunningEmulator>)> {
-    if !args.emulator {
+    if !args.graph.emulator {
         return Ok((upstream, None));
     }
     let running = Emulator::new()
@@ -29,7 +29,7 @@ pub(super) async fn embed(
         .await
         .context("cannot start the embedded Graph emulator")?;
     tracing::info!(url = %running.base_url(), "embedded Graph emulator started");
-    let token = match args.graph_token_file {
+    let token = match args.auth.graph_token_file {
         Some(_) => upstream.token,
         None => upstream.token.or_else(|| Some(Secret::new(EMULATOR_TOKEN))),
     };

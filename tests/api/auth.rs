@@ -818,7 +818,7 @@ pub(crate) mod credentials {
         let e = build_error(&["--listen", "0.0.0.0:0"]).await;
         assert!(e.contains("--allow-plaintext") && e.contains("TLS"), "{e}");
         let args = ServeArgs::from_args(["--listen", "0.0.0.0:0", "--allow-plaintext"]).unwrap();
-        assert!(runstate_gateway::tls::check_plaintext(&args).is_ok());
+        assert!(runstate_gateway::tls::check_plaintext(&args.listener).is_ok());
     }
 
     #[tokio::test]
