@@ -51,7 +51,7 @@ impl Application {
         if args.graph.cloud != crate::config::Cloud::Global && graph_url == DEFAULT_GRAPH_URL {
             graph_url = crate::auth::cloud_graph_url(args.graph.cloud);
         }
-        crate::tls::check_plaintext(&args.listener).map_err(Refusal::error)?;
+        crate::tls::check_plaintext(&args.listener)?;
         let upstream = Upstream {
             url: graph_url,
             token: args.auth.graph_token.clone(),
@@ -92,7 +92,7 @@ impl Application {
             std::sync::Arc::new(WriteBudget::new(spec, redis.clone(), args.budget.replicas))
         });
         let extra_roots = match &args.graph.graph_ca_file {
-            Some(path) => crate::tls::read_ca_file(path).map_err(Refusal::error)?,
+            Some(path) => crate::tls::read_ca_file(path)?,
             None => Vec::new(),
         };
         let graph = GraphClient::with_roots(&graph_url, options, &extra_roots)
@@ -108,14 +108,12 @@ impl Application {
             &graph_url,
             identity.as_deref(),
             &extra_roots,
-        )
-        .map_err(Refusal::error)?;
+        )?;
         #[cfg(feature = "emulator")]
         if let Some(running) = &emulator {
-            emulator::register(running, &auth_settings).map_err(Refusal::error)?;
+            emulator::register(running, &auth_settings)?;
         }
-        let auth = crate::auth::authorizer(auth_settings, args.graph.allow_http_upstream)
-            .map_err(Refusal::error)?;
+        let auth = crate::auth::authorizer(auth_settings, args.graph.allow_http_upstream)?;
         tracing::info!(mode = ?auth.mode(), "Graph tokens");
         let token = token
             .map(|t| context::bearer(t.expose()))
@@ -130,7 +128,7 @@ impl Application {
             ));
         }
 
-        let tls = crate::tls::TlsSource::from_args(&args.listener).map_err(Refusal::error)?;
+        let tls = crate::tls::TlsSource::from_args(&args.listener)?;
         let listener = TcpListener::bind(args.listener.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listener.listen))?;

@@ -7,6 +7,7 @@
 //! Use: [`TlsSource::from_args`] at build time, then
 //! [`TlsSource::handshake`] is the server's per-connection handshake.
 
+use crate::config::Refusal;
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
@@ -35,7 +36,7 @@ const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// `--allow-plaintext` is given.
 /// The CA certificates of a PEM file (`--graph-ca-file`); a file that cannot
 /// be read or holds no certificate is an error naming it.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, Refusal> {
     let shown = path.display();
     let text = std::fs::read(path).map_err(|e| format!("--graph-ca-file {shown}: {e}"))?;
     let certs = CertificateDer::pem_slice_iter(&text)
@@ -44,19 +45,20 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
     if certs.is_empty() {
         return Err(format!(
             "--graph-ca-file {shown}: no certificate (expected PEM blocks \"BEGIN CERTIFICATE\")"
-        ));
+        )
+        .into());
     }
     Ok(certs)
 }
 
-pub fn check_plaintext(args: &ListenerArgs) -> Result<(), String> {
+pub fn check_plaintext(args: &ListenerArgs) -> Result<(), Refusal> {
     if args.tls_cert.is_some() || args.listen.ip().is_loopback() || args.allow_plaintext {
         return Ok(());
     }
     Err(format!(
         "refusing to serve plaintext gRPC on {}, which is not a loopback address: serve TLS with --tls-cert and --tls-key (and --tls-client-ca for mutual TLS), or pass --allow-plaintext (RUNSTATE_ALLOW_PLAINTEXT) when something else protects the port",
         args.listen
-    ))
+    ).into())
 }
 
 /// The files a TLS configuration is built from.
@@ -84,16 +86,13 @@ impl TlsFiles {
     }
 
     /// Builds the rustls configuration (HTTP/2 only).
-    pub fn build(&self) -> Result<ServerConfig, String> {
+    pub fn build(&self) -> Result<ServerConfig, Refusal> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let certs = CertificateDer::pem_file_iter(&self.cert)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
             .map_err(|e| format!("--tls-cert {}: {e}", self.cert.display()))?;
         if certs.is_empty() {
-            return Err(format!(
-                "--tls-cert {}: no certificate",
-                self.cert.display()
-            ));
+            return Err(format!("--tls-cert {}: no certificate", self.cert.display()).into());
         }
         let key = PrivateKeyDer::from_pem_file(&self.key)
             .map_err(|e| format!("--tls-key {}: {e}", self.key.display()))?;
@@ -149,7 +148,7 @@ pub struct TlsSource {
 impl TlsSource {
     /// From `--tls-cert`, `--tls-key`, `--tls-client-ca` and `--allow-client`;
     /// `None` without `--tls-cert`.
-    pub fn from_args(args: &ListenerArgs) -> Result<Option<Self>, String> {
+    pub fn from_args(args: &ListenerArgs) -> Result<Option<Self>, Refusal> {
         let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
             if args.tls_cert.is_some() || args.tls_key.is_some() || args.tls_client_ca.is_some() {
                 return Err("TLS needs both --tls-cert and --tls-key".into());
@@ -168,7 +167,7 @@ impl TlsSource {
         .map(Some)
     }
 
-    pub fn new(files: TlsFiles) -> Result<Self, String> {
+    pub fn new(files: TlsFiles) -> Result<Self, Refusal> {
         let config = files.build()?;
         Ok(Self {
             files,

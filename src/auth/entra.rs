@@ -9,6 +9,7 @@
 //! credential and caches tokens itself behind one lock, which our cache
 //! replaces. What is left for it is this one form POST.
 
+use crate::config::Refusal;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -45,7 +46,7 @@ pub struct Certificate {
 
 impl Certificate {
     /// Loads a PEM file holding the certificate and its RSA private key.
-    pub fn load(path: &std::path::Path, password: Option<&Secret>) -> Result<Self, String> {
+    pub fn load(path: &std::path::Path, password: Option<&Secret>) -> Result<Self, Refusal> {
         let shown = path.display();
         let bytes = std::fs::read(path)
             .map_err(|e| format!("AZURE_CLIENT_CERTIFICATE_PATH {shown}: {e}"))?;
@@ -57,7 +58,7 @@ impl Certificate {
                 } else {
                     ""
                 }
-            ));
+            ).into());
         }
         let cert = CertificateDer::pem_slice_iter(&bytes)
             .next()
@@ -67,10 +68,10 @@ impl Certificate {
             format!("AZURE_CLIENT_CERTIFICATE_PATH {shown}: no usable private key ({e})")
         })?;
         Self::from_der(&cert, &key)
-            .map_err(|e| format!("AZURE_CLIENT_CERTIFICATE_PATH {shown}: {e}"))
+            .map_err(|e| format!("AZURE_CLIENT_CERTIFICATE_PATH {shown}: {e}").into())
     }
 
-    pub fn from_der(cert: &[u8], key: &PrivateKeyDer<'_>) -> Result<Self, String> {
+    pub fn from_der(cert: &[u8], key: &PrivateKeyDer<'_>) -> Result<Self, Refusal> {
         let key = rustls::crypto::aws_lc_rs::sign::any_supported_type(key)
             .map_err(|e| format!("unusable private key: {e}"))?;
         if key.algorithm() != rustls::SignatureAlgorithm::RSA {
@@ -136,7 +137,7 @@ impl Entra {
         client_id: &str,
         credential: ClientCredential,
         scope: String,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Refusal> {
         let valid_id = |v: &str| {
             !v.is_empty()
                 && v.len() <= 256
@@ -144,12 +145,10 @@ impl Entra {
                     .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
         };
         if !valid_id(tenant) {
-            return Err(format!(
-                "AZURE_TENANT_ID {tenant:?} is not a tenant id or domain"
-            ));
+            return Err(format!("AZURE_TENANT_ID {tenant:?} is not a tenant id or domain").into());
         }
         if !valid_id(client_id) {
-            return Err(format!("AZURE_CLIENT_ID {client_id:?} is not a client id"));
+            return Err(format!("AZURE_CLIENT_ID {client_id:?} is not a client id").into());
         }
         let url = reqwest::Url::parse(authority)
             .map_err(|e| format!("--authority-host {authority:?} is not a URL: {e}"))?;

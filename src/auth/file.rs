@@ -1,6 +1,7 @@
 //! A static token read from a file and read again when the file changes
 //! (a mounted Kubernetes secret is swapped in place).
 
+use crate::config::Refusal;
 use std::{
     path::{Path, PathBuf},
     sync::Mutex,
@@ -43,7 +44,7 @@ fn read(path: &Path) -> Result<HeaderValue, TokenError> {
 
 impl TokenFile {
     /// Reads the file now: a missing or empty file fails startup.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self, Refusal> {
         let header = read(path).map_err(|e| e.to_string())?;
         let stamp =
             stamp(path).map_err(|e| format!("--graph-token-file {}: {e}", path.display()))?;

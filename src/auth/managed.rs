@@ -2,6 +2,7 @@
 //! `IDENTITY_HEADER`, else the instance metadata service (IMDS).
 
 use super::{TokenError, cache::Fetched, entra};
+use crate::config::Refusal;
 use crate::config::Secret;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -28,7 +29,7 @@ impl Managed {
         imds: &str,
         resource: &str,
         client_id: Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Refusal> {
         let endpoint = match (identity_endpoint, identity_header) {
             (Some(url), Some(header)) => Endpoint::AppService {
                 url: url.to_owned(),

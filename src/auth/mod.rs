@@ -11,6 +11,7 @@ pub mod entra;
 pub mod file;
 pub mod managed;
 
+use crate::config::Refusal;
 use std::{fmt, sync::Arc, time::Duration};
 
 use http::HeaderValue;
@@ -224,7 +225,7 @@ impl Settings {
         cloud: Cloud,
         graph_url: &str,
         extra_roots: &[CertificateDer<'static>],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Refusal> {
         let env_secret = |name: &str| {
             std::env::var(name)
                 .ok()
@@ -273,7 +274,7 @@ pub fn settings(
     graph_url: &str,
     local_identity: Option<&str>,
     extra_roots: &[CertificateDer<'static>],
-) -> Result<Settings, String> {
+) -> Result<Settings, Refusal> {
     check_upstream("--graph-url", graph_url, graph.allow_http_upstream)?;
     let mut s = Settings::from_args(args, graph.cloud, graph_url, extra_roots)?;
     if !graph_url.starts_with("https://") {
@@ -293,7 +294,7 @@ pub fn settings(
 
 /// Builds the [`Authorizer`]; a plain-http authority must be loopback unless
 /// `allow_http`.
-pub fn authorizer(s: Settings, allow_http: bool) -> Result<Arc<Authorizer>, String> {
+pub fn authorizer(s: Settings, allow_http: bool) -> Result<Arc<Authorizer>, Refusal> {
     if s.own_credential() && s.mode != Some(AuthMode::ManagedIdentity) {
         check_upstream("--authority-host", &s.authority, allow_http)?;
     }
@@ -311,7 +312,7 @@ impl Settings {
 }
 
 /// `scheme://host[:port]` of a URL.
-pub fn origin(url: &str) -> Result<String, String> {
+pub fn origin(url: &str) -> Result<String, Refusal> {
     let u = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     Ok(u.origin().ascii_serialization())
 }
@@ -323,17 +324,17 @@ pub fn cloud_graph_url(cloud: Cloud) -> String {
 
 /// Refuses an `http://` URL on a host other than loopback unless allowed:
 /// tokens must not travel in clear text by accident.
-pub fn check_upstream(what: &str, url: &str, allow_http: bool) -> Result<(), String> {
+pub fn check_upstream(what: &str, url: &str, allow_http: bool) -> Result<(), Refusal> {
     let u = reqwest::Url::parse(url).map_err(|e| format!("{what} {url:?} is not a URL: {e}"))?;
     match u.scheme() {
         "https" => Ok(()),
         "http" if allow_http || is_loopback(&u) => Ok(()),
         "http" => Err(format!(
             "{what} {url:?} is plain http on a host other than loopback, so tokens would travel in clear text; use https, or pass --allow-http-upstream (RUNSTATE_ALLOW_HTTP_UPSTREAM) to accept it"
-        )),
+        ).into()),
         other => Err(format!(
             "{what} {url:?}: unsupported scheme {other:?} (use https)"
-        )),
+        ).into()),
     }
 }
 
@@ -347,19 +348,19 @@ fn is_loopback(u: &reqwest::Url) -> bool {
     }
 }
 
-fn required(value: &Option<String>, what: &str) -> Result<String, String> {
+fn required(value: &Option<String>, what: &str) -> Result<String, Refusal> {
     value
         .as_deref()
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
-        .ok_or_else(|| format!("--auth needs {what}"))
+        .ok_or_else(|| format!("--auth needs {what}").into())
 }
 
 impl Authorizer {
     /// Checks the settings and builds the credential; fails with a message
     /// naming the missing or wrong setting.
-    pub fn new(s: Settings) -> Result<Self, String> {
+    pub fn new(s: Settings) -> Result<Self, Refusal> {
         let fixed = match (&s.static_token, &s.token_file) {
             (Some(t), _) => Some(Fixed::Value(
                 bearer(t.expose()).map_err(|_| "--graph-token: not a valid header value")?,
@@ -384,7 +385,7 @@ impl Authorizer {
                 .map_err(|e| format!("cannot build the token HTTP client: {e}"))
         };
         let scope = format!("{}/.default", s.resource);
-        let entra_app = |credential: entra::ClientCredential| -> Result<Provider, String> {
+        let entra_app = |credential: entra::ClientCredential| -> Result<Provider, Refusal> {
             Ok(Provider::Entra(entra::Entra::new(
                 http()?,
                 &s.authority,
@@ -394,7 +395,7 @@ impl Authorizer {
                 scope.clone(),
             )?))
         };
-        let secret_or_certificate = || -> Result<entra::ClientCredential, String> {
+        let secret_or_certificate = || -> Result<entra::ClientCredential, Refusal> {
             if let Some(path) = &s.certificate_path {
                 return Ok(entra::ClientCredential::Certificate(Arc::new(
                     entra::Certificate::load(path, s.certificate_password.as_ref())?,
@@ -546,7 +547,7 @@ mod tests {
         assert!(check_upstream("--graph-url", "http://[::1]:8080/beta", false).is_ok());
         assert!(check_upstream("--graph-url", "http://localhost:8080/beta", false).is_ok());
         let err = check_upstream("--authority-host", "http://emulator:8080", false).unwrap_err();
-        assert!(err.contains("--allow-http-upstream"), "{err}");
+        assert!(err.0.contains("--allow-http-upstream"), "{err}");
         assert!(check_upstream("--authority-host", "http://emulator:8080", true).is_ok());
         assert!(check_upstream("--graph-url", "ftp://x/beta", true).is_err());
     }

@@ -125,10 +125,22 @@ pub struct EmulatorArgs {
 #[error("{0}")]
 pub struct Refusal(pub String);
 
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal(message)
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(message: &str) -> Self {
+        Refusal(message.to_owned())
+    }
+}
+
 impl Refusal {
     /// Wraps a refusal message as an error for startup to return.
-    pub fn error(message: impl Into<String>) -> anyhow::Error {
-        Refusal(message.into()).into()
+    pub fn error(message: impl fmt::Display) -> anyhow::Error {
+        Refusal(message.to_string()).into()
     }
 }
 

@@ -2,6 +2,7 @@
 //! [`super::http`]. Retries, the write budget and client ids are the write
 //! engine's (`crate::write`).
 
+use crate::config::Refusal;
 use std::sync::{
     Arc,
     atomic::{AtomicUsize, Ordering},
@@ -91,7 +92,7 @@ impl GraphClient {
     /// `h2c`, an http URL is spoken to in HTTP/2 without TLS (prior knowledge),
     /// which multiplexes calls over a few connections.
     #[cfg(test)]
-    pub fn new(base_url: &str, options: Options) -> Result<Self, String> {
+    pub fn new(base_url: &str, options: Options) -> Result<Self, Refusal> {
         Self::with_roots(base_url, options, &[])
     }
 
@@ -100,24 +101,22 @@ impl GraphClient {
         base_url: &str,
         options: Options,
         extra_roots: &[CertificateDer<'static>],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Refusal> {
         let Options { h2c, connections } = options;
         if !(1..=64).contains(&connections) {
-            return Err(format!("{connections} connections: use 1 to 64"));
+            return Err(format!("{connections} connections: use 1 to 64").into());
         }
         let url =
             reqwest::Url::parse(base_url).map_err(|e| format!("{base_url:?} is not a URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-            return Err(format!("{base_url:?} must be an http or https URL"));
+            return Err(format!("{base_url:?} must be an http or https URL").into());
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("{base_url:?} must not have a query or fragment"));
+            return Err(format!("{base_url:?} must not have a query or fragment").into());
         }
         let host = url.host_str().unwrap_or_default().to_owned();
         if h2c && url.scheme() != "http" {
-            return Err(format!(
-                "{base_url:?}: HTTP/2 prior knowledge needs an http URL"
-            ));
+            return Err(format!("{base_url:?}: HTTP/2 prior knowledge needs an http URL").into());
         }
         // Plain HTTP/1.1 carries one call per connection, and one pool lets
         // every call reuse any idle connection: separate pools each opened

@@ -2,6 +2,7 @@
 //! over rustls, without redirect, retry or URL-parsing layers (the retry
 //! policy lives in `client.rs`; Graph never redirects these calls).
 
+use crate::config::Refusal;
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -26,7 +27,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The TLS settings of every Graph connection and token request: the Mozilla roots compiled
 /// into the binary (no file system read at startup) plus `extra_roots`
 /// (`--graph-ca-file`: a private CA or a TLS-inspecting proxy).
-pub fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+pub fn tls_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, Refusal> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

@@ -1,6 +1,7 @@
 //! The embedded Graph emulator (cargo feature `emulator`): started for
 //! `--emulator` and told about the gateway's own credential.
 
+use crate::config::Refusal;
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -44,7 +45,7 @@ pub(super) async fn embed(
 
 /// Tells the emulator about the gateway's own credential, after which it
 /// accepts only the Graph tokens it issued.
-pub(super) fn register(running: &RunningEmulator, s: &Settings) -> Result<(), String> {
+pub(super) fn register(running: &RunningEmulator, s: &Settings) -> Result<(), Refusal> {
     if !s.own_credential() {
         return Ok(());
     }
