@@ -89,69 +89,106 @@ pub async fn upkeep(handle: PrometheusHandle) {
     }
 }
 
+/// What each metric is: its kind and its help text (every histogram is in seconds).
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        RPC_REQUESTS,
+        Kind::Counter,
+        "RPCs handled, by method and gRPC code.",
+    ),
+    (
+        RPC_DURATION,
+        Kind::Histogram,
+        "RPC latency, by method and gRPC code.",
+    ),
+    (RPC_IN_FLIGHT, Kind::Gauge, "RPCs being handled now."),
+    (
+        RPC_SHED,
+        Kind::Counter,
+        "RPCs refused before reaching a handler, by reason.",
+    ),
+    (
+        GRAPH_REQUESTS,
+        Kind::Counter,
+        "Requests sent to Graph, by method, route and HTTP status.",
+    ),
+    (
+        GRAPH_DURATION,
+        Kind::Histogram,
+        "Graph request latency, by method, route and HTTP status.",
+    ),
+    (
+        GRAPH_RETRIES,
+        Kind::Counter,
+        "Graph requests sent again, by reason.",
+    ),
+    (
+        GRAPH_THROTTLE_WAIT,
+        Kind::Histogram,
+        "Waits after Graph throttled a request (429).",
+    ),
+    (
+        CONNECTIONS_OPEN,
+        Kind::Gauge,
+        "Client connections open now.",
+    ),
+    (
+        REQUEST_ID_REPLAYS,
+        Kind::Counter,
+        "Creates answered again from a request-id record, without writing.",
+    ),
+    (
+        WRITE_BUDGET_WAIT,
+        Kind::Histogram,
+        "Time writes waited for a slot of the write budget.",
+    ),
+    (
+        WRITE_BUDGET_REJECTED,
+        Kind::Counter,
+        "Writes refused (RESOURCE_EXHAUSTED) because no budget slot came before their deadline.",
+    ),
+    (
+        STATE_STORE_ERRORS,
+        Kind::Counter,
+        "Failed calls to the shared state store (the local store stood in), by store.",
+    ),
+    (
+        CONNECTIONS_REFUSED,
+        Kind::Counter,
+        "Client connections closed by the gateway, by reason.",
+    ),
+    (
+        TOKEN_FETCHES,
+        Kind::Counter,
+        "Token requests to the identity platform, by result (ok, rejected, unavailable, timeout, error).",
+    ),
+    (
+        TOKEN_FETCH_DURATION,
+        Kind::Histogram,
+        "Token request latency.",
+    ),
+    (
+        LOG_LINES_DROPPED,
+        Kind::Counter,
+        "Log lines dropped because stderr was not read fast enough (the queue to it was full).",
+    ),
+];
+
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(RPC_REQUESTS, "RPCs handled, by method and gRPC code.");
-    describe_histogram!(
-        RPC_DURATION,
-        Unit::Seconds,
-        "RPC latency, by method and gRPC code."
-    );
-    describe_gauge!(RPC_IN_FLIGHT, "RPCs being handled now.");
-    describe_counter!(
-        RPC_SHED,
-        "RPCs refused before reaching a handler, by reason."
-    );
-    describe_counter!(
-        GRAPH_REQUESTS,
-        "Requests sent to Graph, by method, route and HTTP status."
-    );
-    describe_histogram!(
-        GRAPH_DURATION,
-        Unit::Seconds,
-        "Graph request latency, by method, route and HTTP status."
-    );
-    describe_counter!(GRAPH_RETRIES, "Graph requests sent again, by reason.");
-    describe_histogram!(
-        GRAPH_THROTTLE_WAIT,
-        Unit::Seconds,
-        "Waits after Graph throttled a request (429)."
-    );
-    describe_gauge!(CONNECTIONS_OPEN, "Client connections open now.");
-    describe_counter!(
-        REQUEST_ID_REPLAYS,
-        "Creates answered again from a request-id record, without writing."
-    );
-    describe_histogram!(
-        WRITE_BUDGET_WAIT,
-        Unit::Seconds,
-        "Time writes waited for a slot of the write budget."
-    );
-    describe_counter!(
-        WRITE_BUDGET_REJECTED,
-        "Writes refused (RESOURCE_EXHAUSTED) because no budget slot came before their deadline."
-    );
-    describe_counter!(
-        STATE_STORE_ERRORS,
-        "Failed calls to the shared state store (the local store stood in), by store."
-    );
-    describe_counter!(
-        CONNECTIONS_REFUSED,
-        "Client connections closed by the gateway, by reason."
-    );
-    describe_counter!(
-        TOKEN_FETCHES,
-        "Token requests to the identity platform, by result (ok, rejected, unavailable, timeout, error)."
-    );
-    describe_histogram!(
-        TOKEN_FETCH_DURATION,
-        Unit::Seconds,
-        "Token request latency."
-    );
-    describe_counter!(
-        LOG_LINES_DROPPED,
-        "Log lines dropped because stderr was not read fast enough (the queue to it was full)."
-    );
+    for (name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => describe_counter!(*name, *help),
+            Kind::Gauge => describe_gauge!(*name, *help),
+            Kind::Histogram => describe_histogram!(*name, Unit::Seconds, *help),
+        }
+    }
 }
 
 /// Brings the values kept outside the recorder up to date; run before each

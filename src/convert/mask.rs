@@ -105,16 +105,8 @@ mod tests {
     use super::*;
 
     const FIELDS: &[Writable] = &[
-        Writable {
-            proto: "user_principal_name",
-            graph: "userPrincipalName",
-            nullable: true,
-        },
-        Writable {
-            proto: "success_device_count",
-            graph: "successDeviceCount",
-            nullable: false,
-        },
+        Writable::nullable("user_principal_name", "userPrincipalName"),
+        Writable::required("success_device_count", "successDeviceCount"),
     ];
 
     fn mask(paths: &[&str]) -> FieldMask {

@@ -277,16 +277,8 @@ mod tests {
     }
 
     const READABLE: &[Writable] = &[
-        Writable {
-            proto: "run_state",
-            graph: "runState",
-            nullable: false,
-        },
-        Writable {
-            proto: "error_code",
-            graph: "errorCode",
-            nullable: false,
-        },
+        Writable::required("run_state", "runState"),
+        Writable::required("error_code", "errorCode"),
     ];
 
     fn mask(paths: &[&str]) -> FieldMask {

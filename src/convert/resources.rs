@@ -16,13 +16,13 @@ use super::{
     mask::{Selection, Writable},
     run_state, schema,
 };
-use crate::graph::model::{self as g, Field};
+use crate::graph::model::{self as g, Entity as _, Field};
 use crate::pb;
 
 /// A proto resource that maps onto a Graph entity.
 pub trait Resource: prost::Message + Default + Clone + Send + Sync + 'static {
     /// Graph's JSON model of the entity.
-    type Graph: Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Graph: g::Entity + Serialize + DeserializeOwned + Send + Sync + 'static;
     /// The request field that holds the resource, for field violations.
     const FIELD: &'static str;
     /// Fields an update can write.
@@ -36,9 +36,16 @@ pub trait Resource: prost::Message + Default + Clone + Send + Sync + 'static {
     /// The resource Graph describes, named `name`.
     fn from_graph(graph: Self::Graph, name: String) -> Self;
     /// The id in a Graph entity.
-    fn graph_id(graph: &Self::Graph) -> Option<&str>;
+    fn graph_id(graph: &Self::Graph) -> Option<&str> {
+        match graph.id() {
+            Field::Value(id) => Some(id),
+            _ => None,
+        }
+    }
     /// Sets the id of a Graph body (a caller-chosen id on create).
-    fn set_graph_id(graph: &mut Self::Graph, id: String);
+    fn set_graph_id(graph: &mut Self::Graph, id: String) {
+        graph.set_id(id);
+    }
 }
 
 /// Writes one resource's fields, collecting violations.
@@ -161,13 +168,6 @@ fn read_timestamp(field: Field<String>, property: &str) -> Option<Timestamp> {
     }
 }
 
-fn read_id(field: &Field<String>) -> Option<&str> {
-    match field {
-        Field::Value(id) => Some(id),
-        _ => None,
-    }
-}
-
 impl Resource for pb::ScriptUserState {
     type Graph = g::ScriptUserState;
     const FIELD: &'static str = "script_user_state";
@@ -206,14 +206,6 @@ impl Resource for pb::ScriptUserState {
             success_device_count: read_int(graph.success_device_count),
             error_device_count: read_int(graph.error_device_count),
         }
-    }
-
-    fn graph_id(graph: &g::ScriptUserState) -> Option<&str> {
-        read_id(&graph.id)
-    }
-
-    fn set_graph_id(graph: &mut g::ScriptUserState, id: String) {
-        graph.id = Field::Value(id);
     }
 }
 
@@ -267,14 +259,6 @@ impl Resource for pb::ScriptDeviceState {
             error_code: read_int(graph.error_code),
             error_description: graph.error_description.into_option(),
         }
-    }
-
-    fn graph_id(graph: &g::ScriptDeviceState) -> Option<&str> {
-        read_id(&graph.id)
-    }
-
-    fn set_graph_id(graph: &mut g::ScriptDeviceState, id: String) {
-        graph.id = Field::Value(id);
     }
 }
 
@@ -340,14 +324,6 @@ impl Resource for pb::ComplianceScriptDeviceState {
             script_output: graph.script_output.into_option(),
             script_error: graph.script_error.into_option(),
         }
-    }
-
-    fn graph_id(graph: &g::ComplianceScriptDeviceState) -> Option<&str> {
-        read_id(&graph.id)
-    }
-
-    fn set_graph_id(graph: &mut g::ComplianceScriptDeviceState, id: String) {
-        graph.id = Field::Value(id);
     }
 }
 

@@ -16,6 +16,26 @@ pub struct Writable {
     pub nullable: bool,
 }
 
+impl Writable {
+    /// A property Graph allows to be `null`.
+    pub const fn nullable(proto: &'static str, graph: &'static str) -> Self {
+        Self {
+            proto,
+            graph,
+            nullable: true,
+        }
+    }
+
+    /// A property Graph never allows to be `null`.
+    pub const fn required(proto: &'static str, graph: &'static str) -> Self {
+        Self {
+            proto,
+            graph,
+            nullable: false,
+        }
+    }
+}
+
 /// A run-state entity and the proto message that carries it.
 #[derive(Debug)]
 pub struct Entity {
@@ -34,21 +54,9 @@ pub const USER_STATE: Entity = Entity {
     odata_type: "#microsoft.graph.deviceManagementScriptUserState",
     proto: "intune.runstates.v1.ScriptUserState",
     fields: &[
-        Writable {
-            proto: "user_principal_name",
-            graph: "userPrincipalName",
-            nullable: true,
-        },
-        Writable {
-            proto: "success_device_count",
-            graph: "successDeviceCount",
-            nullable: false,
-        },
-        Writable {
-            proto: "error_device_count",
-            graph: "errorDeviceCount",
-            nullable: false,
-        },
+        Writable::nullable("user_principal_name", "userPrincipalName"),
+        Writable::required("success_device_count", "successDeviceCount"),
+        Writable::required("error_device_count", "errorDeviceCount"),
     ],
 };
 
@@ -57,31 +65,11 @@ pub const DEVICE_STATE: Entity = Entity {
     odata_type: "#microsoft.graph.deviceManagementScriptDeviceState",
     proto: "intune.runstates.v1.ScriptDeviceState",
     fields: &[
-        Writable {
-            proto: "run_state",
-            graph: "runState",
-            nullable: false,
-        },
-        Writable {
-            proto: "result_message",
-            graph: "resultMessage",
-            nullable: true,
-        },
-        Writable {
-            proto: "last_state_update_date_time",
-            graph: "lastStateUpdateDateTime",
-            nullable: false,
-        },
-        Writable {
-            proto: "error_code",
-            graph: "errorCode",
-            nullable: false,
-        },
-        Writable {
-            proto: "error_description",
-            graph: "errorDescription",
-            nullable: true,
-        },
+        Writable::required("run_state", "runState"),
+        Writable::nullable("result_message", "resultMessage"),
+        Writable::required("last_state_update_date_time", "lastStateUpdateDateTime"),
+        Writable::required("error_code", "errorCode"),
+        Writable::nullable("error_description", "errorDescription"),
     ],
 };
 
@@ -90,36 +78,15 @@ pub const COMPLIANCE_STATE: Entity = Entity {
     odata_type: "#microsoft.graph.deviceComplianceScriptDeviceState",
     proto: "intune.runstates.v1.ComplianceScriptDeviceState",
     fields: &[
-        Writable {
-            proto: "detection_state",
-            graph: "detectionState",
-            nullable: false,
-        },
-        Writable {
-            proto: "last_state_update_date_time",
-            graph: "lastStateUpdateDateTime",
-            nullable: false,
-        },
-        Writable {
-            proto: "expected_state_update_date_time",
-            graph: "expectedStateUpdateDateTime",
-            nullable: true,
-        },
-        Writable {
-            proto: "last_sync_date_time",
-            graph: "lastSyncDateTime",
-            nullable: false,
-        },
-        Writable {
-            proto: "script_output",
-            graph: "scriptOutput",
-            nullable: true,
-        },
-        Writable {
-            proto: "script_error",
-            graph: "scriptError",
-            nullable: true,
-        },
+        Writable::required("detection_state", "detectionState"),
+        Writable::required("last_state_update_date_time", "lastStateUpdateDateTime"),
+        Writable::nullable(
+            "expected_state_update_date_time",
+            "expectedStateUpdateDateTime",
+        ),
+        Writable::required("last_sync_date_time", "lastSyncDateTime"),
+        Writable::nullable("script_output", "scriptOutput"),
+        Writable::nullable("script_error", "scriptError"),
     ],
 };
 
@@ -134,36 +101,24 @@ pub struct RunStateName {
     pub graph: &'static str,
 }
 
+impl RunStateName {
+    pub const fn new(proto: &'static str, graph: &'static str) -> Self {
+        Self { proto, graph }
+    }
+}
+
 /// The proto enum of Graph's `runState`, by full name.
 pub const RUN_STATE_ENUM: &str = "intune.runstates.v1.RunState";
 
 /// Every `runState` member. The proto's zero value (UNSPECIFIED, "not set")
 /// has no member.
 pub const RUN_STATES: &[RunStateName] = &[
-    RunStateName {
-        proto: "RUN_STATE_UNKNOWN",
-        graph: "unknown",
-    },
-    RunStateName {
-        proto: "RUN_STATE_SUCCESS",
-        graph: "success",
-    },
-    RunStateName {
-        proto: "RUN_STATE_FAIL",
-        graph: "fail",
-    },
-    RunStateName {
-        proto: "RUN_STATE_SCRIPT_ERROR",
-        graph: "scriptError",
-    },
-    RunStateName {
-        proto: "RUN_STATE_PENDING",
-        graph: "pending",
-    },
-    RunStateName {
-        proto: "RUN_STATE_NOT_APPLICABLE",
-        graph: "notApplicable",
-    },
+    RunStateName::new("RUN_STATE_UNKNOWN", "unknown"),
+    RunStateName::new("RUN_STATE_SUCCESS", "success"),
+    RunStateName::new("RUN_STATE_FAIL", "fail"),
+    RunStateName::new("RUN_STATE_SCRIPT_ERROR", "scriptError"),
+    RunStateName::new("RUN_STATE_PENDING", "pending"),
+    RunStateName::new("RUN_STATE_NOT_APPLICABLE", "notApplicable"),
 ];
 
 /// The navigation property (and name segment) of user run states.

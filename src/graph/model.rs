@@ -60,74 +60,76 @@ pub const USER_STATE_TYPE: &str = schema::USER_STATE.odata_type;
 pub const DEVICE_STATE_TYPE: &str = schema::DEVICE_STATE.odata_type;
 pub const COMPLIANCE_STATE_TYPE: &str = schema::COMPLIANCE_STATE.odata_type;
 
-/// `deviceManagementScriptUserState`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ScriptUserState {
-    #[serde(
-        rename = "@odata.type",
-        skip_serializing_if = "Option::is_none",
-        skip_deserializing
-    )]
-    pub odata_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub id: Field<String>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub success_device_count: Field<i32>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub error_device_count: Field<i32>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub user_principal_name: Field<String>,
+/// What every run-state entity has: an `id`.
+pub trait Entity {
+    fn id(&self) -> &Field<String>;
+    fn set_id(&mut self, id: String);
 }
 
-/// `deviceManagementScriptDeviceState`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ScriptDeviceState {
-    #[serde(
-        rename = "@odata.type",
-        skip_serializing_if = "Option::is_none",
-        skip_deserializing
-    )]
-    pub odata_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub id: Field<String>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub run_state: Field<Cow<'static, str>>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub result_message: Field<String>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub last_state_update_date_time: Field<String>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub error_code: Field<i32>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub error_description: Field<String>,
+/// A run-state entity: its `@odata.type` (written on create), its `id` and
+/// its properties, each absent, null or a value.
+macro_rules! entity {
+    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase", default)]
+        pub struct $name {
+            #[serde(
+                rename = "@odata.type",
+                skip_serializing_if = "Option::is_none",
+                skip_deserializing
+            )]
+            pub odata_type: Option<&'static str>,
+            #[serde(skip_serializing_if = "Field::is_absent")]
+            pub id: Field<String>,
+            $(
+                #[serde(skip_serializing_if = "Field::is_absent")]
+                pub $field: Field<$ty>,
+            )*
+        }
+
+        impl Entity for $name {
+            fn id(&self) -> &Field<String> {
+                &self.id
+            }
+
+            fn set_id(&mut self, id: String) {
+                self.id = Field::Value(id);
+            }
+        }
+    };
 }
 
-/// `deviceComplianceScriptDeviceState`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ComplianceScriptDeviceState {
-    #[serde(
-        rename = "@odata.type",
-        skip_serializing_if = "Option::is_none",
-        skip_deserializing
-    )]
-    pub odata_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub id: Field<String>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub detection_state: Field<Cow<'static, str>>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub last_state_update_date_time: Field<String>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub expected_state_update_date_time: Field<String>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub last_sync_date_time: Field<String>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub script_output: Field<String>,
-    #[serde(skip_serializing_if = "Field::is_absent")]
-    pub script_error: Field<String>,
+entity! {
+    /// `deviceManagementScriptUserState`.
+    ScriptUserState {
+        success_device_count: i32,
+        error_device_count: i32,
+        user_principal_name: String,
+    }
+}
+
+entity! {
+    /// `deviceManagementScriptDeviceState`.
+    ScriptDeviceState {
+        run_state: Cow<'static, str>,
+        result_message: String,
+        last_state_update_date_time: String,
+        error_code: i32,
+        error_description: String,
+    }
+}
+
+entity! {
+    /// `deviceComplianceScriptDeviceState`.
+    ComplianceScriptDeviceState {
+        detection_state: Cow<'static, str>,
+        last_state_update_date_time: String,
+        expected_state_update_date_time: String,
+        last_sync_date_time: String,
+        script_output: String,
+        script_error: String,
+    }
 }
 
 /// Graph's error body: `{"error": {"code", "message", "innerError": {...}}}`.

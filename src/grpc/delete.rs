@@ -1,12 +1,11 @@
 //! The Delete RPCs (AIP-135): Graph DELETE `{name}`.
 
 use http::StatusCode;
-use tokio::time::timeout_at;
 use tonic::{Response, Status, metadata::MetadataMap};
 
 use super::{RunStateApi, ops::respond, status};
 use crate::convert::{FieldViolation, names::ResourcePath};
-use crate::graph::{Call, GraphError};
+use crate::graph::GraphError;
 
 impl RunStateApi {
     /// DELETE `{name}`; with `allow_missing`, a missing state is OK.
@@ -19,12 +18,9 @@ impl RunStateApi {
     ) -> Result<Response<()>, Status> {
         let name = parse(name)
             .map_err(|why| status::invalid_argument(vec![FieldViolation::new("name", why)]))?;
-        let authorization = self.authorize(metadata).await?;
-        let call = Call {
-            authorization: &authorization,
-            deadline: self.deadline(metadata),
-        };
-        timeout_at(call.deadline, async {
+        let caller = self.caller(metadata).await?;
+        let call = caller.call();
+        self.within(call.deadline, async {
             match self.engine.delete(name.graph_path(), &call).await {
                 Ok(request_id) => Ok(respond((), request_id)),
                 Err(GraphError::Status(e))
@@ -36,6 +32,5 @@ impl RunStateApi {
             }
         })
         .await
-        .unwrap_or_else(|_| Err(self.deadline_exceeded()))
     }
 }

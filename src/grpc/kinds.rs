@@ -3,6 +3,7 @@
 //! its RPCs from the shapes in `ops`, `list`, `delete` and `batch`. Adding
 //! an RPC of an existing shape touches only this table.
 
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -21,6 +22,18 @@ use crate::convert::{
 };
 use crate::pb::{self, run_state_service_server::RunStateService};
 
+/// A unary RPC as the server's gate sees it: its name (a bounded metric
+/// label) and the resource its request names (for the call's log line).
+pub(crate) struct Rpc {
+    pub name: &'static str,
+    pub resource: fn(&[u8]) -> Result<String, prost::DecodeError>,
+}
+
+/// An RPC's name from its request message's: `GetXRequest` is `GetX`.
+const fn rpc_name(request: &'static str) -> &'static str {
+    request.split_at(request.len() - "Request".len()).0
+}
+
 macro_rules! service {
     (
         $(
@@ -38,8 +51,26 @@ macro_rules! service {
                 $( batch: $batch:ident($BatchReq:ident -> $BatchResp:ident, $Result:ident, $result:ident), )?
             }
         )*
-        extra { $($extra:tt)* }
+        extra { streaming: [$($streaming:ident),*] $($extra:tt)* }
     ) => {
+        /// Every unary RPC of the service, with the resource its request names.
+        pub(crate) const UNARY: &[Rpc] = &[
+            $(
+                Rpc { name: rpc_name(stringify!($CreateReq)), resource: |b| Ok(pb::$CreateReq::decode(b)?.parent) },
+                Rpc { name: rpc_name(stringify!($GetReq)), resource: |b| Ok(pb::$GetReq::decode(b)?.name) },
+                Rpc {
+                    name: rpc_name(stringify!($UpdateReq)),
+                    resource: |b| Ok(pb::$UpdateReq::decode(b)?.$field.map(|r| r.name).unwrap_or_default()),
+                },
+                Rpc { name: rpc_name(stringify!($DeleteReq)), resource: |b| Ok(pb::$DeleteReq::decode(b)?.name) },
+                Rpc { name: rpc_name(stringify!($ListReq)), resource: |b| Ok(pb::$ListReq::decode(b)?.parent) },
+                $( Rpc { name: rpc_name(stringify!($BatchReq)), resource: |b| Ok(pb::$BatchReq::decode(b)?.parent) }, )?
+            )*
+        ];
+
+        /// Every client-streaming RPC of the service.
+        pub(crate) const STREAMING: &[&str] = &[$(rpc_name(stringify!($streaming))),*];
+
         #[tonic::async_trait]
         impl RunStateService for RunStateApi {
             $(
@@ -191,6 +222,8 @@ service! {
         batch: batch_create_compliance_script_device_states(BatchCreateComplianceScriptDeviceStatesRequest -> BatchCreateComplianceScriptDeviceStatesResponse, ComplianceScriptDeviceStateResult, compliance_script_device_state_result),
     }
     extra {
+        streaming: [StreamCreateScriptDeviceStatesRequest]
+
         type StreamCreateScriptDeviceStatesStream = stream::AnswerStream;
 
         async fn stream_create_script_device_states(

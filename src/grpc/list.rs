@@ -2,7 +2,6 @@
 //! page token.
 
 use prost_types::FieldMask;
-use tokio::time::timeout_at;
 use tonic::{Status, metadata::MetadataMap};
 
 use super::{RunStateApi, status};
@@ -13,7 +12,6 @@ use crate::convert::{
     query::{self, Filterable},
     resources::Resource,
 };
-use crate::graph::Call;
 
 /// The fields of a list request, before validation.
 pub(super) struct List<'a, P> {
@@ -79,12 +77,9 @@ impl RunStateApi {
                     status::invalid_argument(vec![FieldViolation::new("page_token", why)])
                 })?
         };
-        let authorization = self.authorize(metadata).await?;
-        let call = Call {
-            authorization: &authorization,
-            deadline: self.deadline(metadata),
-        };
-        timeout_at(call.deadline, async {
+        let caller = self.caller(metadata).await?;
+        let call = caller.call();
+        self.within(call.deadline, async {
             let reply = self
                 .engine
                 .list::<R::Graph>(&collection, &query, &call)
@@ -115,6 +110,5 @@ impl RunStateApi {
             })
         })
         .await
-        .unwrap_or_else(|_| Err(self.deadline_exceeded()))
     }
 }

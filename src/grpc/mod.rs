@@ -7,7 +7,7 @@ mod batch;
 pub(crate) mod codec;
 pub(crate) mod context;
 mod delete;
-mod kinds;
+pub(crate) mod kinds;
 mod list;
 mod ops;
 pub(crate) mod status;

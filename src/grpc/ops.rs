@@ -47,6 +47,21 @@ pub(super) fn fingerprint(message: &impl prost::Message, request_id: &str) -> u6
     h.finish()
 }
 
+/// A caller whose token is checked, and its deadline.
+pub(super) struct Caller {
+    authorization: http::HeaderValue,
+    pub deadline: tokio::time::Instant,
+}
+
+impl Caller {
+    pub fn call(&self) -> Call<'_> {
+        Call {
+            authorization: &self.authorization,
+            deadline: self.deadline,
+        }
+    }
+}
+
 /// The longest deadline honoured (a day); longer ones are cut to it.
 const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
@@ -132,6 +147,27 @@ impl RunStateApi {
             None => self.default_timeout,
         };
         tokio::time::Instant::now() + timeout.min(MAX_DEADLINE)
+    }
+
+    /// Checks the caller's token and reads its deadline: what a Graph call
+    /// needs from the caller.
+    pub(super) async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let authorization = self.authorize(metadata).await?;
+        Ok(Caller {
+            authorization,
+            deadline: self.deadline(metadata),
+        })
+    }
+
+    /// Runs `work` until the caller's deadline; DEADLINE_EXCEEDED after it.
+    pub(super) async fn within<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        timeout_at(deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(self.deadline_exceeded()))
     }
 
     pub(super) fn graph_status(&self, error: GraphError) -> Status {
@@ -226,14 +262,10 @@ impl RunStateApi {
         let (Some(name), Some(body)) = (name, body) else {
             return Err(internal("validation left no value"));
         };
-        let authorization = self.authorize(metadata.borrow()).await?;
-        let call = Call {
-            authorization: &authorization,
-            deadline: self.deadline(metadata.borrow()),
-        };
+        let caller = self.caller(metadata.borrow()).await?;
+        let call = caller.call();
         drop(metadata);
-
-        timeout_at(call.deadline, async {
+        self.within(call.deadline, async {
             let path = name.graph_path();
             let patched = self
                 .engine
@@ -257,7 +289,6 @@ impl RunStateApi {
             Ok(respond(R::from_graph(value, name.to_string()), request_id))
         })
         .await
-        .unwrap_or_else(|_| Err(self.deadline_exceeded()))
     }
 
     /// GET `{name}`.
@@ -273,13 +304,10 @@ impl RunStateApi {
         let Some(name) = name else {
             return Err(internal("validation left no value"));
         };
-        let authorization = self.authorize(metadata.borrow()).await?;
-        let call = Call {
-            authorization: &authorization,
-            deadline: self.deadline(metadata.borrow()),
-        };
+        let caller = self.caller(metadata.borrow()).await?;
+        let call = caller.call();
         drop(metadata);
-        timeout_at(call.deadline, async {
+        self.within(call.deadline, async {
             let got = self
                 .engine
                 .get::<R::Graph>(name.graph_path(), &call)
@@ -291,7 +319,6 @@ impl RunStateApi {
             ))
         })
         .await
-        .unwrap_or_else(|_| Err(self.deadline_exceeded()))
     }
 }
 

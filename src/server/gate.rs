@@ -14,7 +14,7 @@ use std::{
     convert::Infallible,
     pin::Pin,
     sync::{
-        Arc, OnceLock,
+        Arc, LazyLock, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -26,7 +26,6 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use prost::Message;
 use tokio::{sync::OwnedSemaphorePermit, time::timeout};
 use tonic::{Code, Status, body::Body};
 use tower::Service;
@@ -34,9 +33,10 @@ use tower::Service;
 use super::{Routes, Shared, framing};
 use crate::graph::trace::Trace;
 use crate::grpc::codec::malformed;
+use crate::grpc::kinds::{STREAMING, UNARY};
 use crate::grpc::status::CLIENT_REQUEST_ID;
 use crate::metrics as m;
-use crate::pb::{self, run_state_service_server::RunStateServiceServer};
+use crate::pb::run_state_service_server::RunStateServiceServer;
 
 /// The API service, called by the gate directly (not through the router).
 pub(crate) type Api = RunStateServiceServer<crate::grpc::RunStateApi>;
@@ -47,9 +47,6 @@ const API_PREFIX: &str = "/intune.runstates.v1.RunStateService/";
 /// Largest response chunk handed to HTTP/2 at once: a slow reader's unread
 /// responses stay in the gate, where the send budget counts them.
 const CHUNK: usize = 16 << 10;
-
-/// RPCs whose request is a stream of messages, passed on unread.
-const STREAMING: [&str; 1] = ["StreamCreateScriptDeviceStates"];
 
 /// Longest resource name written to a log line.
 const MAX_LOGGED_NAME: usize = 256;
@@ -220,7 +217,7 @@ impl Gate {
         if call.rpc != RPCS.len() - 1 {
             framing::check_unary(&message)?;
         }
-        call.resource = check_message(call.method, &message)?;
+        call.resource = check_message(call.rpc, &message)?;
         // The handler measures the caller's deadline from when it starts:
         // take off the time spent reading the message.
         let headers = &mut parts.headers;
@@ -313,28 +310,16 @@ async fn read_message(mut body: Incoming, max: usize) -> Result<Bytes, Status> {
     Ok(if buf.is_empty() { first } else { buf.freeze() })
 }
 
-/// The RPCs' short names (bounded metric labels); `unknown` last.
-const RPCS: [&str; 19] = [
-    "ListScriptUserStates",
-    "ListScriptDeviceStates",
-    "ListComplianceScriptDeviceStates",
-    "DeleteScriptUserState",
-    "DeleteScriptDeviceState",
-    "DeleteComplianceScriptDeviceState",
-    "BatchCreateScriptDeviceStates",
-    "BatchCreateComplianceScriptDeviceStates",
-    "StreamCreateScriptDeviceStates",
-    "CreateScriptUserState",
-    "UpdateScriptUserState",
-    "GetScriptUserState",
-    "CreateScriptDeviceState",
-    "UpdateScriptDeviceState",
-    "GetScriptDeviceState",
-    "CreateComplianceScriptDeviceState",
-    "UpdateComplianceScriptDeviceState",
-    "GetComplianceScriptDeviceState",
-    "unknown",
-];
+/// The RPCs' short names (bounded metric labels): the unary ones in the
+/// order of [`UNARY`], the streaming ones, `unknown` last.
+static RPCS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    UNARY
+        .iter()
+        .map(|r| r.name)
+        .chain(STREAMING.iter().copied())
+        .chain(["unknown"])
+        .collect()
+});
 
 /// The index in [`RPCS`] of the RPC a path names (`unknown` when none).
 fn rpc_index(path: &str) -> usize {
@@ -385,55 +370,13 @@ impl RpcMetrics {
     }
 }
 
-/// Decodes the message for its RPC; returns the resource it names (the
-/// parent of a create). Its framing was checked before.
-fn check_message(rpc: &str, framed: &[u8]) -> Result<String, Status> {
-    let Some(b) = framed.get(5..) else {
-        return Ok(String::new());
-    };
-    let decoded = match rpc {
-        "CreateScriptUserState" => pb::CreateScriptUserStateRequest::decode(b).map(|m| m.parent),
-        "CreateScriptDeviceState" => {
-            pb::CreateScriptDeviceStateRequest::decode(b).map(|m| m.parent)
-        }
-        "CreateComplianceScriptDeviceState" => {
-            pb::CreateComplianceScriptDeviceStateRequest::decode(b).map(|m| m.parent)
-        }
-        "GetScriptUserState" => pb::GetScriptUserStateRequest::decode(b).map(|m| m.name),
-        "GetScriptDeviceState" => pb::GetScriptDeviceStateRequest::decode(b).map(|m| m.name),
-        "GetComplianceScriptDeviceState" => {
-            pb::GetComplianceScriptDeviceStateRequest::decode(b).map(|m| m.name)
-        }
-        "UpdateScriptUserState" => pb::UpdateScriptUserStateRequest::decode(b)
-            .map(|m| m.script_user_state.map(|s| s.name).unwrap_or_default()),
-        "UpdateScriptDeviceState" => pb::UpdateScriptDeviceStateRequest::decode(b)
-            .map(|m| m.script_device_state.map(|s| s.name).unwrap_or_default()),
-        "ListScriptUserStates" => pb::ListScriptUserStatesRequest::decode(b).map(|m| m.parent),
-        "ListScriptDeviceStates" => pb::ListScriptDeviceStatesRequest::decode(b).map(|m| m.parent),
-        "ListComplianceScriptDeviceStates" => {
-            pb::ListComplianceScriptDeviceStatesRequest::decode(b).map(|m| m.parent)
-        }
-        "DeleteScriptUserState" => pb::DeleteScriptUserStateRequest::decode(b).map(|m| m.name),
-        "DeleteScriptDeviceState" => pb::DeleteScriptDeviceStateRequest::decode(b).map(|m| m.name),
-        "DeleteComplianceScriptDeviceState" => {
-            pb::DeleteComplianceScriptDeviceStateRequest::decode(b).map(|m| m.name)
-        }
-        "BatchCreateScriptDeviceStates" => {
-            pb::BatchCreateScriptDeviceStatesRequest::decode(b).map(|m| m.parent)
-        }
-        "BatchCreateComplianceScriptDeviceStates" => {
-            pb::BatchCreateComplianceScriptDeviceStatesRequest::decode(b).map(|m| m.parent)
-        }
-        "UpdateComplianceScriptDeviceState" => {
-            pb::UpdateComplianceScriptDeviceStateRequest::decode(b).map(|m| {
-                m.compliance_script_device_state
-                    .map(|s| s.name)
-                    .unwrap_or_default()
-            })
-        }
-        _ => return Ok(String::new()),
-    };
-    decoded.map_err(|e| malformed(&e))
+/// Decodes the message of the RPC at `rpc` in [`RPCS`]; returns the
+/// resource it names (the parent of a create). Its framing was checked before.
+fn check_message(rpc: usize, framed: &[u8]) -> Result<String, Status> {
+    match (UNARY.get(rpc), framed.get(5..)) {
+        (Some(r), Some(b)) => (r.resource)(b).map_err(|e| malformed(&e)),
+        _ => Ok(String::new()),
+    }
 }
 
 /// The `client-request-id` for Graph: the caller's `x-request-id` or
@@ -727,5 +670,29 @@ mod tests {
             rpc_name("/intune.runstates.v1.RunStateService/StreamCreateScriptDeviceStates"),
             "StreamCreateScriptDeviceStates"
         );
+    }
+
+    #[test]
+    fn the_gate_knows_every_rpc_of_the_service_and_no_other() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let mut served: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|f| &f.service)
+            .filter(|s| s.name() == "RunStateService")
+            .flat_map(|s| &s.method)
+            .map(|m| m.name().to_owned())
+            .collect();
+        served.sort();
+        let mut known: Vec<String> = RPCS[..RPCS.len() - 1]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        known.sort();
+        assert_eq!(known, served);
+        for (i, rpc) in UNARY.iter().enumerate() {
+            assert_eq!(rpc_index(&format!("{API_PREFIX}{}", rpc.name)), i);
+        }
     }
 }
