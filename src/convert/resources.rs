@@ -145,187 +145,127 @@ impl<'a> Writer<'a> {
     }
 }
 
-fn read_int(field: Field<i32>) -> i32 {
-    field.into_option().unwrap_or_default()
-}
+/// Reading Graph's values: one function per kind of field, named as the
+/// [`Writer`] method that writes it.
+mod read {
+    use super::*;
 
-fn read_run_state(field: Field<Cow<'static, str>>) -> i32 {
-    field
-        .into_option()
-        .map_or(pb::RunState::Unspecified, |name| {
-            run_state::from_graph(&name)
-        }) as i32
-}
+    pub fn int(field: Field<i32>, _: &str) -> i32 {
+        field.into_option().unwrap_or_default()
+    }
 
-fn read_timestamp(field: Field<String>, property: &str) -> Option<Timestamp> {
-    let text = field.into_option()?;
-    match datetime::timestamp_from_graph(&text) {
-        Ok(ts) => Some(ts),
-        Err(why) => {
-            tracing::warn!(property, value = %text.escape_debug(), %why, "Graph sent an unreadable timestamp; leaving it unset");
-            None
+    pub fn string(field: Field<String>, _: &str) -> Option<String> {
+        field.into_option()
+    }
+
+    pub fn run_state(field: Field<Cow<'static, str>>, _: &str) -> i32 {
+        field
+            .into_option()
+            .map_or(pb::RunState::Unspecified, |name| {
+                run_state::from_graph(&name)
+            }) as i32
+    }
+
+    pub fn timestamp(field: Field<String>, property: &str) -> Option<Timestamp> {
+        let text = field.into_option()?;
+        match datetime::timestamp_from_graph(&text) {
+            Ok(ts) => Some(ts),
+            Err(why) => {
+                tracing::warn!(property, value = %text.escape_debug(), %why, "Graph sent an unreadable timestamp; leaving it unset");
+                None
+            }
         }
     }
 }
 
-impl Resource for pb::ScriptUserState {
-    type Graph = g::ScriptUserState;
-    const FIELD: &'static str = "script_user_state";
-    const WRITABLE: &'static [Writable] = schema::USER_STATE.fields;
+/// Whether a proto field holds a value to write (a non-zero number or enum,
+/// a set optional).
+trait Populated {
+    fn populated(&self) -> bool;
+}
 
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn is_populated(&self, field: &str) -> bool {
-        match field {
-            "user_principal_name" => self.user_principal_name.is_some(),
-            "success_device_count" => self.success_device_count != 0,
-            "error_device_count" => self.error_device_count != 0,
-            _ => false,
-        }
-    }
-
-    fn to_graph(self, selection: &Selection) -> Result<g::ScriptUserState, Vec<FieldViolation>> {
-        let w = Writer::new::<Self>(selection);
-        let graph = g::ScriptUserState {
-            odata_type: selection.is_create().then_some(g::USER_STATE_TYPE),
-            id: Field::Absent,
-            success_device_count: w.int("success_device_count", self.success_device_count),
-            error_device_count: w.int("error_device_count", self.error_device_count),
-            user_principal_name: w.string("user_principal_name", self.user_principal_name),
-        };
-        w.finish(graph)
-    }
-
-    fn from_graph(graph: g::ScriptUserState, name: String) -> Self {
-        pb::ScriptUserState {
-            name,
-            id: graph.id.into_option().unwrap_or_default(),
-            user_principal_name: graph.user_principal_name.into_option(),
-            success_device_count: read_int(graph.success_device_count),
-            error_device_count: read_int(graph.error_device_count),
-        }
+impl Populated for i32 {
+    fn populated(&self) -> bool {
+        *self != 0
     }
 }
 
-impl Resource for pb::ScriptDeviceState {
-    type Graph = g::ScriptDeviceState;
-    const FIELD: &'static str = "script_device_state";
-    const WRITABLE: &'static [Writable] = schema::DEVICE_STATE.fields;
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn is_populated(&self, field: &str) -> bool {
-        match field {
-            "run_state" => self.run_state != 0,
-            "result_message" => self.result_message.is_some(),
-            "last_state_update_date_time" => self.last_state_update_date_time.is_some(),
-            "error_code" => self.error_code != 0,
-            "error_description" => self.error_description.is_some(),
-            _ => false,
-        }
-    }
-
-    fn to_graph(self, selection: &Selection) -> Result<g::ScriptDeviceState, Vec<FieldViolation>> {
-        let mut w = Writer::new::<Self>(selection);
-        let graph = g::ScriptDeviceState {
-            odata_type: selection.is_create().then_some(g::DEVICE_STATE_TYPE),
-            id: Field::Absent,
-            run_state: w.run_state("run_state", self.run_state),
-            result_message: w.string("result_message", self.result_message),
-            last_state_update_date_time: w.timestamp(
-                "last_state_update_date_time",
-                self.last_state_update_date_time,
-            ),
-            error_code: w.int("error_code", self.error_code),
-            error_description: w.string("error_description", self.error_description),
-        };
-        w.finish(graph)
-    }
-
-    fn from_graph(graph: g::ScriptDeviceState, name: String) -> Self {
-        pb::ScriptDeviceState {
-            name,
-            id: graph.id.into_option().unwrap_or_default(),
-            run_state: read_run_state(graph.run_state),
-            result_message: graph.result_message.into_option(),
-            last_state_update_date_time: read_timestamp(
-                graph.last_state_update_date_time,
-                "lastStateUpdateDateTime",
-            ),
-            error_code: read_int(graph.error_code),
-            error_description: graph.error_description.into_option(),
-        }
+impl<T> Populated for Option<T> {
+    fn populated(&self) -> bool {
+        self.is_some()
     }
 }
 
-impl Resource for pb::ComplianceScriptDeviceState {
-    type Graph = g::ComplianceScriptDeviceState;
-    const FIELD: &'static str = "compliance_script_device_state";
-    const WRITABLE: &'static [Writable] = schema::COMPLIANCE_STATE.fields;
+/// Maps a proto resource onto its Graph entity, field by field: each field
+/// is of a kind (`int`, `string`, `run_state`, `timestamp`) that names how
+/// it is written ([`Writer`]) and read ([`read`]).
+macro_rules! resource {
+    ($pb:ident => $graph:ident, $entity:expr, $odata_type:expr, field: $field:literal {
+        $($f:ident: $kind:ident),* $(,)?
+    }) => {
+        impl Resource for pb::$pb {
+            type Graph = g::$graph;
+            const FIELD: &'static str = $field;
+            const WRITABLE: &'static [Writable] = $entity.fields;
 
-    fn name(&self) -> &str {
-        &self.name
-    }
+            fn name(&self) -> &str {
+                &self.name
+            }
 
-    fn is_populated(&self, field: &str) -> bool {
-        match field {
-            "detection_state" => self.detection_state != 0,
-            "last_state_update_date_time" => self.last_state_update_date_time.is_some(),
-            "expected_state_update_date_time" => self.expected_state_update_date_time.is_some(),
-            "last_sync_date_time" => self.last_sync_date_time.is_some(),
-            "script_output" => self.script_output.is_some(),
-            "script_error" => self.script_error.is_some(),
-            _ => false,
+            fn is_populated(&self, field: &str) -> bool {
+                match field {
+                    $(stringify!($f) => self.$f.populated(),)*
+                    _ => false,
+                }
+            }
+
+            #[allow(unused_mut)]
+            fn to_graph(self, selection: &Selection) -> Result<g::$graph, Vec<FieldViolation>> {
+                let mut w = Writer::new::<Self>(selection);
+                let graph = g::$graph {
+                    odata_type: selection.is_create().then_some($odata_type),
+                    id: Field::Absent,
+                    $($f: w.$kind(stringify!($f), self.$f),)*
+                };
+                w.finish(graph)
+            }
+
+            fn from_graph(graph: g::$graph, name: String) -> Self {
+                pb::$pb {
+                    name,
+                    id: graph.id.into_option().unwrap_or_default(),
+                    $($f: read::$kind(graph.$f, stringify!($f)),)*
+                }
+            }
         }
-    }
-
-    fn to_graph(
-        self,
-        selection: &Selection,
-    ) -> Result<g::ComplianceScriptDeviceState, Vec<FieldViolation>> {
-        let mut w = Writer::new::<Self>(selection);
-        let graph = g::ComplianceScriptDeviceState {
-            odata_type: selection.is_create().then_some(g::COMPLIANCE_STATE_TYPE),
-            id: Field::Absent,
-            detection_state: w.run_state("detection_state", self.detection_state),
-            last_state_update_date_time: w.timestamp(
-                "last_state_update_date_time",
-                self.last_state_update_date_time,
-            ),
-            expected_state_update_date_time: w.timestamp(
-                "expected_state_update_date_time",
-                self.expected_state_update_date_time,
-            ),
-            last_sync_date_time: w.timestamp("last_sync_date_time", self.last_sync_date_time),
-            script_output: w.string("script_output", self.script_output),
-            script_error: w.string("script_error", self.script_error),
-        };
-        w.finish(graph)
-    }
-
-    fn from_graph(graph: g::ComplianceScriptDeviceState, name: String) -> Self {
-        pb::ComplianceScriptDeviceState {
-            name,
-            id: graph.id.into_option().unwrap_or_default(),
-            detection_state: read_run_state(graph.detection_state),
-            last_state_update_date_time: read_timestamp(
-                graph.last_state_update_date_time,
-                "lastStateUpdateDateTime",
-            ),
-            expected_state_update_date_time: read_timestamp(
-                graph.expected_state_update_date_time,
-                "expectedStateUpdateDateTime",
-            ),
-            last_sync_date_time: read_timestamp(graph.last_sync_date_time, "lastSyncDateTime"),
-            script_output: graph.script_output.into_option(),
-            script_error: graph.script_error.into_option(),
-        }
-    }
+    };
 }
+
+resource!(ScriptUserState => ScriptUserState, schema::USER_STATE, g::USER_STATE_TYPE,
+field: "script_user_state" {
+    user_principal_name: string,
+    success_device_count: int,
+    error_device_count: int,
+});
+
+resource!(ScriptDeviceState => ScriptDeviceState, schema::DEVICE_STATE, g::DEVICE_STATE_TYPE,
+field: "script_device_state" {
+    run_state: run_state,
+    result_message: string,
+    last_state_update_date_time: timestamp,
+    error_code: int,
+    error_description: string,
+});
+
+resource!(ComplianceScriptDeviceState => ComplianceScriptDeviceState, schema::COMPLIANCE_STATE,
+g::COMPLIANCE_STATE_TYPE, field: "compliance_script_device_state" {
+    detection_state: run_state,
+    last_state_update_date_time: timestamp,
+    expected_state_update_date_time: timestamp,
+    last_sync_date_time: timestamp,
+    script_output: string,
+    script_error: string,
+});
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::FutureExt;
 use prost_types::FieldMask;
 use tokio::time::timeout_at;
 use tonic::{
@@ -160,14 +161,14 @@ impl RunStateApi {
     }
 
     /// Runs `work` until the caller's deadline; DEADLINE_EXCEEDED after it.
-    pub(super) async fn within<T>(
-        &self,
+    /// (A plain combinator, not an `async fn`: it adds no state of its own
+    /// to the handler's future.)
+    pub(super) fn within<'a, T>(
+        &'a self,
         deadline: tokio::time::Instant,
-        work: impl Future<Output = Result<T, Status>>,
-    ) -> Result<T, Status> {
-        timeout_at(deadline, work)
-            .await
-            .unwrap_or_else(|_| Err(self.deadline_exceeded()))
+        work: impl Future<Output = Result<T, Status>> + 'a,
+    ) -> impl Future<Output = Result<T, Status>> + 'a {
+        timeout_at(deadline, work).map(move |r| r.unwrap_or_else(|_| Err(self.deadline_exceeded())))
     }
 
     pub(super) fn graph_status(&self, error: GraphError) -> Status {
