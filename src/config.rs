@@ -242,6 +242,18 @@ pub struct ServeArgs {
     )]
     pub state_store: crate::state::StoreSpec,
 
+    /// What a create with a request_id does while the Redis state store is
+    /// unreachable: `serve-local` serves from this replica's own records (a
+    /// retry on another replica can then write twice where Graph ignores
+    /// ids); `refuse` answers UNAVAILABLE, retryable, and sends nothing.
+    #[arg(
+        long,
+        env = "RUNSTATE_STATE_STORE_OUTAGE",
+        value_enum,
+        default_value_t = crate::state::StoreOutage::ServeLocal
+    )]
+    pub state_store_outage: crate::state::StoreOutage,
+
     /// Replicas sharing the state store: while Redis is unreachable each
     /// keeps 1/N of the write budget.
     #[arg(long, env = "RUNSTATE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]

@@ -13,8 +13,14 @@
 //! running are kept apart, so a slow call never holds up eviction.
 //!
 //! With Redis (`--state-store redis://…`) a claim is `SET NX` with an expiry,
-//! the answer replaces it, and duplicates on other replicas poll it. While
-//! Redis is unreachable the local records stand in.
+//! the answer replaces it, and duplicates on other replicas poll it. An
+//! answer or a release that Redis missed is written again in the background
+//! until Redis takes it. While Redis is unreachable the local records stand
+//! in, or, with [`StoreOutage::Refuse`], a create that would claim an id is
+//! refused; there a claim lives as long as a record (not just the call's
+//! deadline), so an outage longer than a deadline cannot free an id whose
+//! create was sent, and a duplicate that finds a claim whose owner's deadline
+//! has long passed answers "outcome unknown" instead of writing again.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -27,7 +33,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::Notify, time::Instant};
 
-use crate::state::redis::Redis;
+use crate::state::{StoreOutage, redis::Redis};
 
 pub const TTL: Duration = Duration::from_secs(600);
 /// Total bytes of finished records kept in memory.
@@ -38,6 +44,11 @@ pub const MAX_RECORDS: usize = 100_000;
 pub const MAX_STORED_RESPONSE: usize = 4096;
 /// How often a duplicate checks on a claim held elsewhere.
 const POLL: Duration = Duration::from_millis(50);
+/// How long a claim outlives its call's deadline (clocks of replicas may
+/// differ a little).
+const CLAIM_GRACE: Duration = Duration::from_secs(5);
+/// How often an answer or release that Redis missed is tried again.
+const REWRITE_EVERY: Duration = Duration::from_millis(250);
 
 /// What the first call answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +123,11 @@ pub enum Refused {
     Reused,
     /// A duplicate waited for the first call past its deadline.
     Deadline,
+    /// The shared store is unreachable and `--state-store-outage refuse`.
+    StoreUnavailable,
+    /// The first call's claim outlived its deadline without an answer (its
+    /// replica stopped, or lost the store): it may have been applied.
+    Abandoned,
 }
 
 /// What [`RequestIds::begin`] found.
@@ -125,10 +141,13 @@ pub enum Begin {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Wire {
-    /// Claimed by `owner`, still running.
+    /// Claimed by `owner`, still running until `until` (Unix ms; 0 from
+    /// replicas that did not say).
     Pending {
         fingerprint: u64,
         owner: String,
+        #[serde(default)]
+        until: u64,
     },
     Done {
         fingerprint: u64,
@@ -206,6 +225,7 @@ fn record_bytes(key: &RecordKey, outcome: &Outcome) -> usize {
 pub struct RequestIds {
     local: Arc<Mutex<Local>>,
     redis: Option<Arc<Redis>>,
+    outage: StoreOutage,
 }
 
 /// The right to answer a request id first. Dropped without
@@ -230,10 +250,11 @@ return 0
 ";
 
 impl RequestIds {
-    pub fn new(redis: Option<Arc<Redis>>) -> Self {
+    pub fn new(redis: Option<Arc<Redis>>, outage: StoreOutage) -> Self {
         Self {
             local: Arc::default(),
             redis,
+            outage,
         }
     }
 
@@ -291,6 +312,10 @@ impl RequestIds {
         if let Some(redis) = &self.redis {
             match self.claim_shared(redis, key, fingerprint, deadline).await {
                 Shared::Owner(owner) => claim.redis = Some((redis.clone(), owner)),
+                // Dropping the claim releases the local one.
+                Shared::Unavailable if self.outage == StoreOutage::Refuse => {
+                    return Err(Refused::StoreUnavailable);
+                }
                 Shared::Unavailable => {}
                 Shared::Replay(outcome) => {
                     // Keep it locally too (and release the local claim).
@@ -313,26 +338,35 @@ impl RequestIds {
     ) -> Shared {
         let rkey = redis_key(key);
         let owner = uuid::Uuid::new_v4().simple().to_string();
+        let left = deadline.saturating_duration_since(Instant::now());
         let pending = serde_json::to_string(&Wire::Pending {
             fingerprint,
             owner: owner.clone(),
+            until: unix_ms(left),
         })
         .unwrap_or_default();
-        // The claim outlives the call's deadline a little, then expires so a
-        // crashed replica's claim does not block the id forever.
-        let claim_ttl = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+        // Serving locally, the claim outlives the call's deadline a little,
+        // then expires so a crashed replica's claim does not block the id for
+        // long. Refusing, it lives as long as a record: expiring while the
+        // answer waits for Redis to return would let a retry write again.
+        let claim_ttl = match self.outage {
+            StoreOutage::ServeLocal => left + CLAIM_GRACE,
+            StoreOutage::Refuse => TTL,
+        };
         loop {
-            let (rkey2, pending2) = (rkey.clone(), pending.clone());
             let claimed: Option<Option<String>> = redis
-                .run("claim request id", |mut c| async move {
-                    redis::cmd("SET")
-                        .arg(&rkey2)
-                        .arg(&pending2)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(claim_ttl.as_millis() as u64)
-                        .query_async(&mut c)
-                        .await
+                .run("claim request id", |mut c| {
+                    let (rkey, pending) = (rkey.clone(), pending.clone());
+                    async move {
+                        redis::cmd("SET")
+                            .arg(&rkey)
+                            .arg(&pending)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(claim_ttl.as_millis() as u64)
+                            .query_async(&mut c)
+                            .await
+                    }
                 })
                 .await;
             let Some(claimed) = claimed else {
@@ -341,10 +375,10 @@ impl RequestIds {
             if claimed.is_some() {
                 return Shared::Owner(owner);
             }
-            let rkey2 = rkey.clone();
             let current: Option<Option<String>> = redis
-                .run("read request id", |mut c| async move {
-                    redis::cmd("GET").arg(&rkey2).query_async(&mut c).await
+                .run("read request id", |mut c| {
+                    let rkey = rkey.clone();
+                    async move { redis::cmd("GET").arg(&rkey).query_async(&mut c).await }
                 })
                 .await;
             let Some(current) = current else {
@@ -365,6 +399,18 @@ impl RequestIds {
                 }
                 Some(Wire::Pending { fingerprint: f, .. }) if f != fingerprint => {
                     return Shared::Refused(Refused::Reused);
+                }
+                // Our own claim, whose answer was lost before a resend.
+                Some(Wire::Pending { owner: o, .. }) if o == owner => {
+                    return Shared::Owner(owner);
+                }
+                Some(Wire::Pending { until, .. })
+                    if self.outage == StoreOutage::Refuse
+                        && until != 0
+                        && until.saturating_add(CLAIM_GRACE.as_millis() as u64)
+                            < unix_ms(Duration::ZERO) =>
+                {
+                    return Shared::Refused(Refused::Abandoned);
                 }
                 Some(Wire::Pending { .. }) => {
                     if Instant::now() + POLL >= deadline {
@@ -394,8 +440,9 @@ impl Claim {
                 outcome: outcome.clone(),
             })
             .unwrap_or_default();
-            redis
-                .run("store request id", |mut c| async move {
+            let store = move |mut c: redis::aio::ConnectionManager| {
+                let (rkey, value) = (rkey.clone(), value.clone());
+                async move {
                     redis::cmd("SET")
                         .arg(&rkey)
                         .arg(&value)
@@ -403,8 +450,11 @@ impl Claim {
                         .arg(TTL.as_millis() as u64)
                         .query_async::<()>(&mut c)
                         .await
-                })
-                .await;
+                }
+            };
+            if redis.run("store request id", &store).await.is_none() {
+                rewrite_later(redis, "store request id", store);
+            }
         }
         self.finish_local(outcome);
     }
@@ -432,21 +482,49 @@ impl Drop for Claim {
         }
         if let Some((redis, owner)) = self.redis.take() {
             let rkey = redis_key(&self.key);
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    redis
-                        .run("release request id", |mut c| async move {
-                            redis::Script::new(RELEASE)
-                                .key(rkey)
-                                .arg(owner)
-                                .invoke_async::<i64>(&mut c)
-                                .await
-                        })
-                        .await;
-                });
-            }
+            let release = move |mut c: redis::aio::ConnectionManager| {
+                let (rkey, owner) = (rkey.clone(), owner.clone());
+                async move {
+                    redis::Script::new(RELEASE)
+                        .key(rkey)
+                        .arg(owner)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                }
+            };
+            rewrite_later(redis, "release request id", release);
         }
     }
+}
+
+/// Runs `op` on Redis in the background until Redis takes it (every
+/// [`REWRITE_EVERY`], for at most a record's [`TTL`]): an answer or a
+/// release that Redis missed must reach it, or another replica could write
+/// again or wait on a claim nobody holds. Only calls in flight when Redis
+/// went away get here, so the tasks are few.
+fn rewrite_later<T, F, Fut>(redis: Arc<Redis>, what: &'static str, op: F)
+where
+    T: Send + 'static,
+    F: Fn(redis::aio::ConnectionManager) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
+{
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        let give_up = Instant::now() + TTL;
+        while redis.run(what, &op).await.is_none() && Instant::now() < give_up {
+            tokio::time::sleep(REWRITE_EVERY).await;
+        }
+    });
+}
+
+/// Unix time in milliseconds, `ahead` from now.
+fn unix_ms(ahead: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + ahead).as_millis() as u64
 }
 
 #[cfg(test)]
