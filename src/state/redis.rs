@@ -115,8 +115,7 @@ impl Redis {
 /// stale connection after a restart, a reset): worth one try on a new one.
 /// A timeout is not: Redis may be stalled, and the budget is spent.
 fn reconnects(e: &redis::RedisError) -> bool {
-    (e.is_unrecoverable_error() || e.is_io_error() || e.is_connection_dropped())
-        && !e.is_timeout()
+    (e.is_unrecoverable_error() || e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout()
 }
 
 #[cfg(test)]

@@ -419,16 +419,16 @@ impl WriteBudget {
                 let (zset, pause, seq, suffix) =
                     (zset.clone(), pause.clone(), seq.clone(), suffix.clone());
                 async move {
-                redis::Script::new(RESERVE)
-                    .key(zset)
-                    .key(pause)
-                    .key(seq)
-                    .arg(span.as_millis() as u64)
-                    .arg(self.spec.limit)
-                    .arg(max_wait.as_millis() as u64)
-                    .arg(suffix)
-                    .invoke_async(&mut c)
-                    .await
+                    redis::Script::new(RESERVE)
+                        .key(zset)
+                        .key(pause)
+                        .key(seq)
+                        .arg(span.as_millis() as u64)
+                        .arg(self.spec.limit)
+                        .arg(max_wait.as_millis() as u64)
+                        .arg(suffix)
+                        .invoke_async(&mut c)
+                        .await
                 }
             })
             .await?;
