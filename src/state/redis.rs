@@ -23,6 +23,15 @@ const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long Redis is skipped after a failure before it is tried again.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
+/// Why [`Redis::try_run`] has no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Redis is skipped after a recent failure: nothing was sent.
+    Skipped,
+    /// The command failed or timed out: it may have been applied.
+    Failed,
+}
+
 pub struct Redis {
     conn: ConnectionManager,
     /// Redis is skipped until then, after a failure.
@@ -63,8 +72,18 @@ impl Redis {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.try_run(what, op).await.ok()
+    }
+
+    /// [`run`](Self::run), telling a command never sent (Redis was skipped)
+    /// from one that failed (and may have been applied).
+    pub async fn try_run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, Failure>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         if self.skipped() {
-            return None;
+            return Err(Failure::Skipped);
         }
         let deadline = Instant::now() + OP_TIMEOUT;
         let mut result = tokio::time::timeout_at(deadline, op(self.conn.clone())).await;
@@ -81,7 +100,7 @@ impl Redis {
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::warn!("Redis state store reachable again; shared state resumed");
                 }
-                return Some(value);
+                return Ok(value);
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_owned(),
@@ -93,10 +112,10 @@ impl Redis {
             tracing::warn!(
                 op = what,
                 error = %error.escape_debug(),
-                "Redis state store unreachable; serving from the local store and a local share of the write budget until it returns"
+                "Redis state store unreachable; serving from the local store (or refusing, per --state-store-outage) and a local share of the write budget until it returns"
             );
         }
-        None
+        Err(Failure::Failed)
     }
 
     /// Whether Redis is skipped now, after a recent failure.

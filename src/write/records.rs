@@ -24,7 +24,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -33,7 +36,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::Notify, time::Instant};
 
-use crate::state::{StoreOutage, redis::Redis};
+use crate::state::{
+    StoreOutage,
+    redis::{Failure, Redis},
+};
 
 pub const TTL: Duration = Duration::from_secs(600);
 /// Total bytes of finished records kept in memory.
@@ -49,6 +55,8 @@ const POLL: Duration = Duration::from_millis(50);
 const CLAIM_GRACE: Duration = Duration::from_secs(5);
 /// How often an answer or release that Redis missed is tried again.
 const REWRITE_EVERY: Duration = Duration::from_millis(250);
+/// Most answers and releases waiting for Redis at once.
+const MAX_REWRITES: usize = 10_000;
 
 /// What the first call answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,7 +242,7 @@ pub struct Claim {
     key: RecordKey,
     fingerprint: u64,
     local: Arc<Mutex<Local>>,
-    /// The owner token of the Redis claim, when one is held there.
+    /// The Redis claim (its exact value), when one is held there.
     redis: Option<(Arc<Redis>, String)>,
     finished: bool,
 }
@@ -243,7 +251,7 @@ fn redis_key(key: &RecordKey) -> String {
     format!("runstate:rid:{}", key.0)
 }
 
-/// Deletes a Redis claim only while it is still ours.
+/// Deletes a Redis claim only while it is still ours (ARGV[1] is its value).
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -311,7 +319,7 @@ impl RequestIds {
         // Many replicas: the claim in Redis decides.
         if let Some(redis) = &self.redis {
             match self.claim_shared(redis, key, fingerprint, deadline).await {
-                Shared::Owner(owner) => claim.redis = Some((redis.clone(), owner)),
+                Shared::Owner(value) => claim.redis = Some((redis.clone(), value)),
                 // Dropping the claim releases the local one.
                 Shared::Unavailable if self.outage == StoreOutage::Refuse => {
                     return Err(Refused::StoreUnavailable);
@@ -331,7 +339,7 @@ impl RequestIds {
 
     async fn claim_shared(
         &self,
-        redis: &Redis,
+        redis: &Arc<Redis>,
         key: &RecordKey,
         fingerprint: u64,
         deadline: Instant,
@@ -354,8 +362,8 @@ impl RequestIds {
             StoreOutage::Refuse => TTL,
         };
         loop {
-            let claimed: Option<Option<String>> = redis
-                .run("claim request id", |mut c| {
+            let claimed: Result<Option<String>, Failure> = redis
+                .try_run("claim request id", |mut c| {
                     let (rkey, pending) = (rkey.clone(), pending.clone());
                     async move {
                         redis::cmd("SET")
@@ -369,11 +377,18 @@ impl RequestIds {
                     }
                 })
                 .await;
-            let Some(claimed) = claimed else {
-                return Shared::Unavailable;
+            let claimed = match claimed {
+                Ok(claimed) => claimed,
+                Err(Failure::Skipped) => return Shared::Unavailable,
+                Err(Failure::Failed) => {
+                    // The claim may have been set: take it back once Redis
+                    // answers, or it would hold the id with nobody working.
+                    release_later(redis.clone(), rkey, pending);
+                    return Shared::Unavailable;
+                }
             };
             if claimed.is_some() {
-                return Shared::Owner(owner);
+                return Shared::Owner(pending);
             }
             let current: Option<Option<String>> = redis
                 .run("read request id", |mut c| {
@@ -402,7 +417,7 @@ impl RequestIds {
                 }
                 // Our own claim, whose answer was lost before a resend.
                 Some(Wire::Pending { owner: o, .. }) if o == owner => {
-                    return Shared::Owner(owner);
+                    return Shared::Owner(pending);
                 }
                 Some(Wire::Pending { until, .. })
                     if self.outage == StoreOutage::Refuse
@@ -424,6 +439,7 @@ impl RequestIds {
 }
 
 enum Shared {
+    /// Claimed: the claim's value.
     Owner(String),
     Replay(Outcome),
     Refused(Refused),
@@ -433,7 +449,7 @@ enum Shared {
 impl Claim {
     /// Records the answer for later calls with the same request id.
     pub async fn finish(mut self, outcome: Outcome) {
-        if let Some((redis, _owner)) = self.redis.take() {
+        if let Some((redis, _claim)) = self.redis.take() {
             let rkey = redis_key(&self.key);
             let value = serde_json::to_string(&Wire::Done {
                 fingerprint: self.fingerprint,
@@ -480,28 +496,34 @@ impl Drop for Claim {
                 p.released.notify_waiters();
             }
         }
-        if let Some((redis, owner)) = self.redis.take() {
-            let rkey = redis_key(&self.key);
-            let release = move |mut c: redis::aio::ConnectionManager| {
-                let (rkey, owner) = (rkey.clone(), owner.clone());
-                async move {
-                    redis::Script::new(RELEASE)
-                        .key(rkey)
-                        .arg(owner)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                }
-            };
-            rewrite_later(redis, "release request id", release);
+        if let Some((redis, value)) = self.redis.take() {
+            release_later(redis, redis_key(&self.key), value);
         }
     }
+}
+
+/// Deletes the claim `value` of `rkey` in the background, if it is still
+/// there.
+fn release_later(redis: Arc<Redis>, rkey: String, value: String) {
+    let release = move |mut c: redis::aio::ConnectionManager| {
+        let (rkey, value) = (rkey.clone(), value.clone());
+        async move {
+            redis::Script::new(RELEASE)
+                .key(rkey)
+                .arg(value)
+                .invoke_async::<i64>(&mut c)
+                .await
+        }
+    };
+    rewrite_later(redis, "release request id", release);
 }
 
 /// Runs `op` on Redis in the background until Redis takes it (every
 /// [`REWRITE_EVERY`], for at most a record's [`TTL`]): an answer or a
 /// release that Redis missed must reach it, or another replica could write
-/// again or wait on a claim nobody holds. Only calls in flight when Redis
-/// went away get here, so the tasks are few.
+/// again or wait on a claim nobody holds. Only calls whose Redis command
+/// failed while being sent get here; at most [`MAX_REWRITES`] wait at once
+/// (past that the claim is left to expire, and a warning says so).
 fn rewrite_later<T, F, Fut>(redis: Arc<Redis>, what: &'static str, op: F)
 where
     T: Send + 'static,
@@ -511,13 +533,25 @@ where
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    if REWRITES.fetch_add(1, Ordering::Relaxed) >= MAX_REWRITES {
+        REWRITES.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(
+            op = what,
+            "too many request-id records wait for Redis to return; this one is left to expire"
+        );
+        return;
+    }
     handle.spawn(async move {
         let give_up = Instant::now() + TTL;
         while redis.run(what, &op).await.is_none() && Instant::now() < give_up {
             tokio::time::sleep(REWRITE_EVERY).await;
         }
+        REWRITES.fetch_sub(1, Ordering::Relaxed);
     });
 }
+
+/// Background rewrites waiting for Redis now.
+static REWRITES: AtomicUsize = AtomicUsize::new(0);
 
 /// Unix time in milliseconds, `ahead` from now.
 fn unix_ms(ahead: Duration) -> u64 {

@@ -226,3 +226,44 @@ async fn right_after_a_redis_restart_each_request_id_is_written_once() {
     assert_once_each(&gateways[0], &all, &answers).await;
     assert_eq!(posts(&graph), all.len(), "one POST per request id");
 }
+
+#[tokio::test]
+async fn a_create_that_applied_nothing_frees_its_request_id_for_every_replica() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (graph, running) = emulator().await;
+    let url = running.base_url();
+    let store = redis.url();
+    let flags = [
+        "--state-store",
+        &store,
+        "--state-store-outage",
+        "refuse",
+        "--graph-client-ids",
+        "ignore",
+        "--replicas",
+        "2",
+    ];
+    let gateways = [gateway(&url, &flags).await, gateway(&url, &flags).await];
+    // The first create fails for good, applying nothing.
+    graph.inject(runstate_emulator::Fault::status(404).times(1));
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut first = gateways[0].client.clone();
+    let err = first
+        .create_compliance_script_device_state(create(&id, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    // A retry on the other replica is not held up by the first call's claim.
+    let mut other = gateways[1].client.clone();
+    let mut retry = create(&id, "x");
+    retry.set_timeout(Duration::from_secs(3));
+    let created = other
+        .create_compliance_script_device_state(retry)
+        .await
+        .expect("the id was released")
+        .into_inner();
+    assert!(!created.name.is_empty());
+    assert_eq!(posts(&graph), 2);
+}
