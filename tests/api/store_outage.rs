@@ -267,3 +267,104 @@ async fn a_create_that_applied_nothing_frees_its_request_id_for_every_replica() 
     assert!(!created.name.is_empty());
     assert_eq!(posts(&graph), 2);
 }
+
+/// An item's `google.rpc.Status` is the refusal, with its reason.
+fn assert_item_refused(st: &tonic_types::pb::Status) {
+    use prost::Message;
+    assert_eq!(st.code, Code::Unavailable as i32, "{}", st.message);
+    let info = st
+        .details
+        .iter()
+        .find(|d| d.type_url.ends_with("google.rpc.ErrorInfo"))
+        .map(|d| tonic_types::pb::ErrorInfo::decode(d.value.as_slice()).unwrap())
+        .expect("ErrorInfo");
+    assert_eq!(info.reason, "STATE_STORE_UNAVAILABLE");
+    assert!(
+        st.details
+            .iter()
+            .any(|d| d.type_url.ends_with("google.rpc.RetryInfo")),
+        "RetryInfo"
+    );
+}
+
+#[tokio::test]
+async fn refusing_covers_batch_and_stream_items_with_a_request_id() {
+    use runstate_gateway::pb::{
+        BatchCreateComplianceScriptDeviceStatesRequest, ScriptDeviceState,
+        StreamCreateScriptDeviceStatesRequest,
+        compliance_script_device_state_result::Result as Item,
+        stream_create_script_device_states_response::Result as StreamItem,
+    };
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let (graph, running) = emulator().await;
+    let url = running.base_url();
+    let store = redis.url();
+    let flags = ["--state-store", &store, "--state-store-outage", "refuse"];
+    let g = gateway(&url, &flags).await;
+    redis.stop();
+
+    // A batch: two items with request ids are refused; one without is made.
+    let with_id = |id: &str| create(id, "b").into_inner();
+    let mut without = with_id("");
+    without.request_id.clear();
+    let mut client = g.client.clone();
+    let mut batch = tonic::Request::new(BatchCreateComplianceScriptDeviceStatesRequest {
+        parent: String::new(),
+        requests: vec![
+            with_id(&uuid::Uuid::new_v4().to_string()),
+            without,
+            with_id(&uuid::Uuid::new_v4().to_string()),
+        ],
+    });
+    batch.set_timeout(Duration::from_secs(30));
+    let results = client
+        .batch_create_compliance_script_device_states(batch)
+        .await
+        .expect("the batch is answered item by item")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 3);
+    for i in [0, 2] {
+        match results[i].result.as_ref().unwrap() {
+            Item::Status(st) => assert_item_refused(st),
+            Item::ComplianceScriptDeviceState(s) => panic!("item {i} was created: {s:?}"),
+        }
+    }
+    assert!(matches!(
+        results[1].result,
+        Some(Item::ComplianceScriptDeviceState(_))
+    ));
+
+    // A stream item with a request id is refused too, and the stream goes on.
+    let item = StreamCreateScriptDeviceStatesRequest {
+        parent: "deviceManagementScripts/s".into(),
+        script_device_state: Some(ScriptDeviceState::default()),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        ..Default::default()
+    };
+    let mut answers = client
+        .stream_create_script_device_states(tokio_stream::iter(vec![item]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("one answer");
+    match answer.result.unwrap() {
+        StreamItem::Status(st) => assert_item_refused(&st),
+        StreamItem::ScriptDeviceState(s) => panic!("the stream item was created: {s:?}"),
+    }
+    assert!(answers.message().await.unwrap().is_none());
+
+    // Only the create without a request id reached Graph: one `$batch`
+    // holding one item.
+    let sent: Vec<_> = graph
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].path.ends_with("/$batch"), "{}", sent[0].path);
+    let items = sent[0].json()["requests"].as_array().map_or(0, Vec::len);
+    assert_eq!(items, 1);
+}
