@@ -368,3 +368,58 @@ async fn refusing_covers_batch_and_stream_items_with_a_request_id() {
     let items = sent[0].json()["requests"].as_array().map_or(0, Vec::len);
     assert_eq!(items, 1);
 }
+
+#[tokio::test]
+async fn refusing_a_claim_whose_replica_died_answers_outcome_unknown_not_a_second_write() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (graph, running) = emulator().await;
+    // The first create is still at Graph when its replica dies.
+    graph.set_latency(Duration::from_secs(2));
+    let url = running.base_url();
+    let store = redis.url();
+    let flags = [
+        "--state-store",
+        &store,
+        "--state-store-outage",
+        "refuse",
+        "--graph-client-ids",
+        "ignore",
+        "--replicas",
+        "2",
+    ];
+    let dying = gateway(&url, &flags).await;
+    let other = gateway(&url, &flags).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut first = create(&id, "x");
+    first.set_timeout(Duration::from_secs(1));
+    let mut client = dying.client.clone();
+    let first =
+        tokio::spawn(async move { client.create_compliance_script_device_state(first).await });
+    let until = Instant::now() + Duration::from_secs(10);
+    while posts(&graph) == 0 {
+        assert!(Instant::now() < until, "the first create reached Graph");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(dying);
+    assert!(first.await.unwrap().is_err(), "its replica died");
+
+    // Its claim outlives its deadline; once that is long past, a retry
+    // elsewhere says the create may have been applied.
+    let mut retry = create(&id, "x");
+    retry.set_timeout(Duration::from_secs(20));
+    let mut client = other.client.clone();
+    let err = client
+        .create_compliance_script_device_state(retry)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unknown, "{err:?}");
+    let info = err.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "OUTCOME_UNKNOWN");
+    assert!(
+        err.message().contains("did not record its answer"),
+        "{err:?}"
+    );
+    assert_eq!(posts(&graph), 1, "never a second POST");
+}
