@@ -46,6 +46,8 @@ pub const WRITE_BUDGET_WAIT: &str = "runstate_write_budget_wait_seconds";
 pub const WRITE_BUDGET_REJECTED: &str = "runstate_write_budget_rejected_total";
 /// Failed calls to the shared state store, by `store`.
 pub const STATE_STORE_ERRORS: &str = "runstate_state_store_errors_total";
+/// Commands sent again on a new connection after a dropped one, by `store`.
+pub const STATE_STORE_RECONNECTS: &str = "runstate_state_store_reconnects_total";
 /// Log lines dropped because stderr did not keep up.
 pub const LOG_LINES_DROPPED: &str = "runstate_log_lines_dropped_total";
 
@@ -177,6 +179,11 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         LOG_LINES_DROPPED,
         Kind::Counter,
         "Log lines dropped because stderr was not read fast enough (the queue to it was full).",
+    ),
+    (
+        STATE_STORE_RECONNECTS,
+        Kind::Counter,
+        "State store commands sent again on a new connection after the old one dropped, by store.",
     ),
 ];
 

@@ -97,7 +97,7 @@ impl Application {
         };
         let graph = GraphClient::with_roots(&graph_url, options, &extra_roots)
             .map_err(|e| Refusal::error(format!("--graph-url / --graph-connections: {e}")))?;
-        let records = std::sync::Arc::new(RequestIds::new(redis));
+        let records = std::sync::Arc::new(RequestIds::new(redis, args.state.state_store_outage));
         let engine = write::Engine::new(graph, settings, budget, records);
         let auth_settings = crate::auth::settings(
             &crate::config::AuthArgs {

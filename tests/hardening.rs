@@ -520,3 +520,78 @@ async fn broken_framing_gets_invalid_argument_with_plain_messages() {
         }
     }
 }
+
+/// Issue 22, item 8: in a batch, each item's own JSON is held to Graph's
+/// limit, not the envelope: a big item that fits is created, one over the
+/// limit fails alone and is named `requests[i].<field>`.
+#[tokio::test]
+async fn a_batch_item_over_the_json_limit_fails_alone_and_is_named() {
+    use runstate_gateway::pb::{
+        BatchCreateScriptDeviceStatesRequest, ListScriptDeviceStatesRequest,
+        script_device_state_result::Result as Item,
+    };
+    let gw = spawn(&["--max-request-bytes", "4194304"]);
+    let mut client = client(&gw).await;
+    // NULs grow six times as JSON: 100 KiB → 600 KB (under 1 MiB, but two
+    // of them are over it); 200 KiB → 1.2 MB (over it on its own).
+    let sizes = [100 * 1024, 200 * 1024, 100 * 1024];
+    let requests = sizes
+        .iter()
+        .map(|&n| create_device_state("\0".repeat(n)))
+        .collect();
+    let results = client
+        .batch_create_script_device_states(BatchCreateScriptDeviceStatesRequest {
+            parent: String::new(),
+            requests,
+        })
+        .await
+        .expect("the batch is answered item by item")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 3);
+    for i in [0, 2] {
+        match results[i].result.as_ref().unwrap() {
+            Item::ScriptDeviceState(s) => {
+                assert!(!s.id.is_empty(), "item {i}");
+                let message = s.result_message.as_deref().unwrap_or_default();
+                assert_eq!(message.len(), 100 * 1024, "item {i}");
+            }
+            Item::Status(st) => panic!("item {i} failed: {} {}", st.code, st.message),
+        }
+    }
+    let Some(Item::Status(st)) = &results[1].result else {
+        panic!(
+            "item 1 must fail: {:?}",
+            results[1].result.as_ref().map(|_| "created")
+        );
+    };
+    assert_eq!(st.code, Code::InvalidArgument as i32, "{}", st.message);
+    let bad = st
+        .details
+        .iter()
+        .find(|d| d.type_url.ends_with("google.rpc.BadRequest"))
+        .map(|d| tonic_types::pb::BadRequest::decode(d.value.as_slice()).unwrap())
+        .expect("a BadRequest detail");
+    let fields: Vec<&str> = bad
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(fields, ["requests[1].script_device_state.result_message"]);
+
+    // Graph holds the two that fit, and nothing of the third.
+    let listed = client
+        .list_script_device_states(ListScriptDeviceStatesRequest {
+            parent: "deviceManagementScripts/s".into(),
+            page_size: 10,
+            read_mask: Some(prost_types::FieldMask {
+                paths: vec!["id".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .script_device_states;
+    assert_eq!(listed.len(), 2);
+}

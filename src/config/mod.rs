@@ -254,6 +254,18 @@ mod tests {
     }
 
     #[test]
+    fn the_state_store_outage_defaults_to_serving_locally() {
+        use crate::state::StoreOutage;
+        let a = ServeArgs::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!(a.state.state_store_outage, StoreOutage::ServeLocal);
+        let a = ServeArgs::from_args(["--state-store-outage", "refuse"]).unwrap();
+        assert_eq!(a.state.state_store_outage, StoreOutage::Refuse);
+        let a = ServeArgs::from_args(["--state-store-outage", "serve-local"]).unwrap();
+        assert_eq!(a.state.state_store_outage, StoreOutage::ServeLocal);
+        assert!(ServeArgs::from_args(["--state-store-outage", "never"]).is_err());
+    }
+
+    #[test]
     fn server_limits_have_defaults_and_ranges() {
         let a = ServeArgs::from_args(Vec::<String>::new()).unwrap();
         assert_eq!(a.limits.max_streams_per_connection, 100);

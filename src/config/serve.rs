@@ -332,6 +332,18 @@ pub struct StateArgs {
         hide_env_values = true
     )]
     pub state_store: crate::state::StoreSpec,
+
+    /// What a create with a request_id does while the Redis state store is
+    /// unreachable: `serve-local` serves from this replica's own records (a
+    /// retry on another replica can then write twice where Graph ignores
+    /// ids); `refuse` answers UNAVAILABLE, retryable, and sends nothing.
+    #[arg(
+        long,
+        env = "RUNSTATE_STATE_STORE_OUTAGE",
+        value_enum,
+        default_value_t = crate::state::StoreOutage::ServeLocal
+    )]
+    pub state_store_outage: crate::state::StoreOutage,
 }
 
 /// The admin HTTP port: metrics and probes.

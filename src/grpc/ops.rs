@@ -239,6 +239,7 @@ impl RunStateApi {
                 message.trim_start_matches("the create may have been applied: "),
                 self.engine.host(),
             ),
+            CreateError::StoreUnavailable => status::state_store_unavailable(self.engine.host()),
         }
     }
 

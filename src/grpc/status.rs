@@ -109,13 +109,7 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
                 details,
             )
         }
-        GraphError::BodyTooLarge { field, size } => invalid_argument(vec![FieldViolation::new(
-            snake_case(&field),
-            format!(
-                "makes the request {size} bytes once encoded as JSON for Graph, over the {} byte limit",
-                crate::graph::MAX_REQUEST_BODY_BYTES
-            ),
-        )]),
+        GraphError::BodyTooLarge { field, size } => body_too_large(snake_case(&field), size),
         GraphError::OutcomeUnknown(cause) => outcome_unknown(&cause.to_string(), host),
         GraphError::WriteBudget { retry_after } => {
             let mut details =
@@ -142,8 +136,35 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
     }
 }
 
+/// ErrorInfo reason of a create refused while the shared state store is
+/// unreachable (`--state-store-outage refuse`).
+pub const STATE_STORE_UNAVAILABLE: &str = "STATE_STORE_UNAVAILABLE";
+
+/// UNAVAILABLE with `RetryInfo`: a create with a request id, refused before
+/// anything was sent because its record cannot be shared now.
+pub fn state_store_unavailable(host: &str) -> Status {
+    let mut details = ErrorDetails::with_error_info(STATE_STORE_UNAVAILABLE, host, HashMap::new());
+    details.set_retry_info(Some(crate::state::redis::RETRY_AFTER_FAILURE));
+    Status::with_error_details(
+        Code::Unavailable,
+        "the shared state store is unreachable, so this request_id cannot be kept exactly once (--state-store-outage refuse); nothing was sent to Graph: retry later",
+        details,
+    )
+}
+
+/// INVALID_ARGUMENT for a body over Graph's limit, blaming `field`.
+pub fn body_too_large(field: String, size: usize) -> Status {
+    invalid_argument(vec![FieldViolation::new(
+        field,
+        format!(
+            "makes the request {size} bytes once encoded as JSON for Graph, over the {} byte limit",
+            crate::graph::MAX_REQUEST_BODY_BYTES
+        ),
+    )])
+}
+
 /// `resultMessage` → `result_message`.
-fn snake_case(json_name: &str) -> String {
+pub fn snake_case(json_name: &str) -> String {
     let mut out = String::with_capacity(json_name.len() + 4);
     for c in json_name.chars() {
         if c.is_ascii_uppercase() {

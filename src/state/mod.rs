@@ -1,7 +1,8 @@
 //! State shared by the replicas of a gateway: request-id records and the
 //! write budget. `memory` keeps it in the process; `redis://HOST:PORT/DB`
-//! shares it through Redis, with the local store as the fallback while Redis
-//! is unreachable.
+//! shares it through Redis. While Redis is unreachable the local store
+//! stands in, or ([`StoreOutage::Refuse`]) creates with a request id are
+//! refused.
 
 pub mod identity;
 pub mod redis;
@@ -40,6 +41,18 @@ impl FromStr for StoreSpec {
         }
         Err("use `memory` or `redis://HOST:PORT/DB`".into())
     }
+}
+
+/// What a create with a request id does while the shared store is
+/// unreachable (`--state-store-outage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StoreOutage {
+    /// Serve from the replica's own records: always available, but a retry
+    /// on another replica can write twice where Graph ignores ids.
+    #[default]
+    ServeLocal,
+    /// Answer UNAVAILABLE (retryable) and send nothing to Graph.
+    Refuse,
 }
 
 impl StoreSpec {

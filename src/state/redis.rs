@@ -1,6 +1,10 @@
 //! The Redis connection: one multiplexed connection that reconnects by
 //! itself, short timeouts, and a circuit that skips Redis for a moment after
 //! a failure so that callers fall back to the local store at once.
+//!
+//! A command that fails on a dropped connection (e.g. Redis restarted since
+//! the last command) is sent once more on a new connection, within the same
+//! timeout, before Redis counts as down.
 
 use std::{
     future::Future,
@@ -17,7 +21,16 @@ use tokio::time::Instant;
 /// Longest wait for one Redis command before falling back.
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long Redis is skipped after a failure before it is tried again.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// Why [`Redis::try_run`] has no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Redis is skipped after a recent failure: nothing was sent.
+    Skipped,
+    /// The command failed or timed out: it may have been applied.
+    Failed,
+}
 
 pub struct Redis {
     conn: ConnectionManager,
@@ -52,24 +65,42 @@ impl Redis {
     }
 
     /// Runs `op` on Redis; `None` when Redis is unreachable (or was a moment
-    /// ago) or answers an error, and the caller uses its local store.
+    /// ago) or answers an error, and the caller uses its local store. `op`
+    /// runs a second time when the first failed on a dropped connection.
     pub async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        {
-            let until = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
-            if until.is_some_and(|u| Instant::now() < u) {
-                return None;
-            }
+        self.try_run(what, op).await.ok()
+    }
+
+    /// [`run`](Self::run), telling a command never sent (Redis was skipped)
+    /// from one that failed (and may have been applied).
+    pub async fn try_run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, Failure>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if self.skipped() {
+            return Err(Failure::Skipped);
         }
-        let error = match tokio::time::timeout(OP_TIMEOUT, op(self.conn.clone())).await {
+        let deadline = Instant::now() + OP_TIMEOUT;
+        let mut result = tokio::time::timeout_at(deadline, op(self.conn.clone())).await;
+        if let Ok(Err(e)) = &result
+            && reconnects(e)
+        {
+            // The manager is reconnecting: the second try waits for it.
+            metrics::counter!(crate::metrics::STATE_STORE_RECONNECTS, "store" => "redis")
+                .increment(1);
+            result = tokio::time::timeout_at(deadline, op(self.conn.clone())).await;
+        }
+        let error = match result {
             Ok(Ok(value)) => {
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::warn!("Redis state store reachable again; shared state resumed");
                 }
-                return Some(value);
+                return Ok(value);
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_owned(),
@@ -81,16 +112,29 @@ impl Redis {
             tracing::warn!(
                 op = what,
                 error = %error.escape_debug(),
-                "Redis state store unreachable; serving from the local store and a local share of the write budget until it returns"
+                "Redis state store unreachable; serving from the local store (or refusing, per --state-store-outage) and a local share of the write budget until it returns"
             );
         }
-        None
+        Err(Failure::Failed)
+    }
+
+    /// Whether Redis is skipped now, after a recent failure.
+    fn skipped(&self) -> bool {
+        let until = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|u| Instant::now() < u)
     }
 
     /// Whether the last Redis call failed.
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }
+}
+
+/// Whether an error came from the connection rather than from Redis (a
+/// stale connection after a restart, a reset): worth one try on a new one.
+/// A timeout is not: Redis may be stalled, and the budget is spent.
+fn reconnects(e: &redis::RedisError) -> bool {
+    (e.is_unrecoverable_error() || e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout()
 }
 
 #[cfg(test)]

@@ -415,17 +415,21 @@ impl WriteBudget {
         let max_wait = deadline.saturating_duration_since(Instant::now());
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let (granted, wait_ms, member): (i64, i64, Option<String>) = redis
-            .run("write budget", |mut c| async move {
-                redis::Script::new(RESERVE)
-                    .key(zset)
-                    .key(pause)
-                    .key(seq)
-                    .arg(span.as_millis() as u64)
-                    .arg(self.spec.limit)
-                    .arg(max_wait.as_millis() as u64)
-                    .arg(suffix)
-                    .invoke_async(&mut c)
-                    .await
+            .run("write budget", |mut c| {
+                let (zset, pause, seq, suffix) =
+                    (zset.clone(), pause.clone(), seq.clone(), suffix.clone());
+                async move {
+                    redis::Script::new(RESERVE)
+                        .key(zset)
+                        .key(pause)
+                        .key(seq)
+                        .arg(span.as_millis() as u64)
+                        .arg(self.spec.limit)
+                        .arg(max_wait.as_millis() as u64)
+                        .arg(suffix)
+                        .invoke_async(&mut c)
+                        .await
+                }
             })
             .await?;
         let wait = Duration::from_millis(wait_ms.max(0) as u64);
@@ -440,15 +444,18 @@ impl WriteBudget {
         let (zset, pause, _) = keys(tenant);
         let span = self.span();
         let wait_ms: i64 = redis
-            .run("write budget", |mut c| async move {
-                redis::Script::new(RECHECK)
-                    .key(zset)
-                    .key(pause)
-                    .arg(member)
-                    .arg(span.as_millis() as u64)
-                    .arg(self.spec.limit)
-                    .invoke_async(&mut c)
-                    .await
+            .run("write budget", |mut c| {
+                let (zset, pause) = (zset.clone(), pause.clone());
+                async move {
+                    redis::Script::new(RECHECK)
+                        .key(zset)
+                        .key(pause)
+                        .arg(member)
+                        .arg(span.as_millis() as u64)
+                        .arg(self.spec.limit)
+                        .invoke_async(&mut c)
+                        .await
+                }
             })
             .await?;
         Some(Instant::now() + Duration::from_millis(wait_ms.max(0) as u64))
@@ -458,12 +465,15 @@ impl WriteBudget {
         let Some(redis) = &self.redis else { return };
         let (zset, _, _) = keys(tenant);
         redis
-            .run("write budget", |mut c| async move {
-                redis::Script::new(FINISH)
-                    .key(zset)
-                    .arg(member)
-                    .invoke_async::<i64>(&mut c)
-                    .await
+            .run("write budget", |mut c| {
+                let (zset, member) = (zset.clone(), member.clone());
+                async move {
+                    redis::Script::new(FINISH)
+                        .key(zset)
+                        .arg(member)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                }
             })
             .await;
     }
@@ -479,12 +489,15 @@ impl WriteBudget {
         if let Some(redis) = &self.redis {
             let (_, pause, _) = keys(tenant);
             redis
-                .run("write pause", |mut c| async move {
-                    redis::Script::new(PAUSE)
-                        .key(pause)
-                        .arg(delay.as_millis() as u64)
-                        .invoke_async::<i64>(&mut c)
-                        .await
+                .run("write pause", |mut c| {
+                    let pause = pause.clone();
+                    async move {
+                        redis::Script::new(PAUSE)
+                            .key(pause)
+                            .arg(delay.as_millis() as u64)
+                            .invoke_async::<i64>(&mut c)
+                            .await
+                    }
                 })
                 .await;
         }

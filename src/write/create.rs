@@ -56,6 +56,9 @@ pub(crate) enum CreateError {
     RequestIdReused,
     /// The request id's first create ended with an unknown outcome.
     RecordedUnknown(String),
+    /// The shared state store is unreachable and `--state-store-outage
+    /// refuse`: nothing was sent.
+    StoreUnavailable,
 }
 
 impl From<GraphError> for CreateError {
@@ -63,6 +66,9 @@ impl From<GraphError> for CreateError {
         CreateError::Graph(e)
     }
 }
+
+/// Why a duplicate answers "outcome unknown" for a claim nobody finished.
+const ABANDONED: &str = "the first create with this request_id did not record its answer before its deadline (its replica may have stopped)";
 
 /// One create's progress.
 struct Progress {
@@ -137,6 +143,12 @@ impl Engine {
             match self.records.begin(&key, item.fingerprint, deadline).await {
                 Err(Refused::Reused) => results[i] = Some(Err(CreateError::RequestIdReused)),
                 Err(Refused::Deadline) => results[i] = Some(Err(GraphError::Timeout.into())),
+                Err(Refused::StoreUnavailable) => {
+                    results[i] = Some(Err(CreateError::StoreUnavailable))
+                }
+                Err(Refused::Abandoned) => {
+                    results[i] = Some(Err(CreateError::RecordedUnknown(ABANDONED.into())))
+                }
                 Ok(Begin::Replay(outcome)) => {
                     results[i] = Some(self.replay(item, outcome, &call).await)
                 }

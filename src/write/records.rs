@@ -13,12 +13,21 @@
 //! running are kept apart, so a slow call never holds up eviction.
 //!
 //! With Redis (`--state-store redis://…`) a claim is `SET NX` with an expiry,
-//! the answer replaces it, and duplicates on other replicas poll it. While
-//! Redis is unreachable the local records stand in.
+//! the answer replaces it, and duplicates on other replicas poll it. An
+//! answer or a release that Redis missed is written again in the background
+//! until Redis takes it. While Redis is unreachable the local records stand
+//! in, or, with [`StoreOutage::Refuse`], a create that would claim an id is
+//! refused; there a claim lives as long as a record (not just the call's
+//! deadline), so an outage longer than a deadline cannot free an id whose
+//! create was sent, and a duplicate that finds a claim whose owner's deadline
+//! has long passed answers "outcome unknown" instead of writing again.
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -27,7 +36,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::Notify, time::Instant};
 
-use crate::state::redis::Redis;
+use crate::state::{
+    StoreOutage,
+    redis::{Failure, Redis},
+};
 
 pub const TTL: Duration = Duration::from_secs(600);
 /// Total bytes of finished records kept in memory.
@@ -38,6 +50,13 @@ pub const MAX_RECORDS: usize = 100_000;
 pub const MAX_STORED_RESPONSE: usize = 4096;
 /// How often a duplicate checks on a claim held elsewhere.
 const POLL: Duration = Duration::from_millis(50);
+/// How long a claim outlives its call's deadline (clocks of replicas may
+/// differ a little).
+const CLAIM_GRACE: Duration = Duration::from_secs(5);
+/// How often an answer or release that Redis missed is tried again.
+const REWRITE_EVERY: Duration = Duration::from_millis(250);
+/// Most answers and releases waiting for Redis at once.
+const MAX_REWRITES: usize = 10_000;
 
 /// What the first call answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +131,11 @@ pub enum Refused {
     Reused,
     /// A duplicate waited for the first call past its deadline.
     Deadline,
+    /// The shared store is unreachable and `--state-store-outage refuse`.
+    StoreUnavailable,
+    /// The first call's claim outlived its deadline without an answer (its
+    /// replica stopped, or lost the store): it may have been applied.
+    Abandoned,
 }
 
 /// What [`RequestIds::begin`] found.
@@ -125,10 +149,13 @@ pub enum Begin {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Wire {
-    /// Claimed by `owner`, still running.
+    /// Claimed by `owner`, still running until `until` (Unix ms; 0 from
+    /// replicas that did not say).
     Pending {
         fingerprint: u64,
         owner: String,
+        #[serde(default)]
+        until: u64,
     },
     Done {
         fingerprint: u64,
@@ -206,6 +233,7 @@ fn record_bytes(key: &RecordKey, outcome: &Outcome) -> usize {
 pub struct RequestIds {
     local: Arc<Mutex<Local>>,
     redis: Option<Arc<Redis>>,
+    outage: StoreOutage,
 }
 
 /// The right to answer a request id first. Dropped without
@@ -214,7 +242,7 @@ pub struct Claim {
     key: RecordKey,
     fingerprint: u64,
     local: Arc<Mutex<Local>>,
-    /// The owner token of the Redis claim, when one is held there.
+    /// The Redis claim (its exact value), when one is held there.
     redis: Option<(Arc<Redis>, String)>,
     finished: bool,
 }
@@ -223,17 +251,18 @@ fn redis_key(key: &RecordKey) -> String {
     format!("runstate:rid:{}", key.0)
 }
 
-/// Deletes a Redis claim only while it is still ours.
+/// Deletes a Redis claim only while it is still ours (ARGV[1] is its value).
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
 impl RequestIds {
-    pub fn new(redis: Option<Arc<Redis>>) -> Self {
+    pub fn new(redis: Option<Arc<Redis>>, outage: StoreOutage) -> Self {
         Self {
             local: Arc::default(),
             redis,
+            outage,
         }
     }
 
@@ -290,7 +319,11 @@ impl RequestIds {
         // Many replicas: the claim in Redis decides.
         if let Some(redis) = &self.redis {
             match self.claim_shared(redis, key, fingerprint, deadline).await {
-                Shared::Owner(owner) => claim.redis = Some((redis.clone(), owner)),
+                Shared::Owner(value) => claim.redis = Some((redis.clone(), value)),
+                // Dropping the claim releases the local one.
+                Shared::Unavailable if self.outage == StoreOutage::Refuse => {
+                    return Err(Refused::StoreUnavailable);
+                }
                 Shared::Unavailable => {}
                 Shared::Replay(outcome) => {
                     // Keep it locally too (and release the local claim).
@@ -306,45 +339,61 @@ impl RequestIds {
 
     async fn claim_shared(
         &self,
-        redis: &Redis,
+        redis: &Arc<Redis>,
         key: &RecordKey,
         fingerprint: u64,
         deadline: Instant,
     ) -> Shared {
         let rkey = redis_key(key);
         let owner = uuid::Uuid::new_v4().simple().to_string();
+        let left = deadline.saturating_duration_since(Instant::now());
         let pending = serde_json::to_string(&Wire::Pending {
             fingerprint,
             owner: owner.clone(),
+            until: unix_ms(left),
         })
         .unwrap_or_default();
-        // The claim outlives the call's deadline a little, then expires so a
-        // crashed replica's claim does not block the id forever.
-        let claim_ttl = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+        // Serving locally, the claim outlives the call's deadline a little,
+        // then expires so a crashed replica's claim does not block the id for
+        // long. Refusing, it lives as long as a record: expiring while the
+        // answer waits for Redis to return would let a retry write again.
+        let claim_ttl = match self.outage {
+            StoreOutage::ServeLocal => left + CLAIM_GRACE,
+            StoreOutage::Refuse => TTL,
+        };
         loop {
-            let (rkey2, pending2) = (rkey.clone(), pending.clone());
-            let claimed: Option<Option<String>> = redis
-                .run("claim request id", |mut c| async move {
-                    redis::cmd("SET")
-                        .arg(&rkey2)
-                        .arg(&pending2)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(claim_ttl.as_millis() as u64)
-                        .query_async(&mut c)
-                        .await
+            let claimed: Result<Option<String>, Failure> = redis
+                .try_run("claim request id", |mut c| {
+                    let (rkey, pending) = (rkey.clone(), pending.clone());
+                    async move {
+                        redis::cmd("SET")
+                            .arg(&rkey)
+                            .arg(&pending)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(claim_ttl.as_millis() as u64)
+                            .query_async(&mut c)
+                            .await
+                    }
                 })
                 .await;
-            let Some(claimed) = claimed else {
-                return Shared::Unavailable;
+            let claimed = match claimed {
+                Ok(claimed) => claimed,
+                Err(Failure::Skipped) => return Shared::Unavailable,
+                Err(Failure::Failed) => {
+                    // The claim may have been set: take it back once Redis
+                    // answers, or it would hold the id with nobody working.
+                    release_later(redis.clone(), rkey, pending);
+                    return Shared::Unavailable;
+                }
             };
             if claimed.is_some() {
-                return Shared::Owner(owner);
+                return Shared::Owner(pending);
             }
-            let rkey2 = rkey.clone();
             let current: Option<Option<String>> = redis
-                .run("read request id", |mut c| async move {
-                    redis::cmd("GET").arg(&rkey2).query_async(&mut c).await
+                .run("read request id", |mut c| {
+                    let rkey = rkey.clone();
+                    async move { redis::cmd("GET").arg(&rkey).query_async(&mut c).await }
                 })
                 .await;
             let Some(current) = current else {
@@ -366,6 +415,18 @@ impl RequestIds {
                 Some(Wire::Pending { fingerprint: f, .. }) if f != fingerprint => {
                     return Shared::Refused(Refused::Reused);
                 }
+                // Our own claim, whose answer was lost before a resend.
+                Some(Wire::Pending { owner: o, .. }) if o == owner => {
+                    return Shared::Owner(pending);
+                }
+                Some(Wire::Pending { until, .. })
+                    if self.outage == StoreOutage::Refuse
+                        && until != 0
+                        && until.saturating_add(CLAIM_GRACE.as_millis() as u64)
+                            < unix_ms(Duration::ZERO) =>
+                {
+                    return Shared::Refused(Refused::Abandoned);
+                }
                 Some(Wire::Pending { .. }) => {
                     if Instant::now() + POLL >= deadline {
                         return Shared::Refused(Refused::Deadline);
@@ -378,6 +439,7 @@ impl RequestIds {
 }
 
 enum Shared {
+    /// Claimed: the claim's value.
     Owner(String),
     Replay(Outcome),
     Refused(Refused),
@@ -387,15 +449,16 @@ enum Shared {
 impl Claim {
     /// Records the answer for later calls with the same request id.
     pub async fn finish(mut self, outcome: Outcome) {
-        if let Some((redis, _owner)) = self.redis.take() {
+        if let Some((redis, _claim)) = self.redis.take() {
             let rkey = redis_key(&self.key);
             let value = serde_json::to_string(&Wire::Done {
                 fingerprint: self.fingerprint,
                 outcome: outcome.clone(),
             })
             .unwrap_or_default();
-            redis
-                .run("store request id", |mut c| async move {
+            let store = move |mut c: redis::aio::ConnectionManager| {
+                let (rkey, value) = (rkey.clone(), value.clone());
+                async move {
                     redis::cmd("SET")
                         .arg(&rkey)
                         .arg(&value)
@@ -403,8 +466,11 @@ impl Claim {
                         .arg(TTL.as_millis() as u64)
                         .query_async::<()>(&mut c)
                         .await
-                })
-                .await;
+                }
+            };
+            if redis.run("store request id", &store).await.is_none() {
+                rewrite_later(redis, "store request id", store);
+            }
         }
         self.finish_local(outcome);
     }
@@ -430,23 +496,69 @@ impl Drop for Claim {
                 p.released.notify_waiters();
             }
         }
-        if let Some((redis, owner)) = self.redis.take() {
-            let rkey = redis_key(&self.key);
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    redis
-                        .run("release request id", |mut c| async move {
-                            redis::Script::new(RELEASE)
-                                .key(rkey)
-                                .arg(owner)
-                                .invoke_async::<i64>(&mut c)
-                                .await
-                        })
-                        .await;
-                });
-            }
+        if let Some((redis, value)) = self.redis.take() {
+            release_later(redis, redis_key(&self.key), value);
         }
     }
+}
+
+/// Deletes the claim `value` of `rkey` in the background, if it is still
+/// there.
+fn release_later(redis: Arc<Redis>, rkey: String, value: String) {
+    let release = move |mut c: redis::aio::ConnectionManager| {
+        let (rkey, value) = (rkey.clone(), value.clone());
+        async move {
+            redis::Script::new(RELEASE)
+                .key(rkey)
+                .arg(value)
+                .invoke_async::<i64>(&mut c)
+                .await
+        }
+    };
+    rewrite_later(redis, "release request id", release);
+}
+
+/// Runs `op` on Redis in the background until Redis takes it (every
+/// [`REWRITE_EVERY`], for at most a record's [`TTL`]): an answer or a
+/// release that Redis missed must reach it, or another replica could write
+/// again or wait on a claim nobody holds. Only calls whose Redis command
+/// failed while being sent get here; at most [`MAX_REWRITES`] wait at once
+/// (past that the claim is left to expire, and a warning says so).
+fn rewrite_later<T, F, Fut>(redis: Arc<Redis>, what: &'static str, op: F)
+where
+    T: Send + 'static,
+    F: Fn(redis::aio::ConnectionManager) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
+{
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if REWRITES.fetch_add(1, Ordering::Relaxed) >= MAX_REWRITES {
+        REWRITES.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(
+            op = what,
+            "too many request-id records wait for Redis to return; this one is left to expire"
+        );
+        return;
+    }
+    handle.spawn(async move {
+        let give_up = Instant::now() + TTL;
+        while redis.run(what, &op).await.is_none() && Instant::now() < give_up {
+            tokio::time::sleep(REWRITE_EVERY).await;
+        }
+        REWRITES.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// Background rewrites waiting for Redis now.
+static REWRITES: AtomicUsize = AtomicUsize::new(0);
+
+/// Unix time in milliseconds, `ahead` from now.
+fn unix_ms(ahead: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + ahead).as_millis() as u64
 }
 
 #[cfg(test)]

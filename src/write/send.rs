@@ -10,6 +10,10 @@
 //! - A request never sent before the deadline ends as
 //!   [`GraphError::Unsent`]: only requests that left the gateway can have an
 //!   unknown outcome.
+//! - Each request's own JSON body is held to Graph's size limit (when it is
+//!   encoded), never the envelope: a `$batch` takes requests while the
+//!   envelope stays under the limit, and a request too large to share one
+//!   goes alone.
 
 use std::time::Duration;
 
@@ -20,7 +24,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::{Engine, retry::Retry};
-use crate::graph::{BatchItem, Call, GraphError, MAX_BATCH, Raw};
+use crate::graph::{BatchItem, Call, GraphError, MAX_BATCH, MAX_REQUEST_BODY_BYTES, Raw};
 use crate::metrics as m;
 use crate::state::identity;
 
@@ -89,20 +93,22 @@ impl Engine {
             .as_ref()
             .map(|_| identity::tenant(call.authorization));
         while !pending.is_empty() {
-            let groups: Vec<Vec<usize>> = match via {
-                Via::Alone => pending.iter().map(|&i| vec![i]).collect(),
-                Via::Batch => pending.chunks(MAX_BATCH).map(<[usize]>::to_vec).collect(),
+            let groups: Vec<(Vec<usize>, Via)> = match via {
+                Via::Alone => pending.iter().map(|&i| (vec![i], Via::Alone)).collect(),
+                Via::Batch => envelopes(&requests, &pending),
             };
             let requests = &requests;
             let attempts_now = &attempts;
             let tenant = tenant.as_deref();
             let answers: Vec<(usize, Result<Raw, GraphError>, bool)> = if groups.len() == 1 {
-                let group = groups.into_iter().next().unwrap_or_default();
+                let (group, via) = groups.into_iter().next().unwrap_or((Vec::new(), via));
                 self.exchange(requests, group, via, attempts_now, tenant, call)
                     .await
             } else {
                 stream::iter(groups)
-                    .map(|group| self.exchange(requests, group, via, attempts_now, tenant, call))
+                    .map(|(group, via)| {
+                        self.exchange(requests, group, via, attempts_now, tenant, call)
+                    })
                     .buffer_unordered(self.batch_concurrency)
                     .flat_map(stream::iter)
                     .collect()
@@ -266,6 +272,43 @@ impl Engine {
     }
 }
 
+/// Bytes of an envelope besides its items, and of an item besides its body
+/// and path (id, method, headers), with room to spare.
+const ENVELOPE_BYTES: usize = 64;
+const ITEM_BYTES: usize = 512;
+
+/// The `pending` requests in `$batch` envelopes of at most [`MAX_BATCH`]
+/// requests and [`MAX_REQUEST_BODY_BYTES`], in order; a request too large to
+/// fit an envelope even alone goes alone (its body is within the limit).
+fn envelopes(requests: &[Request], pending: &[usize]) -> Vec<(Vec<usize>, Via)> {
+    let size = |i: usize| {
+        let r = &requests[i];
+        r.body.as_ref().map_or(0, Bytes::len) + r.path.len() + ITEM_BYTES
+    };
+    let mut groups: Vec<(Vec<usize>, Via)> = Vec::new();
+    let mut group: Vec<usize> = Vec::new();
+    let mut bytes = ENVELOPE_BYTES;
+    for &i in pending {
+        if !group.is_empty()
+            && (group.len() == MAX_BATCH || bytes + size(i) > MAX_REQUEST_BODY_BYTES)
+        {
+            groups.push((std::mem::take(&mut group), Via::Batch));
+            bytes = ENVELOPE_BYTES;
+        }
+        group.push(i);
+        bytes += size(i);
+    }
+    if !group.is_empty() {
+        groups.push((group, Via::Batch));
+    }
+    for (group, via) in &mut groups {
+        if group.len() == 1 && ENVELOPE_BYTES + size(group[0]) > MAX_REQUEST_BODY_BYTES {
+            *via = Via::Alone;
+        }
+    }
+    groups
+}
+
 /// Whether a request's attempt left the gateway: anything but a connection
 /// that was never made.
 fn left_the_gateway<T>(result: &Result<T, GraphError>) -> bool {
@@ -304,5 +347,45 @@ fn retry_reason(error: &GraphError) -> &'static str {
         } => "connect",
         GraphError::Unavailable { .. } => "connection_lost",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(body_bytes: usize) -> Request {
+        Request {
+            method: Method::POST,
+            path: "deviceManagementScripts/s/deviceRunStates".into(),
+            body: Some(Bytes::from(vec![b'x'; body_bytes])),
+        }
+    }
+
+    #[test]
+    fn envelopes_hold_twenty_and_stay_under_the_size_limit() {
+        let small: Vec<Request> = (0..45).map(|_| post(100)).collect();
+        let all: Vec<usize> = (0..45).collect();
+        let sizes: Vec<usize> = envelopes(&small, &all).iter().map(|g| g.0.len()).collect();
+        assert_eq!(sizes, [20, 20, 5]);
+
+        // 600 KB each: two do not fit one envelope; 1 MiB less a little
+        // fits none, and goes alone; order is kept.
+        let big = vec![
+            post(600_000),
+            post(600_000),
+            post(MAX_REQUEST_BODY_BYTES - 10),
+            post(100),
+        ];
+        let groups = envelopes(&big, &[0, 1, 2, 3]);
+        assert_eq!(
+            groups,
+            [
+                (vec![0], Via::Batch),
+                (vec![1], Via::Batch),
+                (vec![2], Via::Alone),
+                (vec![3], Via::Batch),
+            ]
+        );
     }
 }

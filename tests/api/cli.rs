@@ -195,3 +195,26 @@ async fn the_emulator_flag_has_an_env_twin() {
     let _ = child.wait().await;
     assert_eq!(started, Ok(true), "{seen:?}");
 }
+
+/// `--state-store-outage` takes `serve-local` or `refuse`, from the flag or
+/// its env twin, and names itself when given anything else.
+#[tokio::test]
+async fn the_state_store_outage_flag_and_its_env_twin_are_checked() {
+    let listen = ["--listen", "127.0.0.1:0", "--emulator"];
+    let mut args = listen.to_vec();
+    args.extend(["--state-store-outage", "sometimes"]);
+    let (code, err) = run(&args, &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--state-store-outage") && err.contains("refuse"),
+        "{err}"
+    );
+    let (code, err) = run(&listen, &[("RUNSTATE_STATE_STORE_OUTAGE", "sometimes")]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--state-store-outage"), "{err}");
+
+    let out = gateway(&["--help"], &[]).output().await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("RUNSTATE_STATE_STORE_OUTAGE"), "{help}");
+    assert!(help.contains("serve-local"), "{help}");
+}

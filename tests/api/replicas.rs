@@ -29,12 +29,26 @@ use crate::helpers::TOKEN;
 pub struct RedisServer {
     child: Option<std::process::Child>,
     pub port: u16,
+    /// With persistence: the directory of its append-only file.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
     /// Starts one, or `None` (after saying why) when redis-server is not
     /// installed and `REQUIRE_REDIS` is not `1`.
     pub fn start() -> Option<Self> {
+        Self::start_in(None)
+    }
+
+    /// Like [`start`](Self::start), with every write fsynced to an
+    /// append-only file, so its data survive a SIGKILL and a restart.
+    pub fn start_persistent() -> Option<Self> {
+        let dir = std::env::temp_dir().join(format!("runstate-redis-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::start_in(Some(dir))
+    }
+
+    fn start_in(dir: Option<std::path::PathBuf>) -> Option<Self> {
         let installed = std::process::Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -51,7 +65,11 @@ impl RedisServer {
             return None;
         }
         let port = free_port();
-        let mut server = RedisServer { child: None, port };
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+        };
         server.restart();
         Some(server)
     }
@@ -62,9 +80,17 @@ impl RedisServer {
 
     /// Starts the server (again) on its port and waits until it answers.
     pub fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
+        let mut command = std::process::Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""]);
+        match &self.dir {
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -83,11 +109,22 @@ impl RedisServer {
         panic!("redis-server did not answer on port {}", self.port);
     }
 
+    /// Kills the server (SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} redis-server");
     }
 
     /// Keys matching `pattern`.
@@ -100,7 +137,14 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            // A stopped process takes SIGKILL too; CONT is for good measure.
+            self.signal("CONT");
+        }
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -118,9 +162,12 @@ pub struct Gateway {
     pub client: RunStateServiceClient<Channel>,
 }
 
-/// Spawns the real binary and waits for its "listening" log line.
+/// Spawns the real binary (or `RUNSTATE_TEST_BINARY`, to compare another
+/// build) and waits for its "listening" log line.
 pub async fn gateway(graph_url: &str, extra: &[&str]) -> Gateway {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runstate-gateway"))
+    let program = std::env::var("RUNSTATE_TEST_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runstate-gateway").to_owned());
+    let mut child = Command::new(program)
         .args(["--listen", "127.0.0.1:0", "--graph-url", graph_url])
         .args(["--graph-token", TOKEN, "--log-format", "json"])
         .args(extra)
