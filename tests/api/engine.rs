@@ -165,19 +165,31 @@ async fn batch_permits_are_held_until_the_batch_is_answered() {
 #[tokio::test]
 async fn batch_items_never_sent_say_so_and_only_sent_ones_may_be_unknown() {
     // 200 items are 10 `$batch` requests, 4 at a time; Graph answers each in
-    // 1.5 s and the caller gives 2.5 s: the first 4 are answered, the next 4
+    // 1.5 s and the call has 2.5 s: the first 4 are answered, the next 4
     // are in flight at the deadline, the last 2 never leave the gateway.
-    let app = spawn_app_with(&["--graph-token", TOKEN, "--write-budget", "off"]).await;
+    // The deadline is the gateway's (--request-timeout), not the client's,
+    // so the answer sent at the deadline is never raced by the client.
+    let app = spawn_app_with(&[
+        "--graph-token",
+        TOKEN,
+        "--write-budget",
+        "off",
+        "--request-timeout",
+        "2500ms",
+    ])
+    .await;
     app.graph.set_client_ids(ClientIds::Ignore);
     app.graph.set_latency(Duration::from_millis(1500));
+    let mut request = batch(
+        "deviceComplianceScripts/compliance-slow",
+        200,
+        Duration::from_millis(2500),
+    );
+    request.metadata_mut().remove("grpc-timeout");
     let results = app
         .client
         .clone()
-        .batch_create_compliance_script_device_states(batch(
-            "deviceComplianceScripts/compliance-slow",
-            200,
-            Duration::from_millis(2500),
-        ))
+        .batch_create_compliance_script_device_states(request)
         .await
         .unwrap()
         .into_inner()
