@@ -312,19 +312,14 @@ mod tests {
     #[test]
     fn refresh_comes_well_before_expiry() {
         let now = Instant::now();
-        let t = Token::new(
-            HeaderValue::from_static("Bearer x"),
-            Duration::from_secs(3600),
-            now,
-        );
-        assert_eq!(t.refresh_at - now, Duration::from_secs(3300));
-        assert_eq!(t.usable_until - now, Duration::from_secs(3570));
-        let t = Token::new(
-            HeaderValue::from_static("Bearer x"),
-            Duration::from_secs(10),
-            now,
-        );
-        assert_eq!(t.refresh_at - now, Duration::from_secs(5));
-        assert_eq!(t.usable_until - now, Duration::from_secs(9));
+        for (lifetime, refresh, usable) in [(3600, 3300, 3570), (10, 5, 9)] {
+            let t = Token::new(
+                HeaderValue::from_static("Bearer x"),
+                Duration::from_secs(lifetime),
+                now,
+            );
+            assert_eq!(t.refresh_at - now, Duration::from_secs(refresh));
+            assert_eq!(t.usable_until - now, Duration::from_secs(usable));
+        }
     }
 }

@@ -101,7 +101,7 @@ pub fn resolve(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const FIELDS: &[Writable] = &[
@@ -109,7 +109,8 @@ mod tests {
         Writable::required("success_device_count", "successDeviceCount"),
     ];
 
-    fn mask(paths: &[&str]) -> FieldMask {
+    /// A field mask of `paths` (also for `query`'s tests).
+    pub(in crate::convert) fn mask(paths: &[&str]) -> FieldMask {
         FieldMask {
             paths: paths.iter().map(|p| p.to_string()).collect(),
         }

@@ -281,11 +281,7 @@ mod tests {
         Writable::required("error_code", "errorCode"),
     ];
 
-    fn mask(paths: &[&str]) -> FieldMask {
-        FieldMask {
-            paths: paths.iter().map(|p| p.to_string()).collect(),
-        }
-    }
+    use crate::convert::mask::tests::mask;
 
     #[test]
     fn read_masks_become_select() {
