@@ -459,4 +459,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
+mod metadata;
+#[cfg(test)]
 mod tests;
