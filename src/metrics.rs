@@ -44,6 +44,10 @@ pub const REQUEST_ID_REPLAYS: &str = "runstate_request_id_replays_total";
 pub const WRITE_BUDGET_WAIT: &str = "runstate_write_budget_wait_seconds";
 /// Writes refused because no budget slot came before their deadline.
 pub const WRITE_BUDGET_REJECTED: &str = "runstate_write_budget_rejected_total";
+/// Time requests waited for a slot of the read budget.
+pub const READ_BUDGET_WAIT: &str = "runstate_read_budget_wait_seconds";
+/// Requests refused because no read-budget slot came before their deadline.
+pub const READ_BUDGET_REJECTED: &str = "runstate_read_budget_rejected_total";
 /// Failed calls to the shared state store, by `store`.
 pub const STATE_STORE_ERRORS: &str = "runstate_state_store_errors_total";
 /// Log lines dropped because stderr did not keep up.
@@ -130,6 +134,15 @@ fn describe() {
     describe_counter!(
         WRITE_BUDGET_REJECTED,
         "Writes refused (RESOURCE_EXHAUSTED) because no budget slot came before their deadline."
+    );
+    describe_histogram!(
+        READ_BUDGET_WAIT,
+        Unit::Seconds,
+        "Time requests waited for a slot of the read budget."
+    );
+    describe_counter!(
+        READ_BUDGET_REJECTED,
+        "Requests refused (RESOURCE_EXHAUSTED) because no read-budget slot came before their deadline."
     );
     describe_counter!(
         STATE_STORE_ERRORS,

@@ -17,6 +17,7 @@ mod readme;
 mod replicas;
 mod retries;
 mod server;
+mod throttling;
 mod timestamps;
 mod upstream_tls;
 mod user_states;
