@@ -665,6 +665,22 @@ mod tests {
         assert_eq!(at, planned + Duration::from_secs(2));
     }
 
+    #[test]
+    fn the_read_budget_keeps_keys_of_its_own() {
+        assert_eq!(
+            keys(Counts::Writes, "t"),
+            (
+                "runstate:budget:t".to_owned(),
+                "runstate:pause:t".to_owned(),
+                "runstate:budgetseq:t".to_owned()
+            )
+        );
+        let (zset, pause, seq) = keys(Counts::Requests, "t");
+        assert_eq!(zset, "runstate:readbudget:t");
+        assert_eq!(pause, "runstate:readpause:t");
+        assert_eq!(seq, "runstate:readbudgetseq:t");
+    }
+
     #[tokio::test]
     async fn acquire_waits_then_refuses_past_the_deadline() {
         let window = Duration::from_millis(300);
