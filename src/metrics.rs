@@ -44,6 +44,10 @@ pub const REQUEST_ID_REPLAYS: &str = "runstate_request_id_replays_total";
 pub const WRITE_BUDGET_WAIT: &str = "runstate_write_budget_wait_seconds";
 /// Writes refused because no budget slot came before their deadline.
 pub const WRITE_BUDGET_REJECTED: &str = "runstate_write_budget_rejected_total";
+/// Time requests waited for a slot of the read budget.
+pub const READ_BUDGET_WAIT: &str = "runstate_read_budget_wait_seconds";
+/// Requests refused because no read-budget slot came before their deadline.
+pub const READ_BUDGET_REJECTED: &str = "runstate_read_budget_rejected_total";
 /// Failed calls to the shared state store, by `store`.
 pub const STATE_STORE_ERRORS: &str = "runstate_state_store_errors_total";
 /// Commands sent again on a new connection after a dropped one, by `store`.
@@ -184,6 +188,16 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         STATE_STORE_RECONNECTS,
         Kind::Counter,
         "State store commands sent again on a new connection after the old one dropped, by store.",
+    ),
+    (
+        READ_BUDGET_WAIT,
+        Kind::Histogram,
+        "Time requests waited for a slot of the read budget.",
+    ),
+    (
+        READ_BUDGET_REJECTED,
+        Kind::Counter,
+        "Requests refused (RESOURCE_EXHAUSTED) because no read-budget slot came before their deadline.",
     ),
 ];
 

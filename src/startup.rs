@@ -14,7 +14,12 @@ use crate::graph::{GraphClient, Options};
 use crate::grpc::{RunStateApi, context};
 use crate::pb::{self, run_state_service_server::RunStateServiceServer};
 use crate::server::{self, Handshake, Limits, Routes};
-use crate::write::{self, budget::WriteBudget, records::RequestIds, retry::RetryPolicy};
+use crate::write::{
+    self,
+    budget::{Budget, Budgets, Counts},
+    records::RequestIds,
+    retry::RetryPolicy,
+};
 
 #[cfg(feature = "emulator")]
 mod emulator;
@@ -88,9 +93,20 @@ impl Application {
             .state_store
             .open()
             .map_err(|e| Refusal::error(format!("--state-store: {e}")))?;
-        let budget = args.budget.write_budget.0.map(|spec| {
-            std::sync::Arc::new(WriteBudget::new(spec, redis.clone(), args.budget.replicas))
-        });
+        let budget = |counts, flag: write::budget::BudgetFlag| {
+            flag.0.map(|spec| {
+                std::sync::Arc::new(Budget::new(
+                    counts,
+                    spec,
+                    redis.clone(),
+                    args.budget.replicas,
+                ))
+            })
+        };
+        let budgets = Budgets {
+            writes: budget(Counts::Writes, args.budget.write_budget),
+            requests: budget(Counts::Requests, args.budget.read_budget),
+        };
         let extra_roots = match &args.graph.graph_ca_file {
             Some(path) => crate::tls::read_ca_file(path)?,
             None => Vec::new(),
@@ -98,7 +114,7 @@ impl Application {
         let graph = GraphClient::with_roots(&graph_url, options, &extra_roots)
             .map_err(|e| Refusal::error(format!("--graph-url / --graph-connections: {e}")))?;
         let records = std::sync::Arc::new(RequestIds::new(redis, args.state.state_store_outage));
-        let engine = write::Engine::new(graph, settings, budget, records);
+        let engine = write::Engine::new(graph, settings, budgets, records);
         let auth_settings = crate::auth::settings(
             &crate::config::AuthArgs {
                 graph_token: token.clone(),

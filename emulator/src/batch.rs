@@ -88,6 +88,7 @@ pub fn answer(e: &Emulator, call: &Call, ids: &Ids) -> Reply {
                     query: &item.query,
                     body,
                     origin: call.origin,
+                    app: call.app,
                 },
                 &item_ids,
             )

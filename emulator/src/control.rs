@@ -9,8 +9,10 @@
 //! - `GET /_emulator/health`: `ok` while it serves.
 //! - `PUT /_emulator/settings`: `{"patch_no_content": bool, "latency_ms": n (at
 //!   most 60000), "record": bool, "store": bool, "client_ids":
-//!   "honour"|"ignore"|"reject", "write_limit": {"writes": n, "seconds": s} | "off"}`;
-//!   `GET` shows them with the count of 429s the write limit answered.
+//!   "honour"|"ignore"|"reject", "write_limit" | "tenant_write_limit" |
+//!   "read_limit" | "tenant_read_limit": {"writes" (or "requests"): n,
+//!   "seconds": s} | "off", "retry_after": "seconds"|"decimal"|"zero"|"none"}`;
+//!   `GET` shows them with the count of 429s each limit answered.
 
 use std::time::Duration;
 
@@ -25,7 +27,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ClientIds, Emulator, Fault, MAX_LATENCY, Recorded, routes};
+use super::{ClientIds, Emulator, Fault, Limit, MAX_LATENCY, Recorded, RetryAfter, Scope, routes};
 
 /// The most faults held at once (over HTTP).
 pub const MAX_FAULTS: usize = 100;
@@ -98,14 +100,33 @@ struct Settings {
     record: Option<bool>,
     store: Option<bool>,
     client_ids: Option<ClientIds>,
-    /// `{"writes": 50, "seconds": 5}`, or `"off"`.
-    write_limit: Option<WriteLimitSetting>,
+    /// Each `{"writes": 50, "seconds": 5}` (or `"requests"`), or `"off"`.
+    write_limit: Option<LimitSetting>,
+    tenant_write_limit: Option<LimitSetting>,
+    read_limit: Option<LimitSetting>,
+    tenant_read_limit: Option<LimitSetting>,
+    retry_after: Option<RetryAfter>,
+}
+
+impl Settings {
+    fn limit(&self, scope: Scope) -> Option<&LimitSetting> {
+        match scope {
+            Scope::AppWrites => self.write_limit.as_ref(),
+            Scope::TenantWrites => self.tenant_write_limit.as_ref(),
+            Scope::AppRequests => self.read_limit.as_ref(),
+            Scope::TenantRequests => self.tenant_read_limit.as_ref(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum WriteLimitSetting {
-    Limit { writes: u32, seconds: f64 },
+enum LimitSetting {
+    Limit {
+        #[serde(alias = "requests")]
+        writes: u32,
+        seconds: f64,
+    },
     Off(Off),
 }
 
@@ -117,16 +138,28 @@ enum Off {
 
 /// The current settings and counters.
 async fn current_settings(State(e): State<Emulator>) -> Json<serde_json::Value> {
-    Json(json!({
+    let limits = e.limits();
+    let mut shown = json!({
         "client_ids": e.client_ids(),
-        "write_limit": e.write_limit().map_or(json!("off"), |(writes, window)| {
-            json!({"writes": writes, "seconds": window.as_secs_f64()})
-        }),
+        "retry_after": e.retry_after(),
         "throttled": e.throttled_count(),
+        "throttled_by": {},
         "answered_429": e.answered(429),
         "requests": e.request_count(),
         "recorded_bytes": e.recorded_bytes(),
-    }))
+    });
+    for scope in Scope::ALL {
+        let unit = match scope {
+            Scope::AppWrites | Scope::TenantWrites => "writes",
+            Scope::AppRequests | Scope::TenantRequests => "requests",
+        };
+        shown[scope.key()] = limits.get(scope).map_or(
+            json!("off"),
+            |(n, window)| json!({unit: n, "seconds": window.as_secs_f64()}),
+        );
+        shown["throttled_by"][scope.key()] = json!(e.throttled_by(scope));
+    }
+    Json(shown)
 }
 
 async fn settings(State(e): State<Emulator>, body: Bytes) -> Response {
@@ -144,19 +177,31 @@ async fn settings(State(e): State<Emulator>, body: Bytes) -> Response {
         }
         l => l,
     };
-    let limit = match s.write_limit {
-        Some(WriteLimitSetting::Limit { writes, seconds }) => {
-            let writes_ok = (1..=super::limit::MAX_WRITES).contains(&writes);
-            if !(writes_ok && seconds > 0.0 && seconds <= 86_400.0) {
-                return refuse("write_limit needs writes in 1-100000 and seconds in (0, 86400]");
+    let mut limits = e.limits();
+    let mut changed = false;
+    for scope in Scope::ALL {
+        let limit: Option<Limit> = match s.limit(scope) {
+            Some(LimitSetting::Limit { writes, seconds }) => {
+                let writes_ok = (1..=super::limit::MAX_WRITES).contains(writes);
+                if !(writes_ok && *seconds > 0.0 && *seconds <= 86_400.0) {
+                    return refuse(format!(
+                        "{} needs writes (or requests) in 1-100000 and seconds in (0, 86400]",
+                        scope.key()
+                    ));
+                }
+                Some((*writes, Duration::from_secs_f64(*seconds)))
             }
-            Some(Some((writes, Duration::from_secs_f64(seconds))))
-        }
-        Some(WriteLimitSetting::Off(Off::Off)) => Some(None),
-        None => None,
-    };
-    if let Some(limit) = limit {
-        e.set_write_limit(limit);
+            Some(LimitSetting::Off(Off::Off)) => None,
+            None => continue,
+        };
+        limits.set(scope, limit);
+        changed = true;
+    }
+    if changed {
+        e.set_limits(limits);
+    }
+    if let Some(form) = s.retry_after {
+        e.set_retry_after(form);
     }
     if let Some(latency) = latency {
         e.set_latency(latency);

@@ -190,6 +190,41 @@ impl Emulator {
     pub fn rejected_graph_calls(&self) -> u64 {
         self.identity().rejected_graph_calls.load(Ordering::Relaxed)
     }
+
+    /// The app a Graph token belongs to, for the per-app limits: the client
+    /// id of a token issued here, else the `appid` (v1) or `azp` (v2) claim
+    /// of a JWT (its first [`MAX_APP_ID`] bytes); any other token counts as
+    /// the one app [`STATIC_APP`].
+    pub fn app_of(&self, token: &str) -> String {
+        if let Some(issued) = self.issued_token(token) {
+            return issued.client_id.unwrap_or(issued.grant);
+        }
+        let claims = jwt_claims(token);
+        let app = ["appid", "azp"]
+            .iter()
+            .find_map(|c| claims.as_ref()?[*c].as_str().filter(|a| !a.is_empty()));
+        match app {
+            Some(app) => {
+                let mut end = app.len().min(MAX_APP_ID);
+                while !app.is_char_boundary(end) {
+                    end -= 1;
+                }
+                app[..end].to_owned()
+            }
+            None => STATIC_APP.to_owned(),
+        }
+    }
+}
+
+/// The app of tokens that name none (a static token).
+pub const STATIC_APP: &str = "static";
+/// The longest app id kept from a token.
+const MAX_APP_ID: usize = 128;
+
+/// A JWT's claims, signed or not.
+fn jwt_claims(token: &str) -> Option<Value> {
+    let claims = token.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()
 }
 
 /// The identity routes, merged into the emulator's router.

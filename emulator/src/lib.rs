@@ -11,7 +11,9 @@
 //! (unknown properties, wrong types, bad enum names and dates are Graph-shaped
 //! 400s), timestamps stored as instants and returned in UTC with 7 digits,
 //! bearer token required. Tests steer it through [`Emulator`]: what it does
-//! with a client-chosen id ([`ClientIds`]), a write limit, chosen error answers
+//! with a client-chosen id ([`ClientIds`]), Intune's throttling ([`Limits`]:
+//! writes and requests per app and per tenant, with the [`RetryAfter`] form
+//! of its 429s), chosen error answers
 //! ([`Fault`]), PATCH answered 204, added latency, and a bounded record of the
 //! requests it saw. The same controls are served over HTTP under `/_emulator/`
 //! (see [`control`]); they are for development only: anyone who can reach the
@@ -35,7 +37,7 @@ mod tls;
 pub use cli::{Args, serve};
 pub use fault::Fault;
 pub use identity::{Grant, Issued};
-pub use limit::parse_write_limit;
+pub use limit::{Limit, Limits, RetryAfter, Scope, parse_write_limit};
 pub use record::Recorded;
 
 use std::{
@@ -78,9 +80,9 @@ struct State {
     forget_creates: AtomicBool,
     /// A [`ClientIds`] as its index.
     client_ids: AtomicU8,
-    write_limit: Mutex<limit::WriteLimiter>,
-    /// 429s answered by the write limit.
-    throttled: AtomicU64,
+    limits: Mutex<limit::Limiter>,
+    /// 429s answered by each limit, in [`Scope::ALL`]'s order.
+    throttled: [AtomicU64; 4],
     /// Answers by status, `$batch` items included.
     answered: Mutex<std::collections::BTreeMap<u16, u64>>,
     /// Entra ID and managed identity endpoints ([`identity`]).
@@ -337,24 +339,55 @@ impl Emulator {
         ClientIds::ALL[self.state.client_ids.load(Ordering::Relaxed) as usize % 3]
     }
 
-    /// At most `writes` POST/PATCH/DELETE requests per `window` (sliding),
-    /// 429 with `Retry-After` beyond; `None` (the default) for no limit.
-    pub fn set_write_limit(&self, limit: Option<(u32, Duration)>) {
-        let mut limiter = lock(&self.state.write_limit);
-        limiter.limit = limit.filter(|(n, w)| *n > 0 && !w.is_zero());
-        limiter.accepted.clear();
+    /// At most `writes` POST/PATCH/PUT/DELETE requests per `window`
+    /// (sliding) from each app, 429 beyond; `None` (the default) for no
+    /// limit. The other limits stay as they are; every window starts empty.
+    pub fn set_write_limit(&self, limit: Option<Limit>) {
+        let mut limits = self.limits();
+        limits.set(Scope::AppWrites, limit);
+        self.set_limits(limits);
     }
 
-    pub fn write_limit(&self) -> Option<(u32, Duration)> {
-        lock(&self.state.write_limit).limit
+    pub fn write_limit(&self) -> Option<Limit> {
+        self.limits().app_writes
     }
 
-    /// How many requests the write limit answered with 429.
+    /// Intune's limits: writes and requests of any kind, per app (told
+    /// apart by the token's app id) and for the whole tenant. All are off by
+    /// default; every window starts empty.
+    pub fn set_limits(&self, limits: Limits) {
+        let mut clean = Limits::default();
+        for scope in Scope::ALL {
+            clean.set(scope, limits.get(scope));
+        }
+        lock(&self.state.limits).set(clean);
+    }
+
+    pub fn limits(&self) -> Limits {
+        lock(&self.state.limits).limits()
+    }
+
+    /// The `Retry-After` of the limits' 429s (default: whole seconds).
+    pub fn set_retry_after(&self, form: RetryAfter) {
+        lock(&self.state.limits).retry_after = form;
+    }
+
+    pub fn retry_after(&self) -> RetryAfter {
+        lock(&self.state.limits).retry_after
+    }
+
+    /// How many requests the limits answered with 429.
     pub fn throttled_count(&self) -> u64 {
-        self.state.throttled.load(Ordering::Relaxed)
+        Scope::ALL.into_iter().map(|s| self.throttled_by(s)).sum()
     }
 
-    /// How many answers had this status, from any cause (the write limit,
+    /// How many requests this limit answered with 429.
+    pub fn throttled_by(&self, scope: Scope) -> u64 {
+        let at = Scope::ALL.iter().position(|s| *s == scope).unwrap_or(0);
+        self.state.throttled[at].load(Ordering::Relaxed)
+    }
+
+    /// How many answers had this status, from any cause (the limits,
     /// faults, the store), counting each `$batch` item and each envelope;
     /// e.g. `answered(429) == 0` for "never throttled".
     pub fn answered(&self, status: u16) -> u64 {
@@ -368,17 +401,19 @@ impl Emulator {
         *lock(&self.state.answered).entry(status).or_default() += 1;
     }
 
-    /// Counts a write against the limit; `Err` holds the `Retry-After` in
-    /// whole seconds (at least 1).
-    fn admit_write(&self, method: &str) -> Result<(), u64> {
-        if !matches!(method, "POST" | "PATCH" | "DELETE" | "PUT") {
-            return Ok(());
-        }
-        let waited = lock(&self.state.write_limit).admit(Instant::now());
-        waited.map_err(|wait| {
-            self.state.throttled.fetch_add(1, Ordering::Relaxed);
-            (wait.as_millis() as u64).div_ceil(1000).max(1)
-        })
+    /// Counts a request of `app` against the limits; `Err` holds the limit
+    /// that refused it and the `Retry-After` to send, if any.
+    fn admit(&self, app: &str, method: &str) -> Result<(), (Scope, Option<String>)> {
+        let write = matches!(method, "POST" | "PATCH" | "DELETE" | "PUT");
+        let mut limiter = lock(&self.state.limits);
+        let form = limiter.retry_after;
+        limiter
+            .admit(app, write, Instant::now())
+            .map_err(|(scope, wait)| {
+                let at = Scope::ALL.iter().position(|s| *s == scope).unwrap_or(0);
+                self.state.throttled[at].fetch_add(1, Ordering::Relaxed);
+                (scope, form.value(wait))
+            })
     }
 
     /// The requests received, oldest first (the last 10 000, within
@@ -458,5 +493,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+#[cfg(test)]
+mod metadata;
 #[cfg(test)]
 mod tests;

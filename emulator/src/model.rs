@@ -58,7 +58,7 @@ pub enum Type {
 }
 
 impl Type {
-    fn edm(self) -> &'static str {
+    pub fn edm(self) -> &'static str {
         match self {
             Type::String => "Edm.String",
             Type::Int32 => "Edm.Int32",

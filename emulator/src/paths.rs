@@ -7,13 +7,17 @@ use super::model::{GraphFailure, Kind};
 pub const ROOT: &str = "/beta/deviceManagement/";
 const CONTEXT_ROOT: &str = "https://graph.microsoft.com/beta/$metadata#deviceManagement/";
 
-/// The script collections under `deviceManagement`; compliance scripts have
-/// device run states only.
-const SCRIPTS: [(&str, bool); 4] = [
-    ("deviceManagementScripts", false),
-    ("deviceShellScripts", false),
-    ("deviceCustomAttributeShellScripts", false),
-    ("deviceComplianceScripts", true),
+/// The script collections under `deviceManagement`, the Graph type each
+/// holds, and whether it is a compliance script (device run states only).
+pub const SCRIPTS: [(&str, &str, bool); 4] = [
+    ("deviceManagementScripts", "deviceManagementScript", false),
+    ("deviceShellScripts", "deviceShellScript", false),
+    (
+        "deviceCustomAttributeShellScripts",
+        "deviceCustomAttributeShellScript",
+        false,
+    ),
+    ("deviceComplianceScripts", "deviceComplianceScript", true),
 ];
 
 /// What a Graph path names. Paths are decoded and relative to `deviceManagement/`.
@@ -56,8 +60,8 @@ pub fn parse_target(path: &str) -> Result<Target, GraphFailure> {
     }
     let compliance = SCRIPTS
         .iter()
-        .find(|(name, _)| *name == segments[0])
-        .map(|(_, compliance)| *compliance)
+        .find(|(name, _, _)| *name == segments[0])
+        .map(|(_, _, compliance)| *compliance)
         .ok_or_else(|| unknown(&segments[0]))?;
     if segments.len() < 3 {
         return Err(GraphFailure::not_found(

@@ -1,6 +1,9 @@
 //! The bounded record of requests the emulator received.
 
-use std::collections::VecDeque;
+use std::{
+    collections::VecDeque,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
 use serde::Serialize;
 
@@ -53,6 +56,11 @@ pub struct Recorded {
     pub body: String,
     /// The body's length as received.
     pub body_len: usize,
+    /// When it arrived, for measuring the pauses between requests.
+    #[serde(skip)]
+    pub received: Instant,
+    /// When it arrived, in milliseconds since the Unix epoch.
+    pub received_unix_ms: u64,
 }
 
 impl std::fmt::Debug for Recorded {
@@ -93,6 +101,10 @@ impl Recorded {
             headers,
             body: text(body, RECORD_BODY_BYTES),
             body_len: body.len(),
+            received: Instant::now(),
+            received_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 

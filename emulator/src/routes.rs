@@ -10,7 +10,7 @@ use axum::{
 use serde_json::json;
 
 use super::{
-    Emulator, Fault,
+    Emulator, Fault, Scope,
     dates::Instant,
     lock,
     model::{Entity, GraphFailure},
@@ -139,14 +139,14 @@ impl Ids {
         reply
     }
 
-    /// The 429 of the write limit.
-    pub fn throttled(&self, retry_after_seconds: u64) -> Reply {
+    /// The 429 of a limit.
+    pub fn throttled(&self, scope: Scope, retry_after: Option<String>) -> Reply {
         let mut reply = self.error(
             429,
             "TooManyRequests",
-            "Too many requests: the emulator's write limit is reached.",
+            &format!("Too many requests: {} is reached.", scope.describe()),
         );
-        reply.retry_after = Some(retry_after_seconds.to_string());
+        reply.retry_after = retry_after;
         reply
     }
 }
@@ -161,12 +161,14 @@ pub struct Call<'a> {
     pub body: &'a [u8],
     /// `scheme://host` of the emulator as the caller reached it, for `@odata.nextLink`.
     pub origin: &'a str,
+    /// The app the token belongs to, for the per-app limits.
+    pub app: &'a str,
 }
 
-/// Answers one request: the write limit, then faults, then the store.
+/// Answers one request: the limits, then faults, then the store.
 pub fn answer(e: &Emulator, call: &Call, ids: &Ids) -> Reply {
-    if let Err(seconds) = e.admit_write(call.method) {
-        return ids.throttled(seconds);
+    if let Err((scope, retry_after)) = e.admit(call.app, call.method) {
+        return ids.throttled(scope, retry_after);
     }
     let fault = e.take_fault(call.method, call.path);
     if let Some(f) = fault.as_ref().filter(|f| !f.after_apply) {
@@ -196,17 +198,19 @@ pub async fn graph(
             .get("client-request-id")
             .and_then(|v| v.to_str().ok()),
     );
-    let bearer = headers
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| !t.trim().is_empty());
-    if !bearer {
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
         e.count_answer(401);
         return ids
             .error(401, "InvalidAuthenticationToken", "Access token is empty.")
             .into_response(&ids);
-    }
+    };
+    let app = e.app_of(token);
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     e.record(method.as_str(), version, path_and_query, &headers, &body);
     if let Some(latency) = e.latency() {
@@ -229,6 +233,7 @@ pub async fn graph(
         query: uri.query().unwrap_or(""),
         body: &body,
         origin: &origin,
+        app: &app,
     };
     let reply = if super::batch::is_batch(call.path) {
         super::batch::answer(&e, &call, &ids)

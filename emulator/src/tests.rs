@@ -9,6 +9,8 @@ use tower::ServiceExt;
 
 use super::{ClientIds, Emulator, Fault};
 
+mod throttling;
+
 const USERS: &str = "/beta/deviceManagement/deviceShellScripts/s/userRunStates";
 
 /// One answer: status, headers and the body as JSON (`Null` when empty or not JSON).
@@ -19,10 +21,21 @@ struct Answer {
 }
 
 async fn call(e: &Emulator, method: &str, path: &str, body: Option<Value>) -> Answer {
+    call_as(e, "t", method, path, body).await
+}
+
+/// [`call`] with this bearer token.
+async fn call_as(
+    e: &Emulator,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Answer {
     let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header("authorization", "Bearer t");
+        .header("authorization", format!("Bearer {token}"));
     if body.is_some() {
         request = request.header("content-type", "application/json");
     }
@@ -173,25 +186,6 @@ async fn the_write_limit_answers_429_with_retry_after_and_counts_them() {
     );
     e.set_write_limit(None);
     assert_eq!(create_user(&e, json!({})).await.status, StatusCode::CREATED);
-}
-
-#[test]
-fn the_write_window_slides() {
-    let mut limiter = super::limit::WriteLimiter {
-        limit: Some((2, Duration::from_secs(10))),
-        ..Default::default()
-    };
-    let t0 = std::time::Instant::now();
-    let at = |s: u64| t0 + Duration::from_secs(s);
-    assert!(limiter.admit(at(0)).is_ok());
-    assert!(limiter.admit(at(6)).is_ok());
-    assert_eq!(limiter.admit(at(9)), Err(Duration::from_secs(1)));
-    assert!(
-        limiter.admit(at(10)).is_ok(),
-        "the first write left the window"
-    );
-    assert_eq!(limiter.admit(at(15)), Err(Duration::from_secs(1)));
-    assert!(limiter.admit(at(16)).is_ok());
 }
 
 #[test]

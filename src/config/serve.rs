@@ -313,8 +313,14 @@ pub struct BudgetArgs {
     #[arg(long, env = "GRAPH_WRITE_BUDGET", default_value = "200/20s")]
     pub write_budget: crate::write::budget::BudgetFlag,
 
+    /// Most requests of any kind (reads and writes) to Graph per tenant in any
+    /// window, e.g. `2000/20s` (Intune's per-app request limit), or `off`. Gets
+    /// and Lists wait in order for a slot, as writes do for --write-budget.
+    #[arg(long, env = "GRAPH_READ_BUDGET", default_value = "off")]
+    pub read_budget: crate::write::budget::BudgetFlag,
+
     /// Replicas sharing the state store: while Redis is unreachable each
-    /// keeps 1/N of the write budget.
+    /// keeps 1/N of the budgets.
     #[arg(long, env = "RUNSTATE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub replicas: u32,
 }
@@ -323,7 +329,7 @@ pub struct BudgetArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "State")]
 pub struct StateArgs {
-    /// Where request-id records and the write budget live: `memory`, or
+    /// Where request-id records and the budgets live: `memory`, or
     /// `redis://HOST:PORT/DB` to share them between replicas.
     #[arg(
         long,

@@ -45,6 +45,9 @@ pub enum GraphError {
     /// The write budget has no slot before the caller's deadline.
     #[error("the write budget has no slot before the deadline")]
     WriteBudget { retry_after: Duration },
+    /// The read budget has no slot before the caller's deadline.
+    #[error("the read budget has no slot before the deadline")]
+    ReadBudget { retry_after: Duration },
 }
 
 /// An error status from Graph, with what Graph said about it.

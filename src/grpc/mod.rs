@@ -77,7 +77,12 @@ mod tests {
     fn handler_futures_stay_small() {
         let graph =
             crate::graph::GraphClient::new("http://127.0.0.1:1/beta", Default::default()).unwrap();
-        let engine = crate::write::Engine::new(graph, Default::default(), None, Default::default());
+        let engine = crate::write::Engine::new(
+            graph,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
         let api = super::RunStateApi::new(engine, None, std::time::Duration::from_secs(1));
         use crate::pb::run_state_service_server::RunStateService;
         macro_rules! r {

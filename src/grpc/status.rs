@@ -124,6 +124,19 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
                 details,
             )
         }
+        GraphError::ReadBudget { retry_after } => {
+            let mut details =
+                ErrorDetails::with_error_info("READ_BUDGET_EXHAUSTED", host, HashMap::new());
+            details.set_retry_info(Some(retry_after));
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "the gateway's read budget for this tenant has no slot before the deadline (next in {} ms); retry later",
+                    retry_after.as_millis()
+                ),
+                details,
+            )
+        }
         GraphError::InvalidResponse(why) => {
             let details =
                 ErrorDetails::with_error_info("INVALID_GRAPH_RESPONSE", host, HashMap::new());

@@ -1,13 +1,15 @@
-//! The write budget (`--write-budget 200/20s`): at most N writes to Graph in
-//! any window of S seconds, per tenant, as a sliding window over send times.
+//! The budgets: at most N requests to Graph in any window of S seconds, per
+//! tenant, as a sliding window over send times. The write budget
+//! (`--write-budget 200/20s`) counts writes; the read budget (`--read-budget
+//! 2000/20s`) counts requests of any kind, as Intune's request limit does.
 //!
-//! Every write reserves the earliest slot that keeps the window within the
+//! Every request reserves the earliest slot that keeps the window within the
 //! limit, in arrival order (FIFO), and sleeps until it. A slot past the
 //! caller's deadline is refused at once, with the wait it would have needed.
-//! A 429 from Graph pauses every write of the tenant for its `Retry-After`.
-//! With Redis the send times live in one sorted set per tenant, updated by one
-//! atomic script, so every replica draws from the same budget; while Redis is
-//! unreachable each replica keeps 1/`replicas` of it locally.
+//! A 429 from Graph pauses the tenant's budget for its `Retry-After`.
+//! With Redis the send times live in one sorted set per tenant and budget,
+//! updated by one atomic script, so every replica draws from the same budget;
+//! while Redis is unreachable each replica keeps 1/`replicas` of it locally.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -21,14 +23,14 @@ use tokio::time::Instant;
 
 use crate::state::redis::Redis;
 
-/// N writes per S seconds.
+/// N requests per S seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetSpec {
     pub limit: u32,
     pub window: Duration,
 }
 
-/// `--write-budget`: a budget, or `off`.
+/// `--write-budget` or `--read-budget`: a budget, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetFlag(pub Option<BudgetSpec>);
 
@@ -65,9 +67,9 @@ impl FromStr for BudgetFlag {
         let limit: u32 = n
             .trim()
             .parse()
-            .map_err(|_| format!("{n:?} is not a number of writes"))?;
+            .map_err(|_| format!("{n:?} is not a whole number of requests"))?;
         if !(1..=1_000_000).contains(&limit) {
-            return Err("the number of writes must be 1 to 1000000".into());
+            return Err("the number of requests must be 1 to 1000000".into());
         }
         let window = crate::config::parse_duration(window)?;
         Ok(BudgetFlag(Some(BudgetSpec { limit, window })))
@@ -171,8 +173,65 @@ impl Window {
 /// Most tenants tracked locally; idle ones are dropped past it.
 const MAX_TENANTS: usize = 10_000;
 
-/// The write budget of all tenants.
-pub struct WriteBudget {
+/// The budgets the engine draws from; either may be off.
+#[derive(Debug, Clone, Default)]
+pub struct Budgets {
+    /// `--write-budget`: writes take a slot.
+    pub writes: Option<Arc<Budget>>,
+    /// `--read-budget`: every request, read or write, takes a slot.
+    pub requests: Option<Arc<Budget>>,
+}
+
+impl Budgets {
+    pub fn any(&self) -> bool {
+        self.writes.is_some() || self.requests.is_some()
+    }
+}
+
+/// What a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counts {
+    /// Writes (`--write-budget`).
+    Writes,
+    /// Requests of any kind, reads and writes (`--read-budget`).
+    Requests,
+}
+
+impl Counts {
+    /// The start of its Redis keys.
+    fn key_prefix(self) -> &'static str {
+        match self {
+            Counts::Writes => "runstate:",
+            Counts::Requests => "runstate:read",
+        }
+    }
+
+    /// Its name in logs.
+    fn label(self) -> &'static str {
+        match self {
+            Counts::Writes => "write budget",
+            Counts::Requests => "read budget",
+        }
+    }
+
+    fn wait_metric(self) -> &'static str {
+        match self {
+            Counts::Writes => crate::metrics::WRITE_BUDGET_WAIT,
+            Counts::Requests => crate::metrics::READ_BUDGET_WAIT,
+        }
+    }
+
+    fn rejected_metric(self) -> &'static str {
+        match self {
+            Counts::Writes => crate::metrics::WRITE_BUDGET_REJECTED,
+            Counts::Requests => crate::metrics::READ_BUDGET_REJECTED,
+        }
+    }
+}
+
+/// The budget of all tenants, for writes or for requests of any kind.
+pub struct Budget {
+    counts: Counts,
     spec: BudgetSpec,
     /// The share of the budget used while Redis is unreachable.
     local_limit: u32,
@@ -180,19 +239,20 @@ pub struct WriteBudget {
     redis: Option<Arc<Redis>>,
 }
 
-impl fmt::Debug for WriteBudget {
+impl fmt::Debug for Budget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteBudget")
+        f.debug_struct("Budget")
+            .field("counts", &self.counts)
             .field("spec", &self.spec)
             .field("shared", &self.redis.is_some())
             .finish()
     }
 }
 
-/// A write's place in the budget. Hold it until the write's answer is back
-/// (or it failed): dropping it records that moment.
+/// A request's place in the budget. Hold it until the request's answer is
+/// back (or it failed): dropping it records that moment.
 pub struct Permit {
-    budget: Arc<WriteBudget>,
+    budget: Arc<Budget>,
     tenant: String,
     place: Place,
 }
@@ -305,24 +365,27 @@ end
 return 1
 ";
 
-fn keys(tenant: &str) -> (String, String, String) {
+/// The sorted set, pause and sequence keys of a tenant's budget.
+fn keys(counts: Counts, tenant: &str) -> (String, String, String) {
+    let prefix = counts.key_prefix();
     (
-        format!("runstate:budget:{tenant}"),
-        format!("runstate:pause:{tenant}"),
-        format!("runstate:budgetseq:{tenant}"),
+        format!("{prefix}budget:{tenant}"),
+        format!("{prefix}pause:{tenant}"),
+        format!("{prefix}budgetseq:{tenant}"),
     )
 }
 
-impl WriteBudget {
+impl Budget {
     /// A budget; with Redis, shared with the other replicas (`replicas` of
     /// them, for the local share while Redis is down).
-    pub fn new(spec: BudgetSpec, redis: Option<Arc<Redis>>, replicas: u32) -> Self {
+    pub fn new(counts: Counts, spec: BudgetSpec, redis: Option<Arc<Redis>>, replicas: u32) -> Self {
         let local_limit = if redis.is_some() {
             (spec.limit / replicas.max(1)).max(1)
         } else {
             spec.limit
         };
         Self {
+            counts,
             spec,
             local_limit,
             local: Mutex::default(),
@@ -334,10 +397,15 @@ impl WriteBudget {
         self.spec.window + margin(self.spec.window)
     }
 
-    /// Waits for a write slot of `tenant` and returns the permit to hold
-    /// while the write is under way. `Err(wait)` at once when the slot would
-    /// come after `deadline`: the caller answers RESOURCE_EXHAUSTED with that
-    /// wait as `RetryInfo`.
+    /// What it counts.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// Waits for a slot of `tenant` and returns the permit to hold while the
+    /// request is under way. `Err(wait)` at once when the slot would come
+    /// after `deadline`: the caller answers RESOURCE_EXHAUSTED with that wait
+    /// as `RetryInfo`.
     pub async fn acquire(
         self: &Arc<Self>,
         tenant: &str,
@@ -351,7 +419,7 @@ impl WriteBudget {
         let (place, at) = match reserved {
             Ok(r) => r,
             Err(wait) => {
-                metrics::counter!(crate::metrics::WRITE_BUDGET_REJECTED).increment(1);
+                metrics::counter!(self.counts.rejected_metric()).increment(1);
                 return Err(wait);
             }
         };
@@ -379,13 +447,12 @@ impl WriteBudget {
                 break;
             }
             if at > deadline {
-                metrics::counter!(crate::metrics::WRITE_BUDGET_REJECTED).increment(1);
+                metrics::counter!(self.counts.rejected_metric()).increment(1);
                 return Err(at - Instant::now());
             }
             tokio::time::sleep_until(at).await;
         }
-        metrics::histogram!(crate::metrics::WRITE_BUDGET_WAIT)
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(self.counts.wait_metric()).record(started.elapsed().as_secs_f64());
         Ok(permit)
     }
 
@@ -410,12 +477,12 @@ impl WriteBudget {
         deadline: Instant,
     ) -> Option<Result<(Place, Instant), Duration>> {
         let redis = self.redis.as_ref()?;
-        let (zset, pause, seq) = keys(tenant);
+        let (zset, pause, seq) = keys(self.counts, tenant);
         let span = self.span();
         let max_wait = deadline.saturating_duration_since(Instant::now());
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let (granted, wait_ms, member): (i64, i64, Option<String>) = redis
-            .run("write budget", |mut c| {
+            .run(self.counts.label(), |mut c| {
                 let (zset, pause, seq, suffix) =
                     (zset.clone(), pause.clone(), seq.clone(), suffix.clone());
                 async move {
@@ -441,10 +508,10 @@ impl WriteBudget {
 
     async fn recheck_shared(&self, tenant: &str, member: &str) -> Option<Instant> {
         let redis = self.redis.as_ref()?;
-        let (zset, pause, _) = keys(tenant);
+        let (zset, pause, _) = keys(self.counts, tenant);
         let span = self.span();
         let wait_ms: i64 = redis
-            .run("write budget", |mut c| {
+            .run(self.counts.label(), |mut c| {
                 let (zset, pause) = (zset.clone(), pause.clone());
                 async move {
                     redis::Script::new(RECHECK)
@@ -463,9 +530,9 @@ impl WriteBudget {
 
     async fn finish_shared(&self, tenant: &str, member: String) {
         let Some(redis) = &self.redis else { return };
-        let (zset, _, _) = keys(tenant);
+        let (zset, _, _) = keys(self.counts, tenant);
         redis
-            .run("write budget", |mut c| {
+            .run(self.counts.label(), |mut c| {
                 let (zset, member) = (zset.clone(), member.clone());
                 async move {
                     redis::Script::new(FINISH)
@@ -478,7 +545,8 @@ impl WriteBudget {
             .await;
     }
 
-    /// Pauses every write of `tenant` for `delay` (after a 429 from Graph).
+    /// Pauses every request of `tenant` this budget counts for `delay`
+    /// (after a 429 from Graph).
     pub async fn pause(&self, tenant: &str, delay: Duration) {
         let until = Instant::now() + delay;
         {
@@ -487,9 +555,9 @@ impl WriteBudget {
             w.paused_until = Some(w.paused_until.map_or(until, |p| p.max(until)));
         }
         if let Some(redis) = &self.redis {
-            let (_, pause, _) = keys(tenant);
+            let (_, pause, _) = keys(self.counts, tenant);
             redis
-                .run("write pause", |mut c| {
+                .run(self.counts.label(), |mut c| {
                     let pause = pause.clone();
                     async move {
                         redis::Script::new(PAUSE)
@@ -610,10 +678,31 @@ mod tests {
         assert_eq!(at, planned + Duration::from_secs(2));
     }
 
+    #[test]
+    fn the_read_budget_keeps_keys_of_its_own() {
+        assert_eq!(
+            keys(Counts::Writes, "t"),
+            (
+                "runstate:budget:t".to_owned(),
+                "runstate:pause:t".to_owned(),
+                "runstate:budgetseq:t".to_owned()
+            )
+        );
+        let (zset, pause, seq) = keys(Counts::Requests, "t");
+        assert_eq!(zset, "runstate:readbudget:t");
+        assert_eq!(pause, "runstate:readpause:t");
+        assert_eq!(seq, "runstate:readbudgetseq:t");
+    }
+
     #[tokio::test]
     async fn acquire_waits_then_refuses_past_the_deadline() {
         let window = Duration::from_millis(300);
-        let b = Arc::new(WriteBudget::new(BudgetSpec { limit: 2, window }, None, 1));
+        let b = Arc::new(Budget::new(
+            Counts::Writes,
+            BudgetSpec { limit: 2, window },
+            None,
+            1,
+        ));
         let deadline = Instant::now() + Duration::from_secs(30);
         let first = Instant::now();
         b.acquire("t", deadline).await.unwrap();
@@ -625,7 +714,7 @@ mod tests {
         // from before the first: the machine may be slow between calls).
         assert!(Instant::now() - first >= window);
         // A slot past the deadline is refused with the wait it needs.
-        let slow = Arc::new(WriteBudget::new(spec(1, 60), None, 1));
+        let slow = Arc::new(Budget::new(Counts::Writes, spec(1, 60), None, 1));
         slow.acquire("t", deadline).await.unwrap();
         let wait = slow.acquire("t", deadline).await.unwrap_err();
         assert!(wait > Duration::from_secs(50), "{wait:?}");

@@ -3,8 +3,9 @@
 //! the engine a batch is only a transport.
 //!
 //! - [`send`]: the one send loop with one retry policy ([`retry`]), budget
-//!   permits held until the answer ([`budget`]), and the tenant pause on any
-//!   429. Reads go through it too (without the budget).
+//!   permits held until the answer ([`budget`]: writes take one of the write
+//!   budget, every request one of the read budget), and the tenant pause on
+//!   any 429. Reads go through it too.
 //! - [`create`]: exactly-once creates: request-id records ([`records`]),
 //!   client-id worlds ([`ids`]), 400/409 and lost-answer handling.
 //! - Updates, deletes, gets and lists are below: one request each.
@@ -25,7 +26,7 @@ pub(crate) use create::{CreateError, NewState};
 pub(crate) use send::Via;
 
 use crate::graph::{Call, GraphClient, GraphError, Page, Reply, decode, encode};
-use budget::WriteBudget;
+use budget::Budgets;
 use ids::{ClientIds, Worlds};
 use records::RequestIds;
 use retry::RetryPolicy;
@@ -57,7 +58,7 @@ pub(crate) struct Engine {
     graph: GraphClient,
     retry: RetryPolicy,
     batch_concurrency: usize,
-    budget: Option<Arc<WriteBudget>>,
+    budgets: Budgets,
     worlds: Arc<Worlds>,
     records: Arc<RequestIds>,
 }
@@ -66,14 +67,14 @@ impl Engine {
     pub fn new(
         graph: GraphClient,
         settings: Settings,
-        budget: Option<Arc<WriteBudget>>,
+        budgets: Budgets,
         records: Arc<RequestIds>,
     ) -> Self {
         Self {
             graph,
             retry: settings.retry,
             batch_concurrency: settings.batch_concurrency.max(1),
-            budget,
+            budgets,
             worlds: Arc::new(Worlds::new(settings.client_ids)),
             records,
         }

@@ -1,12 +1,14 @@
 //! The one send loop: every Graph request, alone or carried in a `$batch`,
 //! is sent, retried and budgeted here.
 //!
-//! - Each write takes a budget permit before it is sent and holds it until
-//!   its answer is back (a `$batch` takes one per write item).
+//! - Each write takes a permit of the write budget, and each request (read
+//!   or write) one of the read budget, before it is sent, and holds them
+//!   until its answer is back (a `$batch` takes them per item).
 //! - Each request keeps its own attempt count, and [`RetryPolicy::decide`]
 //!   decides for it, whether it went alone or inside a `$batch`.
-//! - A 429 anywhere (a request, a `$batch`, an item inside one) pauses every
-//!   write of the tenant for its `Retry-After`.
+//! - A 429 anywhere (a request, a `$batch`, an item inside one) pauses the
+//!   tenant for its `Retry-After`: every write after a write's 429, every
+//!   request after a read's (only the request limit throttles reads).
 //! - A request never sent before the deadline ends as
 //!   [`GraphError::Unsent`]: only requests that left the gateway can have an
 //!   unknown outcome.
@@ -23,7 +25,7 @@ use http::{Method, StatusCode};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::{Engine, retry::Retry};
+use super::{Engine, budget::Counts, retry::Retry};
 use crate::graph::{BatchItem, Call, GraphError, MAX_BATCH, MAX_REQUEST_BODY_BYTES, Raw};
 use crate::metrics as m;
 use crate::state::identity;
@@ -89,9 +91,9 @@ impl Engine {
         let mut out: Vec<Option<Result<Raw, GraphError>>> = (0..n).map(|_| None).collect();
         let mut pending: Vec<usize> = (0..n).collect();
         let tenant = self
-            .budget
-            .as_ref()
-            .map(|_| identity::tenant(call.authorization));
+            .budgets
+            .any()
+            .then(|| identity::tenant(call.authorization));
         while !pending.is_empty() {
             let groups: Vec<(Vec<usize>, Via)> = match via {
                 Via::Alone => pending.iter().map(|&i| (vec![i], Via::Alone)).collect(),
@@ -136,7 +138,7 @@ impl Engine {
                 if let (Some(tenant), GraphError::Status(e)) = (tenant, &error)
                     && e.status == StatusCode::TOO_MANY_REQUESTS
                 {
-                    self.pause(tenant, delay).await;
+                    self.pause(tenant, delay, requests[i].is_write()).await;
                 }
                 if Instant::now() + delay >= call.deadline {
                     out[i] = Some(Err(error));
@@ -162,7 +164,7 @@ impl Engine {
             .collect()
     }
 
-    /// Sends one group once: alone, or as one `$batch`. Its writes hold
+    /// Sends one group once: alone, or as one `$batch`. Its requests hold
     /// budget permits until the answer is back. Each answer says whether
     /// the request left the gateway.
     async fn exchange(
@@ -178,13 +180,24 @@ impl Engine {
             group.into_iter().map(|i| (i, Err(e()), left)).collect()
         };
         let writes = group.iter().filter(|&&i| requests[i].is_write()).count();
-        let mut permits = Vec::with_capacity(writes);
-        if let (Some(budget), Some(tenant)) = (&self.budget, tenant) {
-            for _ in 0..writes {
+        let takes = [
+            (&self.budgets.writes, writes),
+            (&self.budgets.requests, group.len()),
+        ];
+        let mut permits = Vec::with_capacity(writes + group.len());
+        for (budget, n) in takes {
+            let (Some(budget), Some(tenant)) = (budget, tenant) else {
+                continue;
+            };
+            for _ in 0..n {
                 match budget.acquire(tenant, call.deadline).await {
                     Ok(p) => permits.push(p),
                     Err(retry_after) => {
-                        return all(group, &|| GraphError::WriteBudget { retry_after }, false);
+                        let refused = || match budget.counts() {
+                            Counts::Writes => GraphError::WriteBudget { retry_after },
+                            Counts::Requests => GraphError::ReadBudget { retry_after },
+                        };
+                        return all(group, &refused, false);
                     }
                 }
             }
@@ -264,9 +277,13 @@ impl Engine {
         }
     }
 
-    /// Holds every write of `tenant` for `delay` (Graph throttled).
-    pub(crate) async fn pause(&self, tenant: &str, delay: Duration) {
-        if let Some(budget) = &self.budget {
+    /// Holds the writes of `tenant` for `delay` after Graph throttled a
+    /// write; every request after it throttled a read.
+    pub(crate) async fn pause(&self, tenant: &str, delay: Duration, write: bool) {
+        if let Some(budget) = &self.budgets.writes {
+            budget.pause(tenant, delay).await;
+        }
+        if let Some(budget) = self.budgets.requests.as_ref().filter(|_| !write) {
             budget.pause(tenant, delay).await;
         }
     }
@@ -319,7 +336,8 @@ fn left_the_gateway<T>(result: &Result<T, GraphError>) -> bool {
             ..
         } | GraphError::Unsent
             | GraphError::BodyTooLarge { .. }
-            | GraphError::WriteBudget { .. })
+            | GraphError::WriteBudget { .. }
+            | GraphError::ReadBudget { .. })
     )
 }
 

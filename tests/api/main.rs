@@ -18,6 +18,7 @@ mod replicas;
 mod retries;
 mod server;
 mod store_outage;
+mod throttling;
 mod timestamps;
 mod upstream_tls;
 mod user_states;
