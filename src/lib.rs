@@ -45,6 +45,7 @@ pub(crate) mod grpc;
 pub mod healthcheck;
 pub(crate) mod memory;
 pub(crate) mod metrics;
+pub mod outbox;
 pub(crate) mod server;
 pub mod startup;
 pub(crate) mod state;
