@@ -53,9 +53,23 @@ pub mod telemetry;
 pub mod tls;
 mod write;
 
-/// Code generated from `proto/intune/runstates/v1`.
+/// Code generated from `proto/intune/runstates/v1` (and the
+/// `google.longrunning` service it returns operations of).
 pub mod pb {
-    tonic::include_proto!("intune.runstates.v1");
+    pub mod intune {
+        pub mod runstates {
+            pub mod v1 {
+                tonic::include_proto!("intune.runstates.v1");
+            }
+        }
+    }
+    pub mod google {
+        pub mod longrunning {
+            tonic::include_proto!("google.longrunning");
+        }
+    }
+    pub use google::longrunning;
+    pub use intune::runstates::v1::*;
 
     /// The encoded descriptor set of `proto/` (with imports), for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

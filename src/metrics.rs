@@ -49,6 +49,22 @@ pub const STATE_STORE_ERRORS: &str = "runstate_state_store_errors_total";
 /// Log lines dropped because stderr did not keep up.
 pub const LOG_LINES_DROPPED: &str = "runstate_log_lines_dropped_total";
 
+/// Writes accepted into the outbox.
+pub const OUTBOX_ACCEPTED: &str = "runstate_outbox_accepted_total";
+/// Outbox writes Graph applied.
+pub const OUTBOX_DELIVERED: &str = "runstate_outbox_delivered_total";
+/// Outbox writes that failed (OUTCOME_UNKNOWN included).
+pub const OUTBOX_FAILED: &str = "runstate_outbox_failed_total";
+/// Outbox updates merged into another update's PATCH.
+pub const OUTBOX_COALESCED: &str = "runstate_outbox_coalesced_total";
+/// Outbox writes cancelled before they were sent.
+pub const OUTBOX_CANCELLED: &str = "runstate_outbox_cancelled_total";
+/// Outbox writes pending or in flight, by `tenant` (the busiest ones, the
+/// rest as `other`).
+pub const OUTBOX_PENDING: &str = "runstate_outbox_pending_writes";
+/// Age of the oldest pending outbox write, by `tenant` (as above).
+pub const OUTBOX_OLDEST: &str = "runstate_outbox_oldest_pending_seconds";
+
 /// Latency buckets, in seconds: 1 ms to 60 s.
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -151,6 +167,28 @@ fn describe() {
     describe_counter!(
         LOG_LINES_DROPPED,
         "Log lines dropped because stderr was not read fast enough (the queue to it was full)."
+    );
+    describe_counter!(OUTBOX_ACCEPTED, "Writes accepted into the outbox.");
+    describe_counter!(OUTBOX_DELIVERED, "Outbox writes Graph applied.");
+    describe_counter!(
+        OUTBOX_FAILED,
+        "Outbox writes that failed (OUTCOME_UNKNOWN included)."
+    );
+    describe_counter!(
+        OUTBOX_COALESCED,
+        "Outbox updates merged into the PATCH of an earlier update of the same state."
+    );
+    describe_counter!(
+        OUTBOX_CANCELLED,
+        "Outbox writes cancelled before they were sent."
+    );
+    describe_gauge!(
+        OUTBOX_PENDING,
+        "Outbox writes pending or in flight, by tenant (the busiest tenants; the rest as other)."
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST,
+        "Age of the oldest pending outbox write, by tenant (the busiest tenants; the rest as other)."
     );
 }
 

@@ -199,5 +199,12 @@ service! {
         ) -> Result<Response<Self::StreamCreateScriptDeviceStatesStream>, Status> {
             self.stream_create_device_states(request).await
         }
+
+        async fn submit_run_states(
+            &self,
+            request: Request<pb::SubmitRunStatesRequest>,
+        ) -> Result<Response<pb::longrunning::Operation>, Status> {
+            self.submit_run_states(request).await
+        }
     }
 }

@@ -1,0 +1,1 @@
+//! Coalescing: updates of one state waiting together go out as one PATCH.
