@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+pub(crate) use batch::rpc_status;
+pub(crate) use ops::create_status;
+
 use crate::convert::page_token::PageTokens;
 use crate::write::Engine;
 

@@ -181,14 +181,16 @@ impl RunStateApi {
         id: OperationId,
     ) -> Result<lro::Operation, Status> {
         let op = outbox
-            .store
+            .store()
+            .map_err(store_status)?
             .get(caller, id)
             .await
             .map_err(store_status)?
             .ok_or_else(|| not_found(id))?;
         let results = if op.done() {
             outbox
-                .store
+                .store()
+                .map_err(store_status)?
                 .results(caller, id)
                 .await
                 .map_err(store_status)?
@@ -230,7 +232,8 @@ impl Operations for RunStateApi {
         };
         let (outbox, caller) = self.operations_caller(&metadata).await?;
         let page = outbox
-            .store
+            .store()
+            .map_err(store_status)?
             .list(
                 &caller,
                 ListQuery {
@@ -248,7 +251,8 @@ impl Operations for RunStateApi {
         for op in page.operations {
             let results = if op.done() {
                 outbox
-                    .store
+                    .store()
+                    .map_err(store_status)?
                     .results(&caller, op.id)
                     .await
                     .map_err(store_status)?
@@ -299,7 +303,8 @@ impl Operations for RunStateApi {
         let id = parse_name(&req.name)?;
         let (outbox, caller) = self.operations_caller(&metadata).await?;
         match outbox
-            .store
+            .store()
+            .map_err(store_status)?
             .delete(&caller, id)
             .await
             .map_err(store_status)?
@@ -321,13 +326,15 @@ impl Operations for RunStateApi {
         let id = parse_name(&req.name)?;
         let (outbox, caller) = self.operations_caller(&metadata).await?;
         let before = outbox
-            .store
+            .store()
+            .map_err(store_status)?
             .get(&caller, id)
             .await
             .map_err(store_status)?
             .ok_or_else(|| not_found(id))?;
         let after = outbox
-            .store
+            .store()
+            .map_err(store_status)?
             .cancel(&caller, id, SystemTime::now())
             .await
             .map_err(store_status)?

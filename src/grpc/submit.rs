@@ -399,7 +399,8 @@ impl RunStateApi {
             now: SystemTime::now(),
         };
         let stored = outbox
-            .store
+            .store()
+            .map_err(store_status)?
             .submit(submission, outbox.limits)
             .await
             .map_err(store_status)?;
@@ -457,7 +458,7 @@ mod tests {
                 pb::CreateScriptUserStateRequest {
                     parent: "deviceManagementScripts/s1".into(),
                     script_user_state: Some(pb::ScriptUserState {
-                        user_principal_name: "a@b.c".into(),
+                        user_principal_name: Some("a@b.c".into()),
                         ..Default::default()
                     }),
                     request_id: own.into(),

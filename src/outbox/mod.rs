@@ -11,8 +11,8 @@
 //! - `grpc::submit` validates and stores submissions; `grpc::operations`
 //!   serves the operations.
 
-pub mod coalesce;
-pub mod drain;
+pub(crate) mod coalesce;
+pub(crate) mod drain;
 pub mod redb;
 pub mod store;
 
@@ -167,9 +167,9 @@ impl Tokens {
     }
 }
 
-/// The outbox a gateway runs: its store, limits and drain.
+/// The outbox a gateway runs: its store (once open), limits and drain.
 pub struct Outbox {
-    pub store: Arc<dyn Store>,
+    store: std::sync::OnceLock<Arc<dyn Store>>,
     pub limits: Limits,
     pub retention: Duration,
     /// The write budget, for estimated completion times.
@@ -179,20 +179,19 @@ pub struct Outbox {
     pub wake: tokio::sync::Notify,
     /// Wakes WaitOperation calls when writes end.
     pub progress: tokio::sync::Notify,
-    /// A label for logs and refusals: the file or server.
+    /// Where the store is, for logs and refusals (a file's path).
     pub place: String,
 }
 
 impl Outbox {
     pub fn new(
-        store: Arc<dyn Store>,
         limits: Limits,
         retention: Duration,
         budget: Option<BudgetSpec>,
         place: String,
     ) -> Self {
         Self {
-            store,
+            store: std::sync::OnceLock::new(),
             limits,
             retention,
             budget,
@@ -201,6 +200,24 @@ impl Outbox {
             progress: tokio::sync::Notify::new(),
             place,
         }
+    }
+
+    /// Serves from `store` from now on (the first store given stays).
+    pub fn open_with(&self, store: Arc<dyn Store>) {
+        let _ = self.store.set(store);
+        self.wake.notify_one();
+    }
+
+    /// Whether the store is open (`/readyz` waits for it).
+    pub fn is_open(&self) -> bool {
+        self.store.get().is_some()
+    }
+
+    /// The store, or UNAVAILABLE while it cannot be opened.
+    pub fn store(&self) -> Result<&Arc<dyn Store>, store::StoreError> {
+        self.store.get().ok_or_else(|| {
+            store::StoreError::Unavailable(format!("{} is not open yet", self.place))
+        })
     }
 }
 

@@ -43,6 +43,8 @@ pub(crate) type Api = RunStateServiceServer<crate::grpc::RunStateApi>;
 
 /// The service's path prefix.
 const API_PREFIX: &str = "/intune.runstates.v1.RunStateService/";
+/// The outbox's operations service (its RPCs are in [`RPCS`] too).
+const OPERATIONS_PREFIX: &str = "/google.longrunning.Operations/";
 
 /// Largest response chunk handed to HTTP/2 at once: a slow reader's unread
 /// responses stay in the gate, where the send budget counts them.
@@ -313,8 +315,11 @@ async fn read_message(mut body: Incoming, max: usize) -> Result<Bytes, Status> {
     Ok(if buf.is_empty() { first } else { buf.freeze() })
 }
 
+/// The last RPCs of [`RPCS`] (before `unknown`) are the operations service's.
+const OPERATION_RPCS: usize = 5;
+
 /// The RPCs' short names (bounded metric labels); `unknown` last.
-const RPCS: [&str; 19] = [
+const RPCS: [&str; 25] = [
     "ListScriptUserStates",
     "ListScriptDeviceStates",
     "ListComplianceScriptDeviceStates",
@@ -333,16 +338,30 @@ const RPCS: [&str; 19] = [
     "CreateComplianceScriptDeviceState",
     "UpdateComplianceScriptDeviceState",
     "GetComplianceScriptDeviceState",
+    "SubmitRunStates",
+    "GetOperation",
+    "ListOperations",
+    "WaitOperation",
+    "CancelOperation",
+    "DeleteOperation",
     "unknown",
 ];
 
 /// The index in [`RPCS`] of the RPC a path names (`unknown` when none).
 fn rpc_index(path: &str) -> usize {
-    let name = path.strip_prefix(API_PREFIX).unwrap_or_default();
-    RPCS[..RPCS.len() - 1]
+    let unknown = RPCS.len() - 1;
+    let operations = unknown - OPERATION_RPCS;
+    let (name, range) = if let Some(name) = path.strip_prefix(API_PREFIX) {
+        (name, 0..operations)
+    } else if let Some(name) = path.strip_prefix(OPERATIONS_PREFIX) {
+        (name, operations..unknown)
+    } else {
+        return unknown;
+    };
+    RPCS[range.clone()]
         .iter()
         .position(|r| *r == name)
-        .unwrap_or(RPCS.len() - 1)
+        .map_or(unknown, |i| i + range.start)
 }
 
 /// The RPC's short name, from a fixed list (a bounded metric label).
@@ -431,6 +450,12 @@ fn check_message(rpc: &str, framed: &[u8]) -> Result<String, Status> {
                     .unwrap_or_default()
             })
         }
+        "SubmitRunStates" => pb::SubmitRunStatesRequest::decode(b).map(|_| String::new()),
+        "GetOperation" => pb::longrunning::GetOperationRequest::decode(b).map(|m| m.name),
+        "ListOperations" => pb::longrunning::ListOperationsRequest::decode(b).map(|m| m.name),
+        "WaitOperation" => pb::longrunning::WaitOperationRequest::decode(b).map(|m| m.name),
+        "CancelOperation" => pb::longrunning::CancelOperationRequest::decode(b).map(|m| m.name),
+        "DeleteOperation" => pb::longrunning::DeleteOperationRequest::decode(b).map(|m| m.name),
         _ => return Ok(String::new()),
     };
     decoded.map_err(|e| malformed(&e))
@@ -723,6 +748,22 @@ mod tests {
             "unknown"
         );
         assert_eq!(rpc_name("/x/y"), "unknown");
+        assert_eq!(
+            rpc_name("/google.longrunning.Operations/WaitOperation"),
+            "WaitOperation"
+        );
+        assert_eq!(
+            rpc_name("/intune.runstates.v1.RunStateService/SubmitRunStates"),
+            "SubmitRunStates"
+        );
+        assert_eq!(
+            rpc_name("/intune.runstates.v1.RunStateService/GetOperation"),
+            "unknown"
+        );
+        assert_eq!(
+            rpc_name("/google.longrunning.Operations/SubmitRunStates"),
+            "unknown"
+        );
         assert_eq!(
             rpc_name("/intune.runstates.v1.RunStateService/StreamCreateScriptDeviceStates"),
             "StreamCreateScriptDeviceStates"
