@@ -224,8 +224,10 @@ impl Outbox {
 /// How long until `ahead` queued writes have been sent at the budget's pace.
 pub fn eta(budget: Option<BudgetSpec>, ahead: u64) -> Duration {
     match budget {
-        Some(b) if b.limit > 0 => {
-            let windows = ahead.div_ceil(u64::from(b.limit));
+        Some(b) if b.limit > 0 && ahead > 0 => {
+            // The first `limit` writes go at once; each further `limit`
+            // waits one more window.
+            let windows = (ahead - 1) / u64::from(b.limit);
             b.window
                 .saturating_mul(windows.min(u64::from(u32::MAX)) as u32)
         }
@@ -269,8 +271,9 @@ mod tests {
             window: Duration::from_secs(20),
         };
         assert_eq!(eta(Some(spec), 0), Duration::ZERO);
-        assert_eq!(eta(Some(spec), 1), Duration::from_secs(20));
-        assert_eq!(eta(Some(spec), 1000), Duration::from_secs(100));
+        assert_eq!(eta(Some(spec), 1), Duration::ZERO);
+        assert_eq!(eta(Some(spec), 201), Duration::from_secs(20));
+        assert_eq!(eta(Some(spec), 1000), Duration::from_secs(80));
         assert_eq!(eta(None, 1000), Duration::ZERO);
     }
 }
