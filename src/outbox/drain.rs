@@ -102,10 +102,12 @@ impl Drain {
                 Ok(tenants) => {
                     record_queues(&tenants, &mut labelled);
                     for t in tenants {
-                        if !running.contains_key(&t.tenant) {
+                        if let std::collections::hash_map::Entry::Vacant(slot) =
+                            running.entry(t.tenant)
+                        {
                             let drain = Arc::clone(&self);
-                            let tenant = t.tenant.clone();
-                            running.insert(t.tenant, tokio::spawn(drain.tenant(tenant)));
+                            let tenant = slot.key().clone();
+                            slot.insert(tokio::spawn(drain.tenant(tenant)));
                         }
                     }
                 }
@@ -129,7 +131,7 @@ impl Drain {
         };
         loop {
             match store.purge(before, 1000).await {
-                Ok(n) if n == 1000 => continue,
+                Ok(1000) => continue,
                 Ok(n) => {
                     if n > 0 {
                         tracing::info!(
@@ -424,7 +426,7 @@ fn failed(s: &tonic::Status) -> Finish {
 /// and zero for tenants named before that are gone.
 fn record_queues(tenants: &[TenantQueue], labelled: &mut HashSet<String>) {
     let mut sorted: Vec<&TenantQueue> = tenants.iter().collect();
-    sorted.sort_by(|a, b| b.pending_writes.cmp(&a.pending_writes));
+    sorted.sort_by_key(|t| std::cmp::Reverse(t.pending_writes));
     let now = SystemTime::now();
     let age = |t: &TenantQueue| {
         t.oldest
