@@ -17,6 +17,10 @@
 //! sides. `grpc::status` turns a Graph error into a gRPC status with rich
 //! details.
 //!
+//! [`outbox`] accepts many writes at once (`SubmitRunStates`), keeps them
+//! on disk and delivers them through the write engine, behind
+//! `google.longrunning` operations (`grpc::operations`).
+//!
 //! Every Graph request goes through `write`, the write engine: the one
 //! place where a write is decided (exactly-once creates, request-id records,
 //! client-id worlds, 409 and lost answers), retried (one send loop, one

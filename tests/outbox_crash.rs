@@ -80,24 +80,33 @@ fn write(n: u32) -> RunStateWrite {
 }
 
 fn gateway(emulator: &Gateway, store: &Store, client_ids: &str) -> Gateway {
+    gateway_with(emulator, store, client_ids, &[])
+}
+
+fn gateway_with(emulator: &Gateway, store: &Store, client_ids: &str, extra: &[&str]) -> Gateway {
     let graph_url = emulator.emulator_url.clone();
     let outbox = store.flag();
-    spawn_args(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-        "--graph-url",
-        &graph_url,
-        "--graph-token",
-        "crash-test-token",
-        "--graph-client-ids",
-        client_ids,
-        "--write-budget",
-        "off",
-        "--outbox",
-        &outbox,
-    ])
+    spawn_args(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--graph-url",
+            &graph_url,
+            "--graph-token",
+            "crash-test-token",
+            "--graph-client-ids",
+            client_ids,
+            "--write-budget",
+            "off",
+            "--outbox",
+            &outbox,
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
+    )
 }
 
 async fn ops(g: &Gateway) -> OperationsClient<tonic::transport::Channel> {
@@ -217,7 +226,12 @@ async fn killed_mid_drain(store: Store, world: &str) {
     first.child.kill().unwrap();
     first.child.wait().unwrap();
 
-    let second = gateway(&emulator, &store, client_ids);
+    let second = gateway_with(
+        &emulator,
+        &store,
+        client_ids,
+        &["--admin-listen", "127.0.0.1:0"],
+    );
     let mut o = ops(&second).await;
     let mut done = None;
     for _ in 0..60 {
@@ -269,6 +283,24 @@ async fn killed_mid_drain(store: Store, world: &str) {
             }
             None => panic!("write {n} has no result"),
         }
+    }
+    // The metrics saw the rest delivered and nothing left pending.
+    let metrics = reqwest::get(format!("http://{}/metrics", second.admin.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(value("runstate_outbox_delivered_total") >= 1.0);
+    if !unknown.is_empty() {
+        assert_eq!(value("runstate_outbox_failed_total"), unknown.len() as f64);
     }
     let graph = stored(&emulator).await;
     eprintln!(

@@ -1107,3 +1107,190 @@ impl Store for RedbStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::store::NewWrite;
+
+    fn dir() -> PathBuf {
+        std::env::temp_dir().join(format!("runstate-redb-{}", uuid::Uuid::new_v4()))
+    }
+
+    fn writes(n: u32) -> Vec<NewWrite> {
+        (0..n)
+            .map(|i| NewWrite {
+                request_id: uuid::Uuid::from_u128(u128::from(i) + 1),
+                kind: WriteKind::Create,
+                entity: format!("s/deviceRunStates/{i}"),
+                fingerprint: u64::from(i),
+                payload: Bytes::from(vec![i as u8; 10]),
+            })
+            .collect()
+    }
+
+    fn submission(n: u32) -> Submission {
+        Submission {
+            caller: "c".into(),
+            tenant: "t".into(),
+            writes: writes(n),
+            now: SystemTime::now(),
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_writes: 100,
+        max_bytes: 1 << 20,
+    };
+
+    /// Opens the file again once the previous store's writer let it go.
+    async fn reopen(path: &Path) -> RedbStore {
+        for _ in 0..100 {
+            match RedbStore::open(path) {
+                Ok(s) => return s,
+                Err(OpenError::Busy { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the file stayed busy");
+    }
+
+    #[tokio::test]
+    async fn claimed_writes_read_as_in_flight_after_a_restart() {
+        let d = dir();
+        let path = d.join("o.redb");
+        let store = RedbStore::open(&path).unwrap();
+        let op = store.submit(submission(3), LIMITS).await.unwrap().unwrap();
+        let lease = store
+            .lease("t", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        let claimed = store
+            .claim(&lease, &Callers::Any, 2, SystemTime::now())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(claimed.iter().all(|c| !c.was_in_flight));
+        drop(store);
+        // A new process: the two come back first, flagged; the third as new.
+        let store = reopen(&path).await;
+        let lease = store
+            .lease("t", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        let again = store
+            .claim(&lease, &Callers::Any, 20, SystemTime::now())
+            .await
+            .unwrap();
+        let flags: Vec<bool> = again.iter().map(|c| c.was_in_flight).collect();
+        assert_eq!(flags, vec![true, true, false]);
+        let done = again
+            .iter()
+            .map(|c| Finished {
+                op: c.op,
+                index: c.index,
+                seq: c.seq,
+                finish: Finish::Done(Outcome::Delivered {
+                    name: c.entity.clone(),
+                }),
+            })
+            .collect();
+        store.finish(&lease, done, SystemTime::now()).await.unwrap();
+        let got = store.get("c", op.id).await.unwrap().unwrap();
+        assert!(got.done());
+        assert_eq!(got.counts.delivered, 3);
+        assert!(store.get("someone else", op.id).await.unwrap().is_none());
+        assert!(store.tenants().await.unwrap().is_empty());
+        // Retention: gone with its request ids, which may then come again.
+        let removed = store
+            .purge(SystemTime::now() + Duration::from_secs(1), 10)
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert!(store.get("c", op.id).await.unwrap().is_none());
+        let again = store.submit(submission(3), LIMITS).await.unwrap().unwrap();
+        assert_eq!(again.counts.pending(), 3);
+        drop(store);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[tokio::test]
+    async fn limits_and_reused_ids_store_nothing() {
+        let d = dir();
+        let store = RedbStore::open(&d.join("o.redb")).unwrap();
+        let small = Limits {
+            max_writes: 4,
+            max_bytes: 1 << 20,
+        };
+        store.submit(submission(3), small).await.unwrap().unwrap();
+        let mut more = submission(5);
+        more.writes.drain(..3);
+        // 3 pending + 2 new > 4.
+        assert!(matches!(
+            store.submit(more, small).await.unwrap(),
+            Err(Refused::Full {
+                pending_writes: 3,
+                ..
+            })
+        ));
+        let mut reused = submission(1);
+        reused.writes[0].fingerprint = 99;
+        assert_eq!(
+            store.submit(reused, small).await.unwrap(),
+            Err(Refused::Reused { index: 0 })
+        );
+        let queues = store.tenants().await.unwrap();
+        assert_eq!(queues.len(), 1);
+        assert_eq!(queues[0].pending_writes, 3);
+        assert_eq!(queues[0].pending_bytes, 30);
+        drop(store);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[tokio::test]
+    async fn concurrent_submissions_all_land() {
+        let d = dir();
+        let store = Arc::new(RedbStore::open(&d.join("o.redb")).unwrap());
+        let tasks: Vec<_> = (0..20u32)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let mut s = submission(1);
+                    s.writes[0].request_id = uuid::Uuid::from_u128(1000 + u128::from(i));
+                    store.submit(s, LIMITS).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap().unwrap().is_ok());
+        }
+        let page = store
+            .list(
+                "c",
+                ListQuery {
+                    page_size: 15,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.operations.len(), 15);
+        let rest = store
+            .list(
+                "c",
+                ListQuery {
+                    page_size: 15,
+                    after: page.next,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(rest.operations.len(), 5);
+        assert!(rest.next.is_none());
+        drop(store);
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
