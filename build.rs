@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/intune/runstates/v1/resources.proto",
         "proto/intune/runstates/v1/service.proto",
+        "proto/google/longrunning/operations.proto",
     ];
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_imports(true).include_source_info(true);

@@ -152,6 +152,13 @@ impl RunStateService for Echo {
     ) -> Answer<Self::StreamCreateScriptDeviceStatesStream> {
         Err(Status::unimplemented("echo"))
     }
+
+    async fn submit_run_states(
+        &self,
+        _: Request<pb::SubmitRunStatesRequest>,
+    ) -> Answer<pb::longrunning::Operation> {
+        Err(Status::unimplemented("echo"))
+    }
 }
 
 #[tokio::main]

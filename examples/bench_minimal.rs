@@ -235,6 +235,13 @@ impl RunStateService for Minimal {
     ) -> Answer<Self::StreamCreateScriptDeviceStatesStream> {
         Err(Status::unimplemented("minimal"))
     }
+
+    async fn submit_run_states(
+        &self,
+        _: Request<pb::SubmitRunStatesRequest>,
+    ) -> Answer<pb::longrunning::Operation> {
+        Err(Status::unimplemented("minimal"))
+    }
 }
 
 fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, Box<dyn std::error::Error>> {

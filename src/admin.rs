@@ -95,8 +95,10 @@ impl Admin {
                 ),
             },
             "/livez" => text(StatusCode::OK, TEXT, "ok\n"),
-            _ if self.state.draining() => text(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n"),
-            _ => text(StatusCode::OK, TEXT, "ready\n"),
+            _ => match self.state.unready() {
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, TEXT, why),
+                None => text(StatusCode::OK, TEXT, "ready\n"),
+            },
         }
     }
 }

@@ -17,6 +17,10 @@
 //! sides. `grpc::status` turns a Graph error into a gRPC status with rich
 //! details.
 //!
+//! [`outbox`] accepts many writes at once (`SubmitRunStates`), keeps them
+//! on disk and delivers them through the write engine, behind
+//! `google.longrunning` operations (`grpc::operations`).
+//!
 //! Every Graph request goes through `write`, the write engine: the one
 //! place where a write is decided (exactly-once creates, request-id records,
 //! client-id worlds, 409 and lost answers), retried (one send loop, one
@@ -45,6 +49,7 @@ pub(crate) mod grpc;
 pub mod healthcheck;
 pub(crate) mod memory;
 pub(crate) mod metrics;
+pub mod outbox;
 pub(crate) mod server;
 pub mod startup;
 pub(crate) mod state;
@@ -52,9 +57,23 @@ pub mod telemetry;
 pub mod tls;
 mod write;
 
-/// Code generated from `proto/intune/runstates/v1`.
+/// Code generated from `proto/intune/runstates/v1` (and the
+/// `google.longrunning` service it returns operations of).
 pub mod pb {
-    tonic::include_proto!("intune.runstates.v1");
+    pub mod intune {
+        pub mod runstates {
+            pub mod v1 {
+                tonic::include_proto!("intune.runstates.v1");
+            }
+        }
+    }
+    pub mod google {
+        pub mod longrunning {
+            tonic::include_proto!("google.longrunning");
+        }
+    }
+    pub use google::longrunning;
+    pub use intune::runstates::v1::*;
 
     /// The encoded descriptor set of `proto/` (with imports), for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

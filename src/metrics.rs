@@ -55,6 +55,22 @@ pub const STATE_STORE_RECONNECTS: &str = "runstate_state_store_reconnects_total"
 /// Log lines dropped because stderr did not keep up.
 pub const LOG_LINES_DROPPED: &str = "runstate_log_lines_dropped_total";
 
+/// Writes accepted into the outbox.
+pub const OUTBOX_ACCEPTED: &str = "runstate_outbox_accepted_total";
+/// Outbox writes Graph applied.
+pub const OUTBOX_DELIVERED: &str = "runstate_outbox_delivered_total";
+/// Outbox writes that failed (OUTCOME_UNKNOWN included).
+pub const OUTBOX_FAILED: &str = "runstate_outbox_failed_total";
+/// Outbox updates merged into another update's PATCH.
+pub const OUTBOX_COALESCED: &str = "runstate_outbox_coalesced_total";
+/// Outbox writes cancelled before they were sent.
+pub const OUTBOX_CANCELLED: &str = "runstate_outbox_cancelled_total";
+/// Outbox writes pending or in flight, by `tenant` (the busiest ones, the
+/// rest as `other`).
+pub const OUTBOX_PENDING: &str = "runstate_outbox_pending_writes";
+/// Age of the oldest pending outbox write, by `tenant` (as above).
+pub const OUTBOX_OLDEST: &str = "runstate_outbox_oldest_pending_seconds";
+
 /// Latency buckets, in seconds: 1 ms to 60 s.
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -198,6 +214,41 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         READ_BUDGET_REJECTED,
         Kind::Counter,
         "Requests refused (RESOURCE_EXHAUSTED) because no read-budget slot came before their deadline.",
+    ),
+    (
+        OUTBOX_ACCEPTED,
+        Kind::Counter,
+        "Writes accepted into the outbox.",
+    ),
+    (
+        OUTBOX_DELIVERED,
+        Kind::Counter,
+        "Outbox writes Graph applied.",
+    ),
+    (
+        OUTBOX_FAILED,
+        Kind::Counter,
+        "Outbox writes that failed (OUTCOME_UNKNOWN included).",
+    ),
+    (
+        OUTBOX_COALESCED,
+        Kind::Counter,
+        "Outbox updates merged into the PATCH of an earlier update of the same state.",
+    ),
+    (
+        OUTBOX_CANCELLED,
+        Kind::Counter,
+        "Outbox writes cancelled before they were sent.",
+    ),
+    (
+        OUTBOX_PENDING,
+        Kind::Gauge,
+        "Outbox writes pending or in flight, by tenant (the busiest tenants; the rest as other).",
+    ),
+    (
+        OUTBOX_OLDEST,
+        Kind::Gauge,
+        "Age of the oldest pending outbox write, by tenant (the busiest tenants; the rest as other).",
     ),
 ];
 

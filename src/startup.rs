@@ -12,7 +12,15 @@ use tonic_health::ServingStatus;
 use crate::config::{EmulatorArgs, Refusal, ServeArgs};
 use crate::graph::{GraphClient, Options};
 use crate::grpc::{RunStateApi, context};
-use crate::pb::{self, run_state_service_server::RunStateServiceServer};
+use crate::outbox::{
+    Outbox, OutboxSpec,
+    drain::{Drain, Fallback},
+    redb::{OpenError, RedbStore},
+};
+use crate::pb::{
+    self, longrunning::operations_server::OperationsServer,
+    run_state_service_server::RunStateServiceServer,
+};
 use crate::server::{self, Handshake, Limits, Routes};
 use crate::write::{
     self,
@@ -20,6 +28,7 @@ use crate::write::{
     records::RequestIds,
     retry::RetryPolicy,
 };
+use std::path::PathBuf;
 
 #[cfg(feature = "emulator")]
 mod emulator;
@@ -48,6 +57,16 @@ pub struct Application {
     emulator: Option<RunningEmulator>,
     admin: Option<TcpListener>,
     handshake: Option<Handshake>,
+    outbox: Option<OutboxSetup>,
+}
+
+/// The outbox of a gateway, and how its store still has to be opened.
+struct OutboxSetup {
+    outbox: Arc<Outbox>,
+    /// A file another process held at startup: opened once it is free.
+    busy: Option<PathBuf>,
+    /// The temporary directory of `--emulator`'s file, removed at the end.
+    temporary: Option<PathBuf>,
 }
 
 impl Application {
@@ -138,6 +157,10 @@ impl Application {
         let mut api = RunStateApi::new(engine, token, args.calls.request_timeout)
             .with_auth(auth)
             .with_stream_window(args.calls.stream_max_in_flight as usize);
+        let outbox = open_outbox(args)?;
+        if let Some(setup) = &outbox {
+            api = api.with_outbox(Arc::clone(&setup.outbox));
+        }
         if let Some(key) = &args.calls.page_token_key {
             api = api.with_page_tokens(crate::convert::page_token::PageTokens::from_secret(
                 key.expose(),
@@ -166,6 +189,7 @@ impl Application {
             emulator,
             admin,
             handshake: tls.map(|t| t.handshake()),
+            outbox,
         })
     }
 
@@ -220,6 +244,31 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
+        let mut tasks = Vec::new();
+        if let Some(setup) = &self.outbox {
+            let _ = state.outbox.set(Arc::clone(&setup.outbox));
+            if let Some(path) = setup.busy.clone() {
+                tasks.push(AbortOnDrop(tokio::spawn(open_when_free(
+                    Arc::clone(&setup.outbox),
+                    path,
+                ))));
+            }
+            let api = self.api.clone();
+            let fallback: Fallback = Arc::new(move || {
+                let api = api.clone();
+                Box::pin(async move { api.own_token().await })
+            });
+            let drain = Drain::new(
+                Arc::clone(&setup.outbox),
+                self.api.engine().clone(),
+                fallback,
+                self.args.calls.batch_concurrency as usize,
+            );
+            tasks.push(AbortOnDrop(tokio::spawn(Arc::new(drain).run())));
+        }
+        let operations = OperationsServer::new(self.api.clone())
+            .max_decoding_message_size(self.args.limits.max_request_bytes)
+            .max_encoding_message_size(4 << 20);
         let service = RunStateServiceServer::new(self.api)
             .max_decoding_message_size(self.args.limits.max_request_bytes)
             .max_encoding_message_size(4 << 20);
@@ -228,6 +277,7 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
+            .add_service(operations)
             .add_service(service.clone());
 
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -291,12 +341,82 @@ impl Application {
         if let Some(admin) = admin {
             let _ = admin.await;
         }
+        drop(tasks);
+        if let Some(dir) = self.outbox.and_then(|s| s.temporary) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         #[cfg(feature = "emulator")]
         if let Some(emulator) = self.emulator {
             emulator.stop().await;
         }
         tracing::info!("runstate-gateway stopped");
         Ok(())
+    }
+}
+
+/// Opens the outbox's store: `--outbox`, or with `--emulator` a file in a
+/// temporary directory. A corrupt or unreadable file refuses startup naming
+/// it; a file another process holds is opened once it is free (the gateway
+/// is not ready until then).
+fn open_outbox(args: &ServeArgs) -> anyhow::Result<Option<OutboxSetup>> {
+    let (path, temporary) = match &args.outbox.outbox {
+        Some(OutboxSpec::File(path)) => (path.clone(), None),
+        None if args.graph.emulator => {
+            let dir = std::env::temp_dir().join(format!(
+                "runstate-gateway-outbox-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            (dir.join("outbox.redb"), Some(dir))
+        }
+        None => return Ok(None),
+    };
+    let outbox = Arc::new(Outbox::new(
+        args.outbox.outbox_max_pending.0,
+        args.outbox.operation_retention,
+        args.budget.write_budget.0,
+        path.display().to_string(),
+    ));
+    let busy = match RedbStore::open(&path) {
+        Ok(store) => {
+            tracing::info!(path = %path.display(), "outbox store open");
+            outbox.open_with(Arc::new(store));
+            None
+        }
+        Err(OpenError::Busy { .. }) => {
+            tracing::warn!(path = %path.display(), "another process has the outbox file open; not ready until it is free");
+            Some(path)
+        }
+        Err(e @ OpenError::Unreadable { .. }) => {
+            return Err(Refusal::error(format!(
+                "--outbox: cannot open the outbox store {e}"
+            )));
+        }
+    };
+    Ok(Some(OutboxSetup {
+        outbox,
+        busy,
+        temporary,
+    }))
+}
+
+/// Opens the outbox file once the process holding it lets it go.
+async fn open_when_free(outbox: Arc<Outbox>, path: PathBuf) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || RedbStore::open(&p)).await {
+            Ok(Ok(store)) => {
+                tracing::info!(path = %path.display(), "outbox store open");
+                outbox.open_with(Arc::new(store));
+                return;
+            }
+            Ok(Err(OpenError::Busy { .. })) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot open the outbox store");
+            }
+            Err(_) => return,
+        }
     }
 }
 

@@ -35,7 +35,37 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
     #[command(flatten)]
+    pub outbox: OutboxArgs,
+    #[command(flatten)]
     pub logs: LogArgs,
+}
+
+/// The outbox behind SubmitRunStates.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Outbox")]
+pub struct OutboxArgs {
+    /// Where SubmitRunStates keeps accepted writes until they are delivered: the path of an
+    /// embedded database file (created if missing). Without it SubmitRunStates answers
+    /// FAILED_PRECONDITION, except with --emulator, which uses a file in a temporary directory.
+    #[arg(long, env = "RUNSTATE_OUTBOX", value_name = "PATH")]
+    pub outbox: Option<crate::outbox::OutboxSpec>,
+
+    /// Most writes and payload bytes one tenant may have waiting in the outbox, as
+    /// WRITES,BYTES (bytes take KiB, MiB or GiB); a submission past either is refused whole
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "RUNSTATE_OUTBOX_MAX_PENDING",
+        default_value = "100000,256MiB",
+        value_name = "WRITES,BYTES"
+    )]
+    pub outbox_max_pending: crate::outbox::MaxPending,
+
+    /// How long finished operations and their results are kept before they are removed
+    /// (e.g. 7d, 12h; from 1s to 3650d).
+    #[arg(long, env = "RUNSTATE_OPERATION_RETENTION", default_value = "7d",
+        value_parser = crate::outbox::parse_retention)]
+    pub operation_retention: Duration,
 }
 
 /// The gRPC listener: its address and TLS.

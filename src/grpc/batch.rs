@@ -28,7 +28,7 @@ use crate::write::{CreateError, NewState, Via};
 pub const MAX_BATCH_REQUESTS: usize = 1000;
 
 /// Validates one create as `CreateX` does; violations are named under `prefix`.
-pub(super) fn prepare<P: Parent, R: Resource>(
+pub(crate) fn prepare<P: Parent, R: Resource>(
     c: Create<'_, P, R>,
     prefix: &str,
     errors: &mut Vec<FieldViolation>,
@@ -77,7 +77,7 @@ pub(super) fn prepare<P: Parent, R: Resource>(
 }
 
 /// A `google.rpc.Status` for a per-item result, keeping the rich details.
-pub(super) fn rpc_status(s: &Status) -> tonic_types::pb::Status {
+pub(crate) fn rpc_status(s: &Status) -> tonic_types::pb::Status {
     let mut out = tonic_types::pb::Status::decode(s.details()).unwrap_or_default();
     out.code = s.code() as i32;
     out.message = s.message().to_owned();

@@ -45,6 +45,12 @@ pub fn bearer(token: &str) -> Result<HeaderValue, http::header::InvalidHeaderVal
 }
 
 impl super::RunStateApi {
+    /// The gateway's own Graph token (static, or from its credential), if
+    /// it has one: a call without `authorization` metadata would use it.
+    pub(crate) async fn own_token(&self) -> Option<HeaderValue> {
+        self.authorize(&MetadataMap::new()).await.ok()
+    }
+
     /// The `Authorization` value for this call: from `--auth` when set, else
     /// the caller's token or the static one.
     pub(super) async fn authorize(&self, metadata: &MetadataMap) -> Result<HeaderValue, Status> {

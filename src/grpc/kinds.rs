@@ -20,7 +20,7 @@ use crate::convert::{
     },
     query::Filterable,
 };
-use crate::pb::{self, run_state_service_server::RunStateService};
+use crate::pb::{self, longrunning as lro, run_state_service_server::RunStateService};
 
 /// A unary RPC as the server's gate sees it: its name (a bounded metric
 /// label) and the resource its request names (for the call's log line).
@@ -28,6 +28,30 @@ pub(crate) struct Rpc {
     pub name: &'static str,
     pub resource: fn(&[u8]) -> Result<String, prost::DecodeError>,
 }
+
+/// The RPCs of `google.longrunning.Operations`, with the operation each names.
+pub(crate) const OPERATIONS: &[Rpc] = &[
+    Rpc {
+        name: rpc_name(stringify!(GetOperationRequest)),
+        resource: |b| Ok(lro::GetOperationRequest::decode(b)?.name),
+    },
+    Rpc {
+        name: rpc_name(stringify!(ListOperationsRequest)),
+        resource: |b| Ok(lro::ListOperationsRequest::decode(b)?.name),
+    },
+    Rpc {
+        name: rpc_name(stringify!(WaitOperationRequest)),
+        resource: |b| Ok(lro::WaitOperationRequest::decode(b)?.name),
+    },
+    Rpc {
+        name: rpc_name(stringify!(CancelOperationRequest)),
+        resource: |b| Ok(lro::CancelOperationRequest::decode(b)?.name),
+    },
+    Rpc {
+        name: rpc_name(stringify!(DeleteOperationRequest)),
+        resource: |b| Ok(lro::DeleteOperationRequest::decode(b)?.name),
+    },
+];
 
 /// An RPC's name from its request message's: `GetXRequest` is `GetX`.
 const fn rpc_name(request: &'static str) -> &'static str {
@@ -51,7 +75,7 @@ macro_rules! service {
                 $( batch: $batch:ident($BatchReq:ident -> $BatchResp:ident, $Result:ident, $result:ident), )?
             }
         )*
-        extra { streaming: [$($streaming:ident),*] $($extra:tt)* }
+        extra { streaming: [$($streaming:ident),*] unary: [$($other:expr),*] $($extra:tt)* }
     ) => {
         /// Every unary RPC of the service, with the resource its request names.
         pub(crate) const UNARY: &[Rpc] = &[
@@ -66,6 +90,7 @@ macro_rules! service {
                 Rpc { name: rpc_name(stringify!($ListReq)), resource: |b| Ok(pb::$ListReq::decode(b)?.parent) },
                 $( Rpc { name: rpc_name(stringify!($BatchReq)), resource: |b| Ok(pb::$BatchReq::decode(b)?.parent) }, )?
             )*
+            $($other,)*
         ];
 
         /// Every client-streaming RPC of the service.
@@ -223,6 +248,10 @@ service! {
     }
     extra {
         streaming: [StreamCreateScriptDeviceStatesRequest]
+        unary: [Rpc {
+            name: rpc_name(stringify!(SubmitRunStatesRequest)),
+            resource: |b| pb::SubmitRunStatesRequest::decode(b).map(|_| String::new()),
+        }]
 
         type StreamCreateScriptDeviceStatesStream = stream::AnswerStream;
 
@@ -231,6 +260,13 @@ service! {
             request: Request<tonic::Streaming<pb::StreamCreateScriptDeviceStatesRequest>>,
         ) -> Result<Response<Self::StreamCreateScriptDeviceStatesStream>, Status> {
             self.stream_create_device_states(request).await
+        }
+
+        async fn submit_run_states(
+            &self,
+            request: Request<pb::SubmitRunStatesRequest>,
+        ) -> Result<Response<pb::longrunning::Operation>, Status> {
+            self.submit_run_states(request).await
         }
     }
 }

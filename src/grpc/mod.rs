@@ -9,13 +9,18 @@ pub(crate) mod context;
 mod delete;
 pub(crate) mod kinds;
 mod list;
+mod operations;
 mod ops;
 pub(crate) mod status;
 mod stream;
+pub(crate) mod submit;
 
 use std::time::Duration;
 
 use http::HeaderValue;
+
+pub(crate) use batch::rpc_status;
+pub(crate) use ops::create_status;
 
 use crate::convert::page_token::PageTokens;
 use crate::write::Engine;
@@ -35,6 +40,8 @@ pub(crate) struct RunStateApi {
     page_tokens: PageTokens,
     /// Items of one stream held at once (being created or awaiting sending).
     stream_window: usize,
+    /// Where SubmitRunStates keeps writes (`--outbox`); none: FAILED_PRECONDITION.
+    outbox: Option<std::sync::Arc<crate::outbox::Outbox>>,
 }
 
 impl RunStateApi {
@@ -47,6 +54,7 @@ impl RunStateApi {
             page_tokens: PageTokens::random()
                 .unwrap_or_else(|_| PageTokens::from_secret(&uuid::Uuid::new_v4().to_string())),
             stream_window: 64,
+            outbox: None,
         }
     }
 
@@ -60,6 +68,17 @@ impl RunStateApi {
     pub fn with_stream_window(mut self, window: usize) -> Self {
         self.stream_window = window.max(1);
         self
+    }
+
+    /// Accepts SubmitRunStates into `outbox` and serves its operations.
+    pub fn with_outbox(mut self, outbox: std::sync::Arc<crate::outbox::Outbox>) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    /// The write engine (the outbox's drain sends through it too).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Takes Graph tokens from `auth` (see `--auth`).

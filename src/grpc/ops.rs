@@ -26,7 +26,7 @@ use crate::graph::{Call, GraphError};
 use crate::write::{CreateError, NewState, Via};
 
 /// The fields of a create request, before validation.
-pub(super) struct Create<'a, P, R> {
+pub(crate) struct Create<'a, P, R> {
     pub parent: Result<P, String>,
     pub resource: Option<R>,
     /// The name of the request's `*_id` field.
@@ -39,7 +39,7 @@ pub(super) struct Create<'a, P, R> {
 
 /// Hashes a request message, to spot a request id reused for another
 /// request; 0 (and no work) when the request has no id.
-pub(super) fn fingerprint(message: &impl prost::Message, request_id: &str) -> u64 {
+pub(crate) fn fingerprint(message: &impl prost::Message, request_id: &str) -> u64 {
     if request_id.is_empty() {
         return 0;
     }
@@ -229,18 +229,7 @@ impl RunStateApi {
     /// The status of a failed create; `request_id_field` names the field
     /// of a reused request id.
     pub(super) fn create_status(&self, error: CreateError, request_id_field: &str) -> Status {
-        match error {
-            CreateError::Graph(e) => self.graph_status(e),
-            CreateError::RequestIdReused => status::invalid_argument(vec![FieldViolation::new(
-                request_id_field,
-                "was already used with a different request",
-            )]),
-            CreateError::RecordedUnknown(message) => status::outcome_unknown(
-                message.trim_start_matches("the create may have been applied: "),
-                self.engine.host(),
-            ),
-            CreateError::StoreUnavailable => status::state_store_unavailable(self.engine.host()),
-        }
+        create_status(error, request_id_field, self.engine.host())
     }
 
     /// PATCH `{name}` with the masked fields; returns the stored resource.
@@ -251,19 +240,8 @@ impl RunStateApi {
         parse: fn(&str) -> Result<N, String>,
         update_mask: Option<FieldMask>,
     ) -> Result<Response<R>, Status> {
-        let mut v = Violations::default();
-        let Some(resource) = v.required(R::FIELD, resource) else {
-            return Err(v.finish().err().unwrap_or_else(|| internal("no resource")));
-        };
-        let name = v.check(&format!("{}.name", R::FIELD), parse(resource.name()));
-        let selection = v.extend(mask::resolve(update_mask.as_ref(), R::WRITABLE, |f| {
-            resource.is_populated(f)
-        }));
-        let body = selection.and_then(|s| v.extend(resource.to_graph(&s)));
-        v.finish()?;
-        let (Some(name), Some(body)) = (name, body) else {
-            return Err(internal("validation left no value"));
-        };
+        let (name, body) =
+            prepare_update(resource, parse, update_mask).map_err(status::invalid_argument)?;
         let caller = self.caller(metadata.borrow()).await?;
         let call = caller.call();
         drop(metadata);
@@ -324,10 +302,49 @@ impl RunStateApi {
     }
 }
 
+/// The status of a failed create (see [`RunStateApi::create_status`]).
+pub(crate) fn create_status(error: CreateError, request_id_field: &str, host: &str) -> Status {
+    match error {
+        CreateError::Graph(e) => status::from_graph(e, host),
+        CreateError::RequestIdReused => status::invalid_argument(vec![FieldViolation::new(
+            request_id_field,
+            "was already used with a different request",
+        )]),
+        CreateError::RecordedUnknown(message) => status::outcome_unknown(
+            message.trim_start_matches("the create may have been applied: "),
+            host,
+        ),
+        CreateError::StoreUnavailable => status::state_store_unavailable(host),
+    }
+}
+
+/// Validates an update as the Update RPCs do: the state's name and the
+/// masked fields, translated into Graph's body.
+pub(crate) fn prepare_update<N: ResourcePath, R: Resource>(
+    resource: Option<R>,
+    parse: fn(&str) -> Result<N, String>,
+    update_mask: Option<FieldMask>,
+) -> Result<(N, R::Graph), Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    let Some(resource) = v.required(R::FIELD, resource) else {
+        return Err(v.0);
+    };
+    let name = v.check(&format!("{}.name", R::FIELD), parse(resource.name()));
+    let selection = v.extend(mask::resolve(update_mask.as_ref(), R::WRITABLE, |f| {
+        resource.is_populated(f)
+    }));
+    let body = selection.and_then(|s| v.extend(resource.to_graph(&s)));
+    match (name, body) {
+        (Some(name), Some(body)) if v.0.is_empty() => Ok((name, body)),
+        _ if v.0.is_empty() => Err(vec![FieldViolation::new(R::FIELD, "is not valid")]),
+        _ => Err(v.0),
+    }
+}
+
 /// A validated create for the write engine. The id the gateway would like
 /// Graph to keep is the caller's, else the request id (where Graph keeps
 /// ids, a replay then meets its own first copy).
-pub(super) fn new_state<P: Parent, R: Resource>(
+pub(crate) fn new_state<P: Parent, R: Resource>(
     parent: P,
     body: R::Graph,
     id: Option<Id>,

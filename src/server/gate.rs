@@ -33,7 +33,7 @@ use tower::Service;
 use super::{Routes, Shared, framing};
 use crate::graph::trace::Trace;
 use crate::grpc::codec::malformed;
-use crate::grpc::kinds::{STREAMING, UNARY};
+use crate::grpc::kinds::{OPERATIONS, STREAMING, UNARY};
 use crate::grpc::status::CLIENT_REQUEST_ID;
 use crate::metrics as m;
 use crate::pb::run_state_service_server::RunStateServiceServer;
@@ -43,6 +43,8 @@ pub(crate) type Api = RunStateServiceServer<crate::grpc::RunStateApi>;
 
 /// The service's path prefix.
 const API_PREFIX: &str = "/intune.runstates.v1.RunStateService/";
+/// The outbox's operations service (its RPCs are in [`RPCS`] too).
+const OPERATIONS_PREFIX: &str = "/google.longrunning.Operations/";
 
 /// Largest response chunk handed to HTTP/2 at once: a slow reader's unread
 /// responses stay in the gate, where the send budget counts them.
@@ -310,24 +312,34 @@ async fn read_message(mut body: Incoming, max: usize) -> Result<Bytes, Status> {
     Ok(if buf.is_empty() { first } else { buf.freeze() })
 }
 
-/// The RPCs' short names (bounded metric labels): the unary ones in the
-/// order of [`UNARY`], the streaming ones, `unknown` last.
+/// The RPCs' short names (bounded metric labels): the service's unary ones
+/// in the order of [`UNARY`], its streaming ones, the operations service's
+/// in the order of [`OPERATIONS`], `unknown` last.
 static RPCS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     UNARY
         .iter()
         .map(|r| r.name)
         .chain(STREAMING.iter().copied())
+        .chain(OPERATIONS.iter().map(|r| r.name))
         .chain(["unknown"])
         .collect()
 });
 
 /// The index in [`RPCS`] of the RPC a path names (`unknown` when none).
 fn rpc_index(path: &str) -> usize {
-    let name = path.strip_prefix(API_PREFIX).unwrap_or_default();
-    RPCS[..RPCS.len() - 1]
+    let unknown = RPCS.len() - 1;
+    let operations = unknown - OPERATIONS.len();
+    let (name, range) = if let Some(name) = path.strip_prefix(API_PREFIX) {
+        (name, 0..operations)
+    } else if let Some(name) = path.strip_prefix(OPERATIONS_PREFIX) {
+        (name, operations..unknown)
+    } else {
+        return unknown;
+    };
+    RPCS[range.clone()]
         .iter()
         .position(|r| *r == name)
-        .unwrap_or(RPCS.len() - 1)
+        .map_or(unknown, |i| i + range.start)
 }
 
 /// The RPC's short name, from a fixed list (a bounded metric label).
@@ -373,7 +385,12 @@ impl RpcMetrics {
 /// Decodes the message of the RPC at `rpc` in [`RPCS`]; returns the
 /// resource it names (the parent of a create). Its framing was checked before.
 fn check_message(rpc: usize, framed: &[u8]) -> Result<String, Status> {
-    match (UNARY.get(rpc), framed.get(5..)) {
+    let operations = RPCS.len() - 1 - OPERATIONS.len();
+    let unary = match rpc.checked_sub(operations) {
+        Some(i) => OPERATIONS.get(i),
+        None => UNARY.get(rpc),
+    };
+    match (unary, framed.get(5..)) {
         (Some(r), Some(b)) => (r.resource)(b).map_err(|e| malformed(&e)),
         _ => Ok(String::new()),
     }
@@ -667,6 +684,22 @@ mod tests {
         );
         assert_eq!(rpc_name("/x/y"), "unknown");
         assert_eq!(
+            rpc_name("/google.longrunning.Operations/WaitOperation"),
+            "WaitOperation"
+        );
+        assert_eq!(
+            rpc_name("/intune.runstates.v1.RunStateService/SubmitRunStates"),
+            "SubmitRunStates"
+        );
+        assert_eq!(
+            rpc_name("/intune.runstates.v1.RunStateService/GetOperation"),
+            "unknown"
+        );
+        assert_eq!(
+            rpc_name("/google.longrunning.Operations/SubmitRunStates"),
+            "unknown"
+        );
+        assert_eq!(
             rpc_name("/intune.runstates.v1.RunStateService/StreamCreateScriptDeviceStates"),
             "StreamCreateScriptDeviceStates"
         );
@@ -680,7 +713,7 @@ mod tests {
             .file
             .iter()
             .flat_map(|f| &f.service)
-            .filter(|s| s.name() == "RunStateService")
+            .filter(|s| s.name() == "RunStateService" || s.name() == "Operations")
             .flat_map(|s| &s.method)
             .map(|m| m.name().to_owned())
             .collect();

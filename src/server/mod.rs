@@ -64,16 +64,37 @@ pub struct Limits {
     pub idle_connection_timeout: Duration,
 }
 
-/// What the server and the admin endpoint share: the drain flag.
-#[derive(Debug, Default)]
+/// What the server and the admin endpoint share: the drain flag, and the
+/// outbox whose store must be open for the gateway to be ready.
+#[derive(Default)]
 pub struct State {
     draining: AtomicBool,
+    pub outbox: std::sync::OnceLock<Arc<crate::outbox::Outbox>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("draining", &self.draining())
+            .finish_non_exhaustive()
+    }
 }
 
 impl State {
     /// True once shutdown has begun.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Why the gateway is not ready, if it is not.
+    pub fn unready(&self) -> Option<&'static str> {
+        if self.draining() {
+            return Some("draining\n");
+        }
+        match self.outbox.get() {
+            Some(o) if !o.is_open() => Some("the outbox store is not open\n"),
+            _ => None,
+        }
     }
 }
 

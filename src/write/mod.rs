@@ -19,6 +19,7 @@ mod send;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -126,6 +127,42 @@ impl Engine {
             body: None,
         };
         Ok(self.send(request, call).await.result?.request_id)
+    }
+
+    /// Sends PATCHes and DELETEs (`body` `None`) through the one send loop,
+    /// alone or in `$batch` envelopes; answers in order with Graph's
+    /// request id. Each holds a budget permit and is retried as a single
+    /// update or delete is.
+    pub async fn change_all(
+        &self,
+        changes: Vec<(String, Option<Bytes>)>,
+        via: Via,
+        call: &Call<'_>,
+    ) -> Vec<Result<Option<String>, GraphError>> {
+        let requests = changes
+            .into_iter()
+            .map(|(path, body)| Request {
+                method: if body.is_some() {
+                    Method::PATCH
+                } else {
+                    Method::DELETE
+                },
+                path,
+                body,
+            })
+            .collect();
+        self.send_all(requests, via, call)
+            .await
+            .into_iter()
+            .map(|sent| sent.result.map(|raw| raw.request_id))
+            .collect()
+    }
+
+    /// Whether Graph is known to keep the client ids sent to this
+    /// collection (so a create may be sent again with its id: a copy that
+    /// got through answers 409 and is read back).
+    pub fn keeps_client_ids(&self, collection: &str) -> bool {
+        self.worlds.honoured(&Worlds::kind(collection))
     }
 
     /// PATCHes an entity. `None` when Graph answers 204 without a body.

@@ -13,6 +13,7 @@ mod healthcheck;
 mod helpers;
 mod idempotency;
 mod lifecycle;
+mod outbox;
 mod readme;
 mod replicas;
 mod retries;

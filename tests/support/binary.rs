@@ -23,18 +23,25 @@ pub fn spawn(extra: &[&str]) -> Gateway {
 }
 
 pub fn spawn_with_format(format: &str, extra: &[&str]) -> Gateway {
+    let mut args = vec![
+        "--emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        format,
+    ];
+    args.extend_from_slice(extra);
+    spawn_args(&args)
+}
+
+/// Starts the binary with exactly `args` (JSON logs are expected, e.g. a
+/// gateway in front of an emulator of its own, or the `emulator` command).
+pub fn spawn_args(args: &[&str]) -> Gateway {
     // RUNSTATE_TEST_BINARY runs the tests against another build (to compare).
     let program = std::env::var("RUNSTATE_TEST_BINARY")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runstate-gateway").to_owned());
     let mut child = Command::new(program)
-        .args([
-            "--emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            format,
-        ])
-        .args(extra)
+        .args(args)
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -58,7 +65,8 @@ pub fn spawn_with_format(format: &str, extra: &[&str]) -> Gateway {
         emulator_url: String::new(),
         lines,
     };
-    let want_admin = extra.contains(&"--admin-listen");
+    let want_admin = args.contains(&"--admin-listen");
+    let emulator_only = args.first() == Some(&"emulator");
     let started = Instant::now();
     loop {
         assert!(
@@ -71,9 +79,14 @@ pub fn spawn_with_format(format: &str, extra: &[&str]) -> Gateway {
                 gateway.addr = field(&line, "addr").parse().unwrap();
             } else if line.contains("admin endpoint listening") {
                 gateway.admin = Some(field(&line, "addr").parse().unwrap());
-            } else if line.contains("embedded Graph emulator started") {
+            } else if line.contains("embedded Graph emulator started")
+                || line.contains("Graph emulator listening")
+            {
                 gateway.emulator_url = field(&line, "url");
             }
+        }
+        if emulator_only && !gateway.emulator_url.is_empty() {
+            return gateway;
         }
         if gateway.addr.port() != 0 && (!want_admin || gateway.admin.is_some()) {
             return gateway;

@@ -1,0 +1,457 @@
+//! The drain: one task per tenant with pending writes takes the tenant's
+//! drain lease, claims its oldest writes (marked in flight on disk before
+//! they are sent), sends them through the write engine (budget permits,
+//! the tenant pause on a 429, `$batch` groups, exactly-once creates), and
+//! records each outcome. A write found in flight from before a crash is
+//! sent again only where that is safe: a create only where Graph keeps
+//! client ids (a copy that got through then answers 409 and is read back),
+//! otherwise it ends as OUTCOME_UNKNOWN; updates (idempotent PATCHes) and
+//! deletes are sent again.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use prost::Message;
+use tokio::time::Instant;
+
+use super::{
+    Outbox,
+    coalesce::coalesce,
+    store::{Callers, Claimed, Finish, Finished, Outcome, TenantQueue},
+};
+use crate::convert::resources::Resource;
+use crate::graph::{Call, GraphError};
+use crate::grpc::{
+    status,
+    submit::{Change, Plan, plan},
+};
+use crate::metrics as m;
+use crate::pb;
+use crate::state::identity;
+use crate::write::{CreateError, Engine, NewState, Via};
+
+/// The gateway's own Graph token, when it has one (a static token or a
+/// credential): it serves the writes of its own identity.
+pub type Fallback =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<HeaderValue>> + Send>> + Send + Sync>;
+
+/// How long a group's Graph calls may take (budget waits and throttling
+/// included) before its writes that were not applied go back to the queue
+/// (where a cancel still reaches them).
+const GROUP_DEADLINE: Duration = Duration::from_secs(30);
+/// The pause after a group none of whose writes could be sent.
+const IDLE_AFTER_REQUEUE: Duration = Duration::from_secs(2);
+/// How long a drain lease lasts without renewal.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+/// How often the drain looks for work when not woken.
+const TICK: Duration = Duration::from_secs(1);
+/// How often finished operations past retention are removed.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// Tenants named in the metrics; the rest are summed as `other`.
+const METRIC_TENANTS: usize = 20;
+
+/// Delivers the outbox's writes.
+pub struct Drain {
+    outbox: Arc<Outbox>,
+    engine: Engine,
+    fallback: Fallback,
+    /// Requests (states) per claimed group: the `$batch` concurrency × 20,
+    /// at most the budget's limit (a group must fit in one window).
+    max_requests: usize,
+}
+
+impl Drain {
+    pub(crate) fn new(
+        outbox: Arc<Outbox>,
+        engine: Engine,
+        fallback: Fallback,
+        batch_concurrency: usize,
+    ) -> Self {
+        let mut max_requests = crate::graph::MAX_BATCH * batch_concurrency.max(1);
+        if let Some(budget) = outbox.budget {
+            max_requests = max_requests.min(budget.limit.max(1) as usize);
+        }
+        Self {
+            outbox,
+            engine,
+            fallback,
+            max_requests,
+        }
+    }
+
+    /// Runs until dropped (aborted): starts a task for each tenant with
+    /// pending writes, keeps the metrics and removes expired operations.
+    pub async fn run(self: Arc<Self>) {
+        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut labelled: HashSet<String> = HashSet::new();
+        let mut purged = Instant::now() - PURGE_EVERY;
+        loop {
+            running.retain(|_, task| !task.is_finished());
+            let tenants = match self.outbox.store() {
+                Ok(store) => store.tenants().await,
+                Err(e) => Err(e),
+            };
+            match tenants {
+                Ok(tenants) => {
+                    record_queues(&tenants, &mut labelled);
+                    for t in tenants {
+                        if let std::collections::hash_map::Entry::Vacant(slot) =
+                            running.entry(t.tenant)
+                        {
+                            let drain = Arc::clone(&self);
+                            let tenant = slot.key().clone();
+                            slot.insert(tokio::spawn(drain.tenant(tenant)));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the outbox drain cannot read its store"),
+            }
+            if purged.elapsed() >= PURGE_EVERY {
+                purged = Instant::now();
+                self.purge().await;
+            }
+            tokio::select! {
+                _ = self.outbox.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    async fn purge(&self) {
+        let before = SystemTime::now() - self.outbox.retention;
+        let Ok(store) = self.outbox.store() else {
+            return;
+        };
+        loop {
+            match store.purge(before, 1000).await {
+                Ok(1000) => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(
+                            removed = n,
+                            "removed finished operations past --operation-retention"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove expired operations");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The callers whose writes can be sent now (a token is known).
+    async fn callers(&self) -> Callers {
+        if let Some(token) = (self.fallback)().await {
+            self.outbox
+                .tokens
+                .remember(&identity::caller(&token), &token);
+        }
+        Callers::Only(self.outbox.tokens.callers())
+    }
+
+    /// Drains one tenant while it holds the lease and has sendable writes.
+    async fn tenant(self: Arc<Self>, tenant: String) {
+        let Ok(store) = self.outbox.store().map(Arc::clone) else {
+            return;
+        };
+        loop {
+            let lease = match store.lease(&tenant, LEASE_TTL).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take the outbox drain lease");
+                    return;
+                }
+            };
+            let callers = self.callers().await;
+            let claimed = match store
+                .claim(&lease, &callers, self.max_requests, SystemTime::now())
+                .await
+            {
+                Ok(c) if c.is_empty() => return,
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim outbox writes");
+                    return;
+                }
+            };
+            let finished = self.deliver(claimed).await;
+            let stalled = finished.iter().all(|f| f.finish == Finish::Requeue);
+            let mut tries = 0;
+            loop {
+                match store
+                    .finish(&lease, finished.clone(), SystemTime::now())
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e) if tries < 5 => {
+                        tries += 1;
+                        tracing::warn!(error = %e, "cannot record outbox outcomes; retrying");
+                        tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+                    }
+                    Err(e) => {
+                        // They stay in flight: the next process reads them
+                        // as such.
+                        tracing::error!(error = %e, "outbox outcomes lost; their writes stay marked in flight");
+                        return;
+                    }
+                }
+            }
+            self.outbox.progress.notify_waiters();
+            if stalled {
+                // Nothing could be sent (the budget or Graph said wait).
+                tokio::time::sleep(IDLE_AFTER_REQUEUE).await;
+            }
+        }
+    }
+
+    /// Sends a claimed group; one end per write.
+    async fn deliver(&self, claimed: Vec<Claimed>) -> Vec<Finished> {
+        let host = self.engine.host().to_owned();
+        let mut ends: Vec<Option<Finish>> = vec![None; claimed.len()];
+        let mut by_caller: HashMap<&str, Vec<(usize, Plan)>> = HashMap::new();
+        for (i, c) in claimed.iter().enumerate() {
+            let mut errors = Vec::new();
+            let planned = pb::RunStateWrite::decode(c.payload.clone())
+                .ok()
+                .and_then(|w| plan(w, "", &mut errors));
+            let Some((plan, _)) = planned else {
+                ends[i] = Some(failed(&tonic::Status::internal(
+                    "the stored write cannot be read back",
+                )));
+                continue;
+            };
+            if c.was_in_flight && !self.may_resend(&plan) {
+                ends[i] = Some(failed(&status::outcome_unknown(
+                    "the gateway stopped while this create was in flight, and Graph does not keep client ids, so sending it again could create a duplicate",
+                    &host,
+                )));
+                continue;
+            }
+            by_caller.entry(&c.caller).or_default().push((i, plan));
+        }
+        let deadline = Instant::now() + GROUP_DEADLINE;
+        let mut sends = Vec::new();
+        for (caller, plans) in by_caller {
+            let Some(token) = self.outbox.tokens.get(caller) else {
+                for (i, _) in plans {
+                    ends[i] = Some(Finish::Requeue);
+                }
+                continue;
+            };
+            sends.push(self.send(plans, token, deadline, &claimed));
+        }
+        for done in futures_util::future::join_all(sends).await {
+            for (i, end) in done {
+                ends[i] = Some(end);
+            }
+        }
+        claimed
+            .iter()
+            .zip(ends)
+            .map(|(c, end)| {
+                let finish = end.unwrap_or(Finish::Requeue);
+                match &finish {
+                    Finish::Done(Outcome::Delivered { .. }) => {
+                        metrics::counter!(m::OUTBOX_DELIVERED).increment(1)
+                    }
+                    Finish::Done(Outcome::Failed { .. }) => {
+                        metrics::counter!(m::OUTBOX_FAILED).increment(1)
+                    }
+                    _ => {}
+                }
+                Finished {
+                    op: c.op,
+                    index: c.index,
+                    seq: c.seq,
+                    finish,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether a write that was in flight at a crash may be sent again.
+    fn may_resend(&self, plan: &Plan) -> bool {
+        match plan {
+            Plan::CreateUser(n) => self.engine.keeps_client_ids(&n.collection),
+            Plan::CreateDevice(n) => self.engine.keeps_client_ids(&n.collection),
+            Plan::CreateCompliance(n) => self.engine.keeps_client_ids(&n.collection),
+            Plan::Update(_) | Plan::Delete(_) => true,
+        }
+    }
+
+    /// Sends one caller's writes of a group with its token.
+    async fn send(
+        &self,
+        plans: Vec<(usize, Plan)>,
+        token: HeaderValue,
+        deadline: Instant,
+        claimed: &[Claimed],
+    ) -> Vec<(usize, Finish)> {
+        let mut users = Vec::new();
+        let mut devices = Vec::new();
+        let mut compliance = Vec::new();
+        let mut changes = Vec::new();
+        for (i, plan) in plans {
+            match plan {
+                Plan::CreateUser(n) => users.push((i, n)),
+                Plan::CreateDevice(n) => devices.push((i, n)),
+                Plan::CreateCompliance(n) => compliance.push((i, n)),
+                Plan::Update(c) | Plan::Delete(c) => changes.push((i, c)),
+            }
+        }
+        let (a, b, c, d) = tokio::join!(
+            self.create(users, &token, deadline),
+            self.create(devices, &token, deadline),
+            self.create(compliance, &token, deadline),
+            self.change(changes, &token, deadline, claimed),
+        );
+        a.into_iter().chain(b).chain(c).chain(d).collect()
+    }
+
+    async fn create<R: Resource>(
+        &self,
+        items: Vec<(usize, NewState<R>)>,
+        token: &HeaderValue,
+        deadline: Instant,
+    ) -> Vec<(usize, Finish)> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let (index, states): (Vec<usize>, Vec<NewState<R>>) = items.into_iter().unzip();
+        let results = Box::pin(self.engine.create(states, Via::Batch, token, deadline)).await;
+        let host = self.engine.host();
+        index
+            .into_iter()
+            .zip(results)
+            .map(|(i, r)| {
+                let end = match r {
+                    Ok((resource, _)) => Finish::Done(Outcome::Delivered {
+                        name: resource.name().to_owned(),
+                    }),
+                    Err(CreateError::Graph(e)) if never_sent(&e) => Finish::Requeue,
+                    Err(e) => failed(&crate::grpc::create_status(e, "request_id", host)),
+                };
+                (i, end)
+            })
+            .collect()
+    }
+
+    async fn change(
+        &self,
+        changes: Vec<(usize, Change)>,
+        token: &HeaderValue,
+        deadline: Instant,
+        claimed: &[Claimed],
+    ) -> Vec<(usize, Finish)> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let before = changes.len();
+        let merged = coalesce(changes);
+        metrics::counter!(m::OUTBOX_COALESCED).increment((before - merged.len()) as u64);
+        let requests = merged
+            .iter()
+            .map(|m| {
+                let body =
+                    m.change.body.as_ref().map(|b| {
+                        Bytes::from(serde_json::to_vec(b).unwrap_or_else(|_| b"{}".to_vec()))
+                    });
+                (m.change.path.clone(), body)
+            })
+            .collect();
+        let call = Call {
+            authorization: token,
+            deadline,
+        };
+        let results = self.engine.change_all(requests, Via::Batch, &call).await;
+        let host = self.engine.host();
+        let mut out = Vec::new();
+        for (m, result) in merged.into_iter().zip(results) {
+            let was_in_flight = m.writes.iter().any(|&i| claimed[i].was_in_flight);
+            let end = match result {
+                Ok(_) => Finish::Done(Outcome::Delivered {
+                    name: m.change.name.clone(),
+                }),
+                Err(GraphError::Status(e))
+                    if e.status == StatusCode::NOT_FOUND
+                        && m.change.body.is_none()
+                        && (m.change.allow_missing || was_in_flight) =>
+                {
+                    // Gone, as asked (perhaps by this delete before a crash).
+                    Finish::Done(Outcome::Delivered {
+                        name: m.change.name.clone(),
+                    })
+                }
+                Err(e) if never_sent(&e) => Finish::Requeue,
+                Err(e) => failed(&status::from_graph(e, host)),
+            };
+            out.extend(m.writes.into_iter().map(|i| (i, end.clone())));
+        }
+        out
+    }
+}
+
+/// Errors of a write that was certainly not applied and may be sent later
+/// (never sent, or refused by Graph's throttling): it goes back to the queue.
+fn never_sent(e: &GraphError) -> bool {
+    match e {
+        GraphError::Unsent | GraphError::WriteBudget { .. } => true,
+        GraphError::Status(s) => matches!(
+            s.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ),
+        _ => false,
+    }
+}
+
+fn failed(s: &tonic::Status) -> Finish {
+    let status = crate::grpc::rpc_status(s);
+    Finish::Done(Outcome::Failed {
+        status: Bytes::from(status.encode_to_vec()),
+    })
+}
+
+/// Sets the queue gauges: the busiest tenants by name, the rest as `other`,
+/// and zero for tenants named before that are gone.
+fn record_queues(tenants: &[TenantQueue], labelled: &mut HashSet<String>) {
+    let mut sorted: Vec<&TenantQueue> = tenants.iter().collect();
+    sorted.sort_by_key(|t| std::cmp::Reverse(t.pending_writes));
+    let now = SystemTime::now();
+    let age = |t: &TenantQueue| {
+        t.oldest
+            .and_then(|o| now.duration_since(o).ok())
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let mut named = HashSet::new();
+    let (mut other_pending, mut other_age) = (0u64, 0f64);
+    for (i, t) in sorted.iter().enumerate() {
+        if i < METRIC_TENANTS {
+            let label = t.tenant.clone();
+            metrics::gauge!(m::OUTBOX_PENDING, "tenant" => label.clone())
+                .set(t.pending_writes as f64);
+            metrics::gauge!(m::OUTBOX_OLDEST, "tenant" => label.clone()).set(age(t));
+            named.insert(label);
+        } else {
+            other_pending += t.pending_writes;
+            other_age = other_age.max(age(t));
+        }
+    }
+    metrics::gauge!(m::OUTBOX_PENDING, "tenant" => "other").set(other_pending as f64);
+    metrics::gauge!(m::OUTBOX_OLDEST, "tenant" => "other").set(other_age);
+    for gone in labelled.difference(&named) {
+        metrics::gauge!(m::OUTBOX_PENDING, "tenant" => gone.clone()).set(0.0);
+        metrics::gauge!(m::OUTBOX_OLDEST, "tenant" => gone.clone()).set(0.0);
+    }
+    *labelled = named;
+}
