@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod duration;
 mod serve;
 
-pub use duration::parse_duration;
+pub use duration::{parse_duration, parse_retention};
 pub use serve::*;
 
 /// gRPC gateway that records Intune script run states in Microsoft Graph (beta).
@@ -239,11 +239,13 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         for bad in [
             "",
             "s",
             "0s",
-            "1d",
+            "2d",
+            "1w",
             "-1s",
             "1.5s",
             "25h",

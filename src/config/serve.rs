@@ -64,7 +64,7 @@ pub struct OutboxArgs {
     /// How long finished operations and their results are kept before they are removed
     /// (e.g. 7d, 12h; from 1s to 3650d).
     #[arg(long, env = "RUNSTATE_OPERATION_RETENTION", default_value = "7d",
-        value_parser = crate::outbox::parse_retention)]
+        value_parser = super::parse_retention)]
     pub operation_retention: Duration,
 }
 

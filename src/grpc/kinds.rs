@@ -30,28 +30,23 @@ pub(crate) struct Rpc {
 }
 
 /// The RPCs of `google.longrunning.Operations`, with the operation each names.
-pub(crate) const OPERATIONS: &[Rpc] = &[
-    Rpc {
-        name: rpc_name(stringify!(GetOperationRequest)),
-        resource: |b| Ok(lro::GetOperationRequest::decode(b)?.name),
-    },
-    Rpc {
-        name: rpc_name(stringify!(ListOperationsRequest)),
-        resource: |b| Ok(lro::ListOperationsRequest::decode(b)?.name),
-    },
-    Rpc {
-        name: rpc_name(stringify!(WaitOperationRequest)),
-        resource: |b| Ok(lro::WaitOperationRequest::decode(b)?.name),
-    },
-    Rpc {
-        name: rpc_name(stringify!(CancelOperationRequest)),
-        resource: |b| Ok(lro::CancelOperationRequest::decode(b)?.name),
-    },
-    Rpc {
-        name: rpc_name(stringify!(DeleteOperationRequest)),
-        resource: |b| Ok(lro::DeleteOperationRequest::decode(b)?.name),
-    },
+pub(crate) const OPERATIONS: &[Rpc] = operations![
+    GetOperationRequest,
+    ListOperationsRequest,
+    WaitOperationRequest,
+    CancelOperationRequest,
+    DeleteOperationRequest,
 ];
+
+macro_rules! operations {
+    ($($Req:ident),* $(,)?) => {
+        &[$(Rpc {
+            name: rpc_name(stringify!($Req)),
+            resource: |b| Ok(lro::$Req::decode(b)?.name),
+        }),*]
+    };
+}
+use operations;
 
 /// An RPC's name from its request message's: `GetXRequest` is `GetX`.
 const fn rpc_name(request: &'static str) -> &'static str {

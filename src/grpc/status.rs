@@ -112,30 +112,10 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
         GraphError::BodyTooLarge { field, size } => body_too_large(snake_case(&field), size),
         GraphError::OutcomeUnknown(cause) => outcome_unknown(&cause.to_string(), host),
         GraphError::WriteBudget { retry_after } => {
-            let mut details =
-                ErrorDetails::with_error_info("WRITE_BUDGET_EXHAUSTED", host, HashMap::new());
-            details.set_retry_info(Some(retry_after));
-            Status::with_error_details(
-                Code::ResourceExhausted,
-                format!(
-                    "the gateway's write budget for this tenant has no slot before the deadline (next in {} ms); retry later",
-                    retry_after.as_millis()
-                ),
-                details,
-            )
+            budget_exhausted("WRITE_BUDGET_EXHAUSTED", "write", retry_after, host)
         }
         GraphError::ReadBudget { retry_after } => {
-            let mut details =
-                ErrorDetails::with_error_info("READ_BUDGET_EXHAUSTED", host, HashMap::new());
-            details.set_retry_info(Some(retry_after));
-            Status::with_error_details(
-                Code::ResourceExhausted,
-                format!(
-                    "the gateway's read budget for this tenant has no slot before the deadline (next in {} ms); retry later",
-                    retry_after.as_millis()
-                ),
-                details,
-            )
+            budget_exhausted("READ_BUDGET_EXHAUSTED", "read", retry_after, host)
         }
         GraphError::InvalidResponse(why) => {
             let details =
@@ -260,6 +240,21 @@ fn from_status_error(e: StatusError) -> Status {
         metadata.insert(GRAPH_REQUEST_ID, value);
     }
     Status::with_error_details_and_metadata(code, message, details, metadata)
+}
+
+/// RESOURCE_EXHAUSTED for a call that got no slot of one of the gateway's
+/// budgets before its deadline, with the wait as RetryInfo.
+fn budget_exhausted(reason: &str, which: &str, retry_after: Duration, host: &str) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, host, HashMap::new());
+    details.set_retry_info(Some(retry_after));
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "the gateway's {which} budget for this tenant has no slot before the deadline (next in {} ms); retry later",
+            retry_after.as_millis()
+        ),
+        details,
+    )
 }
 
 #[cfg(test)]

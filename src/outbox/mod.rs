@@ -108,28 +108,6 @@ fn parse_bytes(text: &str) -> Option<u64> {
     n.checked_mul(scale)
 }
 
-/// `--operation-retention`: `7d`, `12h`, `30m` or `90s`.
-pub fn parse_retention(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 7d or 12h"))?;
-    let secs = match unit {
-        "d" => n.checked_mul(86_400),
-        "h" => n.checked_mul(3600),
-        "m" => n.checked_mul(60),
-        "s" | "" => Some(n),
-        _ => return Err(format!("{text:?} has an unknown unit (use d, h, m or s)")),
-    }
-    .filter(|s| (1..=3650 * 86_400).contains(s))
-    .ok_or_else(|| format!("{text:?}: use from 1s to 3650d"))?;
-    Ok(Duration::from_secs(secs))
-}
-
 /// Graph tokens of the callers with writes in the outbox, in memory only
 /// (never stored): each call a caller makes refreshes its token, and the
 /// drain sends a caller's writes with it. Bounded: past [`MAX_TOKENS`] the
@@ -238,6 +216,7 @@ pub fn eta(budget: Option<BudgetSpec>, ahead: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_retention;
 
     #[test]
     fn outbox_flags_parse() {

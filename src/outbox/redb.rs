@@ -1143,6 +1143,20 @@ mod tests {
         max_bytes: 1 << 20,
     };
 
+    /// Takes tenant `t`'s lease and claims up to `max` of its writes.
+    async fn lease_and_claim(store: &RedbStore, max: usize) -> (Lease, Vec<Claimed>) {
+        let lease = store
+            .lease("t", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        let claimed = store
+            .claim(&lease, &Callers::Any, max, SystemTime::now())
+            .await
+            .unwrap();
+        (lease, claimed)
+    }
+
     /// Opens the file again once the previous store's writer let it go.
     async fn reopen(path: &Path) -> RedbStore {
         for _ in 0..100 {
@@ -1161,29 +1175,13 @@ mod tests {
         let path = d.join("o.redb");
         let store = RedbStore::open(&path).unwrap();
         let op = store.submit(submission(3), LIMITS).await.unwrap().unwrap();
-        let lease = store
-            .lease("t", Duration::from_secs(1))
-            .await
-            .unwrap()
-            .unwrap();
-        let claimed = store
-            .claim(&lease, &Callers::Any, 2, SystemTime::now())
-            .await
-            .unwrap();
+        let (_, claimed) = lease_and_claim(&store, 2).await;
         assert_eq!(claimed.len(), 2);
         assert!(claimed.iter().all(|c| !c.was_in_flight));
         drop(store);
         // A new process: the two come back first, flagged; the third as new.
         let store = reopen(&path).await;
-        let lease = store
-            .lease("t", Duration::from_secs(1))
-            .await
-            .unwrap()
-            .unwrap();
-        let again = store
-            .claim(&lease, &Callers::Any, 20, SystemTime::now())
-            .await
-            .unwrap();
+        let (lease, again) = lease_and_claim(&store, 20).await;
         let flags: Vec<bool> = again.iter().map(|c| c.was_in_flight).collect();
         assert_eq!(flags, vec![true, true, false]);
         let done = again
