@@ -75,6 +75,17 @@ impl Redis {
         self.try_run(what, op).await.ok()
     }
 
+    /// Runs a Lua script invocation (its keys and arguments set), as
+    /// [`run`](Self::run) runs any command.
+    pub async fn script<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        self.run(what, |mut c| async move { call.invoke_async(&mut c).await })
+            .await
+    }
+
     /// [`run`](Self::run), telling a command never sent (Redis was skipped)
     /// from one that failed (and may have been applied).
     pub async fn try_run<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, Failure>

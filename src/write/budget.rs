@@ -481,23 +481,19 @@ impl Budget {
         let span = self.span();
         let max_wait = deadline.saturating_duration_since(Instant::now());
         let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let script = redis::Script::new(RESERVE);
         let (granted, wait_ms, member): (i64, i64, Option<String>) = redis
-            .run(self.counts.label(), |mut c| {
-                let (zset, pause, seq, suffix) =
-                    (zset.clone(), pause.clone(), seq.clone(), suffix.clone());
-                async move {
-                    redis::Script::new(RESERVE)
-                        .key(zset)
-                        .key(pause)
-                        .key(seq)
-                        .arg(span.as_millis() as u64)
-                        .arg(self.spec.limit)
-                        .arg(max_wait.as_millis() as u64)
-                        .arg(suffix)
-                        .invoke_async(&mut c)
-                        .await
-                }
-            })
+            .script(
+                self.counts.label(),
+                script
+                    .key(zset)
+                    .key(pause)
+                    .key(seq)
+                    .arg(span.as_millis() as u64)
+                    .arg(self.spec.limit)
+                    .arg(max_wait.as_millis() as u64)
+                    .arg(suffix),
+            )
             .await?;
         let wait = Duration::from_millis(wait_ms.max(0) as u64);
         Some(match (granted, member) {
@@ -510,20 +506,17 @@ impl Budget {
         let redis = self.redis.as_ref()?;
         let (zset, pause, _) = keys(self.counts, tenant);
         let span = self.span();
+        let script = redis::Script::new(RECHECK);
         let wait_ms: i64 = redis
-            .run(self.counts.label(), |mut c| {
-                let (zset, pause) = (zset.clone(), pause.clone());
-                async move {
-                    redis::Script::new(RECHECK)
-                        .key(zset)
-                        .key(pause)
-                        .arg(member)
-                        .arg(span.as_millis() as u64)
-                        .arg(self.spec.limit)
-                        .invoke_async(&mut c)
-                        .await
-                }
-            })
+            .script(
+                self.counts.label(),
+                script
+                    .key(zset)
+                    .key(pause)
+                    .arg(member)
+                    .arg(span.as_millis() as u64)
+                    .arg(self.spec.limit),
+            )
             .await?;
         Some(Instant::now() + Duration::from_millis(wait_ms.max(0) as u64))
     }
@@ -531,17 +524,9 @@ impl Budget {
     async fn finish_shared(&self, tenant: &str, member: String) {
         let Some(redis) = &self.redis else { return };
         let (zset, _, _) = keys(self.counts, tenant);
+        let script = redis::Script::new(FINISH);
         redis
-            .run(self.counts.label(), |mut c| {
-                let (zset, member) = (zset.clone(), member.clone());
-                async move {
-                    redis::Script::new(FINISH)
-                        .key(zset)
-                        .arg(member)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                }
-            })
+            .script::<i64>(self.counts.label(), script.key(zset).arg(member))
             .await;
     }
 
@@ -556,17 +541,12 @@ impl Budget {
         }
         if let Some(redis) = &self.redis {
             let (_, pause, _) = keys(self.counts, tenant);
+            let script = redis::Script::new(PAUSE);
             redis
-                .run(self.counts.label(), |mut c| {
-                    let pause = pause.clone();
-                    async move {
-                        redis::Script::new(PAUSE)
-                            .key(pause)
-                            .arg(delay.as_millis() as u64)
-                            .invoke_async::<i64>(&mut c)
-                            .await
-                    }
-                })
+                .script::<i64>(
+                    self.counts.label(),
+                    script.key(pause).arg(delay.as_millis() as u64),
+                )
                 .await;
         }
     }
