@@ -5,31 +5,15 @@ use std::time::Duration;
 /// Parses `30s`, `500ms`, `2m`, `1h` or plain seconds, above zero and at
 /// most a day.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    parse_between(
-        text,
-        Duration::from_millis(1),
-        Duration::from_secs(24 * 3600),
-        "24h",
-    )
+    parse_up_to(text, Duration::from_secs(24 * 3600), "24h")
 }
 
-/// Parses `7d`, `12h`, `30m`, `90s` or plain seconds, from 1 s to 3650 days
-/// (`--operation-retention`).
-pub fn parse_retention(text: &str) -> Result<Duration, String> {
-    parse_between(
-        text,
-        Duration::from_secs(1),
-        Duration::from_secs(3650 * 86_400),
-        "3650d",
-    )
-}
+/// The longest `--operation-retention`.
+pub const MAX_RETENTION: Duration = Duration::from_secs(3650 * 86_400);
 
-fn parse_between(
-    text: &str,
-    min: Duration,
-    max: Duration,
-    max_text: &str,
-) -> Result<Duration, String> {
+/// Parses `7d`, `12h`, `30m`, `90s` or plain seconds, above zero and at
+/// most `max` (written `max_text`).
+pub fn parse_up_to(text: &str, max: Duration, max_text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -55,12 +39,6 @@ fn parse_between(
     }
     if d > max {
         return Err(format!("the duration must be at most {max_text}"));
-    }
-    if d < min {
-        return Err(format!(
-            "the duration must be at least {}ms",
-            min.as_millis()
-        ));
     }
     Ok(d)
 }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod duration;
 mod serve;
 
-pub use duration::{parse_duration, parse_retention};
+pub use duration::{MAX_RETENTION, parse_duration, parse_up_to};
 pub use serve::*;
 
 /// gRPC gateway that records Intune script run states in Microsoft Graph (beta).

@@ -62,9 +62,9 @@ pub struct OutboxArgs {
     pub outbox_max_pending: crate::outbox::MaxPending,
 
     /// How long finished operations and their results are kept before they are removed
-    /// (e.g. 7d, 12h; from 1s to 3650d).
+    /// (e.g. 7d, 12h; at most 3650d).
     #[arg(long, env = "RUNSTATE_OPERATION_RETENTION", default_value = "7d",
-        value_parser = super::parse_retention)]
+        value_parser = |t: &str| super::parse_up_to(t, super::MAX_RETENTION, "3650d"))]
     pub operation_retention: Duration,
 }
 

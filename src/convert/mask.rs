@@ -81,15 +81,7 @@ pub fn resolve(
             )),
             None => errors.push(FieldViolation::new(
                 "update_mask",
-                format!(
-                    "unknown field `{}`; updatable fields are {}",
-                    path.chars().take(64).collect::<String>(),
-                    writable
-                        .iter()
-                        .map(|w| w.proto)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                unknown_field(path, "updatable fields are", writable),
             )),
         }
     }
@@ -98,6 +90,16 @@ pub fn resolve(
     } else {
         Err(errors)
     }
+}
+
+/// Names an unknown mask path (cut to 64 characters) and the fields there are.
+pub(super) fn unknown_field(path: &str, known: &str, fields: &[Writable]) -> String {
+    let names: Vec<&str> = fields.iter().map(|w| w.proto).collect();
+    format!(
+        "unknown field `{}`; {known} {}",
+        path.chars().take(64).collect::<String>(),
+        names.join(", ")
+    )
 }
 
 #[cfg(test)]

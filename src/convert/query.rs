@@ -133,15 +133,7 @@ pub fn select(
             Some(_) => {}
             None => errors.push(FieldViolation::new(
                 "read_mask",
-                format!(
-                    "unknown field `{}`; readable fields are name, id, {}",
-                    path.chars().take(64).collect::<String>(),
-                    readable
-                        .iter()
-                        .map(|w| w.proto)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                super::mask::unknown_field(path, "readable fields are name, id,", readable),
             )),
         }
     }

@@ -216,7 +216,11 @@ pub fn eta(budget: Option<BudgetSpec>, ahead: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_retention;
+    use crate::config::{MAX_RETENTION, parse_up_to};
+
+    fn parse_retention(text: &str) -> Result<Duration, String> {
+        parse_up_to(text, MAX_RETENTION, "3650d")
+    }
 
     #[test]
     fn outbox_flags_parse() {

@@ -417,6 +417,15 @@ fn load_op(
     }
 }
 
+/// The operation `id` if `caller` submitted it (no one else sees it).
+fn load_own(
+    ops: &impl ReadableTable<u128, &'static [u8]>,
+    id: OperationId,
+    caller: &str,
+) -> Result<Option<OpRow>, StoreError> {
+    Ok(load_op(ops, id)?.filter(|op| op.caller == caller))
+}
+
 /// The tables a change works on, opened once per change.
 struct Tables<'t> {
     ops: redb::Table<'t, u128, &'static [u8]>,
@@ -860,9 +869,8 @@ fn cancel(
 ) -> Result<Option<Operation>, StoreError> {
     let mut t = Tables::open(txn)?;
     let key = id.as_u128();
-    let op = match load_op(&t.ops, id)? {
-        Some(op) if op.caller == caller => op,
-        _ => return Ok(None),
+    let Some(op) = load_own(&t.ops, id, &caller)? else {
+        return Ok(None);
     };
     if op.done_ms == 0 {
         for index in 0..op.total as u32 {
@@ -888,9 +896,8 @@ fn cancel(
 
 fn delete(txn: &WriteTransaction, caller: &str, id: OperationId) -> Result<Deleted, StoreError> {
     let mut t = Tables::open(txn)?;
-    let op = match load_op(&t.ops, id)? {
-        Some(op) if op.caller == caller => op,
-        _ => return Ok(Deleted::NotFound),
+    let Some(op) = load_own(&t.ops, id, &caller)? else {
+        return Ok(Deleted::NotFound);
     };
     if op.done_ms == 0 {
         return Ok(Deleted::NotDone);
@@ -978,9 +985,8 @@ impl Store for RedbStore {
         let caller = caller.to_owned();
         self.read(move |txn| {
             let ops = txn.open_table(OPS).map_err(err)?;
-            let op = match load_op(&ops, id)? {
-                Some(op) if op.caller == caller => op,
-                _ => return Ok(None),
+            let Some(op) = load_own(&ops, id, &caller)? else {
+                return Ok(None);
             };
             let queue = txn.open_table(QUEUE).map_err(err)?;
             let tenants = txn.open_table(TENANTS).map_err(err)?;
@@ -998,9 +1004,8 @@ impl Store for RedbStore {
         let caller = caller.to_owned();
         self.read(move |txn| {
             let ops = txn.open_table(OPS).map_err(err)?;
-            let op = match load_op(&ops, id)? {
-                Some(op) if op.caller == caller => op,
-                _ => return Ok(None),
+            let Some(op) = load_own(&ops, id, &caller)? else {
+                return Ok(None);
             };
             let writes = txn.open_table(WRITES).map_err(err)?;
             let key = id.as_u128();
