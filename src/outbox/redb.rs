@@ -869,7 +869,7 @@ fn cancel(
 ) -> Result<Option<Operation>, StoreError> {
     let mut t = Tables::open(txn)?;
     let key = id.as_u128();
-    let Some(op) = load_own(&t.ops, id, &caller)? else {
+    let Some(op) = load_own(&t.ops, id, caller)? else {
         return Ok(None);
     };
     if op.done_ms == 0 {
@@ -896,7 +896,7 @@ fn cancel(
 
 fn delete(txn: &WriteTransaction, caller: &str, id: OperationId) -> Result<Deleted, StoreError> {
     let mut t = Tables::open(txn)?;
-    let Some(op) = load_own(&t.ops, id, &caller)? else {
+    let Some(op) = load_own(&t.ops, id, caller)? else {
         return Ok(Deleted::NotFound);
     };
     if op.done_ms == 0 {
