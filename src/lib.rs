@@ -33,7 +33,8 @@
 //! (`emulator/`, `runstate-emulator`) that depends on no gateway code; the
 //! gateway embeds it behind the default cargo feature `emulator` for
 //! `--emulator` and the `emulator` command, and the tests steer it directly.
-//! [`config`] holds the command line, [`startup`] wires the server together
+//! [`config`] holds the command line (one clap group per subsystem, each
+//! subsystem built from its own), [`startup`] wires the server together
 //! (the embedded emulator included), [`telemetry`] sets up logging (never
 //! blocking a call), `memory` hands freed memory back to the system.
 //! [`healthcheck`] is the `healthcheck` subcommand, a gRPC health client for
