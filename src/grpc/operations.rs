@@ -16,7 +16,7 @@ use super::{
 use crate::convert::FieldViolation;
 use crate::outbox::{
     Outbox,
-    store::{Cursor, Deleted, ListQuery, Operation, OperationId, Outcome, WriteResult},
+    store::{Cursor, Deleted, ListQuery, Operation, OperationId, Outcome, Store, WriteResult},
 };
 use crate::pb::{
     self,
@@ -113,6 +113,20 @@ fn parse_name(name: &str) -> Result<OperationId, Status> {
         })
 }
 
+/// The outbox's store, UNAVAILABLE while it is not open.
+fn store(outbox: &Outbox) -> Result<&std::sync::Arc<dyn Store>, Status> {
+    outbox.store().map_err(store_status)
+}
+
+/// The caller's operation `id`; NOT_FOUND for anyone else's.
+async fn find(outbox: &Outbox, caller: &str, id: OperationId) -> Result<Operation, Status> {
+    store(outbox)?
+        .get(caller, id)
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| not_found(id))
+}
+
 fn not_found(id: OperationId) -> Status {
     Status::not_found(format!("operations/{} does not exist", id.hyphenated()))
 }
@@ -180,17 +194,9 @@ impl RunStateApi {
         caller: &str,
         id: OperationId,
     ) -> Result<lro::Operation, Status> {
-        let op = outbox
-            .store()
-            .map_err(store_status)?
-            .get(caller, id)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| not_found(id))?;
+        let op = find(outbox, caller, id).await?;
         let results = if op.done() {
-            outbox
-                .store()
-                .map_err(store_status)?
+            store(outbox)?
                 .results(caller, id)
                 .await
                 .map_err(store_status)?
@@ -231,9 +237,7 @@ impl Operations for RunStateApi {
             Some(decode_cursor(&req.page_token)?)
         };
         let (outbox, caller) = self.operations_caller(&metadata).await?;
-        let page = outbox
-            .store()
-            .map_err(store_status)?
+        let page = store(&outbox)?
             .list(
                 &caller,
                 ListQuery {
@@ -250,9 +254,7 @@ impl Operations for RunStateApi {
         let n = page.operations.len();
         for op in page.operations {
             let results = if op.done() {
-                outbox
-                    .store()
-                    .map_err(store_status)?
+                store(&outbox)?
                     .results(&caller, op.id)
                     .await
                     .map_err(store_status)?
@@ -302,9 +304,7 @@ impl Operations for RunStateApi {
         let (metadata, _, req) = request.into_parts();
         let id = parse_name(&req.name)?;
         let (outbox, caller) = self.operations_caller(&metadata).await?;
-        match outbox
-            .store()
-            .map_err(store_status)?
+        match store(&outbox)?
             .delete(&caller, id)
             .await
             .map_err(store_status)?
@@ -325,16 +325,8 @@ impl Operations for RunStateApi {
         let (metadata, _, req) = request.into_parts();
         let id = parse_name(&req.name)?;
         let (outbox, caller) = self.operations_caller(&metadata).await?;
-        let before = outbox
-            .store()
-            .map_err(store_status)?
-            .get(&caller, id)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| not_found(id))?;
-        let after = outbox
-            .store()
-            .map_err(store_status)?
+        let before = find(&outbox, &caller, id).await?;
+        let after = store(&outbox)?
             .cancel(&caller, id, SystemTime::now())
             .await
             .map_err(store_status)?
