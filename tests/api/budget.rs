@@ -7,7 +7,7 @@ use runstate_emulator::{ClientIds, Fault};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TOKEN, spawn_app_with};
+use crate::helpers::{TOKEN, assert_budget_refusal, spawn_app_with};
 use crate::replicas::{create, posts};
 use crate::worlds::stored;
 
@@ -90,14 +90,7 @@ async fn a_wait_past_the_deadline_is_refused_at_once_with_retry_info() {
         .create_compliance_script_device_state(r)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    let details = err.get_error_details();
-    assert_eq!(
-        details.error_info().unwrap().reason,
-        "WRITE_BUDGET_EXHAUSTED"
-    );
-    let delay = details.retry_info().unwrap().retry_delay.unwrap();
-    assert!(delay > Duration::from_secs(5), "{delay:?}");
+    assert_budget_refusal(&err, "WRITE_BUDGET_EXHAUSTED", Duration::from_secs(5));
     assert_eq!(posts(&app.graph), 2, "the third write never reached Graph");
 }
 

@@ -10,9 +10,8 @@ use runstate_gateway::pb::{
     compliance_script_device_state_result::Result as Item,
 };
 use tonic::{Code, Request};
-use tonic_types::StatusExt;
 
-use crate::helpers::{TOKEN, TestApp, spawn_app_with};
+use crate::helpers::{TOKEN, TestApp, assert_budget_refusal, spawn_app_with};
 
 fn state(output: &str) -> Option<ComplianceScriptDeviceState> {
     Some(ComplianceScriptDeviceState {
@@ -98,17 +97,7 @@ async fn a_429_on_a_batch_item_pauses_single_writes_of_the_tenant() {
         ))
         .await
         .expect_err("the tenant's writes are paused");
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert_eq!(
-        err.get_error_details().error_info().unwrap().reason,
-        "WRITE_BUDGET_EXHAUSTED"
-    );
-    let delay = err
-        .get_error_details()
-        .retry_info()
-        .and_then(|r| r.retry_delay)
-        .unwrap();
-    assert!(delay > Duration::from_secs(20), "{delay:?}");
+    assert_budget_refusal(&err, "WRITE_BUDGET_EXHAUSTED", Duration::from_secs(20));
     assert_eq!(
         posts_under(&app, "compliance-other"),
         0,

@@ -110,6 +110,16 @@ pub fn with_token<T>(message: T, token: &str) -> Request<T> {
     r
 }
 
+/// Asserts a refusal by one of the gateway's budgets: RESOURCE_EXHAUSTED,
+/// ErrorInfo `reason`, and a RetryInfo delay longer than `at_least`.
+pub fn assert_budget_refusal(status: &Status, reason: &str, at_least: std::time::Duration) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let details = status.get_error_details();
+    assert_eq!(details.error_info().unwrap().reason, reason);
+    let delay = details.retry_info().unwrap().retry_delay.unwrap();
+    assert!(delay > at_least, "{delay:?}");
+}
+
 /// Asserts INVALID_ARGUMENT with a `BadRequest` violation on `field`.
 pub fn assert_violation(status: &Status, field: &str) {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

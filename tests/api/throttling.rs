@@ -13,11 +13,10 @@ use runstate_gateway::pb::{
     ListComplianceScriptDeviceStatesRequest, RunState,
     compliance_script_device_state_result::Result as Item,
 };
-use tonic::{Code, Request};
-use tonic_types::StatusExt;
+use tonic::Request;
 
 use crate::auth::credentials::jwt;
-use crate::helpers::{TOKEN, TestApp, spawn_app_with, start};
+use crate::helpers::{TOKEN, TestApp, assert_budget_refusal, spawn_app_with, start};
 use crate::worlds::stored;
 
 const PARENT: &str = "deviceComplianceScripts/c";
@@ -347,14 +346,7 @@ async fn a_read_past_the_deadline_is_refused_at_once_with_retry_info() {
         .get_compliance_script_device_state(r)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    let details = err.get_error_details();
-    assert_eq!(
-        details.error_info().unwrap().reason,
-        "READ_BUDGET_EXHAUSTED"
-    );
-    let delay = details.retry_info().unwrap().retry_delay.unwrap();
-    assert!(delay > Duration::from_secs(3), "{delay:?}");
+    assert_budget_refusal(&err, "READ_BUDGET_EXHAUSTED", Duration::from_secs(3));
     assert_eq!(
         app.graph.requests().len(),
         2,
