@@ -162,6 +162,23 @@ impl Outboxed {
             .await
             .map(|r| r.into_inner())
     }
+
+    /// The caller's operations whose `done` is `done` (one page).
+    pub async fn list_done(&mut self, done: bool) -> Vec<Operation> {
+        let token = self.token.clone();
+        self.ops
+            .list_operations(with_token(
+                ListOperationsRequest {
+                    filter: format!("done = {done}"),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .operations
+    }
 }
 
 pub fn metadata(op: &Operation) -> SubmitRunStatesMetadata {
@@ -250,32 +267,8 @@ async fn submit_wait_get_and_list(store: Store) {
     assert_eq!(posts, 3);
     let again = o.get(&op.name, &o.token.clone()).await.unwrap();
     assert_eq!(again, done);
-    let listed = o
-        .ops
-        .list_operations(with_token(
-            ListOperationsRequest {
-                filter: "done = true".into(),
-                ..Default::default()
-            },
-            &o.token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.operations, vec![done.clone()]);
-    let unfinished = o
-        .ops
-        .list_operations(with_token(
-            ListOperationsRequest {
-                filter: "done = false".into(),
-                ..Default::default()
-            },
-            &o.token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(unfinished.operations.is_empty());
+    assert_eq!(o.list_done(true).await, vec![done.clone()]);
+    assert!(o.list_done(false).await.is_empty());
 }
 
 /// Items of `$batch` requests with this method.
