@@ -331,8 +331,11 @@ pub trait Store: Send + Sync + 'static {
     /// `max_requests`), and marks them in flight under `lease`, durably,
     /// before returning: a crash after this reads as "was in flight".
     /// Writes left in flight under an older epoch come first, flagged
-    /// [`Claimed::was_in_flight`]. Fails with [`StoreError::LeaseLost`] when
-    /// the lease passed on.
+    /// [`Claimed::was_in_flight`]. Writes already in flight under this
+    /// lease are skipped, and a later write to one of their entities ends
+    /// the group, so groups may be claimed while others are in flight and
+    /// one entity's writes still go in order. Fails with
+    /// [`StoreError::LeaseLost`] when the lease passed on.
     async fn claim(
         &self,
         lease: &Lease,
