@@ -171,6 +171,33 @@ fn decode_cursor(token: &str) -> Result<Cursor, Status> {
     })
 }
 
+/// A request naming one operation.
+trait Named {
+    fn name(&self) -> &str;
+}
+
+macro_rules! named {
+    ($($request:ty),*) => {$(
+        impl Named for $request {
+            fn name(&self) -> &str {
+                &self.name
+            }
+        }
+    )*};
+}
+
+named!(
+    lro::GetOperationRequest,
+    lro::DeleteOperationRequest,
+    lro::CancelOperationRequest
+);
+
+struct OnOne {
+    outbox: std::sync::Arc<Outbox>,
+    caller: String,
+    id: OperationId,
+}
+
 impl RunStateApi {
     /// The outbox and the caller of an Operations call (whose token then
     /// serves the drain of its writes).
@@ -186,6 +213,15 @@ impl RunStateApi {
         outbox.tokens.remember(&caller, &authorization);
         outbox.wake.notify_one();
         Ok((outbox, caller))
+    }
+
+    /// A call on one operation: its parsed name, then the outbox and the
+    /// caller.
+    async fn on_one<R: Named>(&self, request: Request<R>) -> Result<OnOne, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let id = parse_name(req.name())?;
+        let (outbox, caller) = self.operations_caller(&metadata).await?;
+        Ok(OnOne { outbox, caller, id })
     }
 
     /// The operation with its results when done.
@@ -291,9 +327,7 @@ impl Operations for RunStateApi {
         &self,
         request: Request<lro::GetOperationRequest>,
     ) -> Result<Response<lro::Operation>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        let id = parse_name(&req.name)?;
-        let (outbox, caller) = self.operations_caller(&metadata).await?;
+        let OnOne { outbox, caller, id } = self.on_one(request).await?;
         Ok(Response::new(Self::load(&outbox, &caller, id).await?))
     }
 
@@ -301,9 +335,7 @@ impl Operations for RunStateApi {
         &self,
         request: Request<lro::DeleteOperationRequest>,
     ) -> Result<Response<()>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        let id = parse_name(&req.name)?;
-        let (outbox, caller) = self.operations_caller(&metadata).await?;
+        let OnOne { outbox, caller, id } = self.on_one(request).await?;
         match store(&outbox)?
             .delete(&caller, id)
             .await
@@ -322,9 +354,7 @@ impl Operations for RunStateApi {
         &self,
         request: Request<lro::CancelOperationRequest>,
     ) -> Result<Response<()>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        let id = parse_name(&req.name)?;
-        let (outbox, caller) = self.operations_caller(&metadata).await?;
+        let OnOne { outbox, caller, id } = self.on_one(request).await?;
         let before = find(&outbox, &caller, id).await?;
         let after = store(&outbox)?
             .cancel(&caller, id, SystemTime::now())

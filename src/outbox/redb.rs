@@ -313,6 +313,25 @@ impl RedbStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("a store read failed: {e}")))?
     }
+
+    /// Runs `read` on the caller's operation `id`; `None` when it does not
+    /// exist or is another caller's.
+    async fn read_own<R: Send + 'static>(
+        &self,
+        caller: &str,
+        id: OperationId,
+        read: impl FnOnce(&ReadTransaction, OpRow) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<Option<R>, StoreError> {
+        let caller = caller.to_owned();
+        self.read(move |txn| {
+            let ops = txn.open_table(OPS).map_err(err)?;
+            match load_own(&ops, id, &caller)? {
+                Some(op) => read(txn, op).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
 }
 
 fn write_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Job>) {
@@ -982,16 +1001,11 @@ impl Store for RedbStore {
     }
 
     async fn get(&self, caller: &str, id: OperationId) -> Result<Option<Operation>, StoreError> {
-        let caller = caller.to_owned();
-        self.read(move |txn| {
-            let ops = txn.open_table(OPS).map_err(err)?;
-            let Some(op) = load_own(&ops, id, &caller)? else {
-                return Ok(None);
-            };
+        self.read_own(caller, id, move |txn, op| {
             let queue = txn.open_table(QUEUE).map_err(err)?;
             let tenants = txn.open_table(TENANTS).map_err(err)?;
             let (head, pending) = queue_head(&queue, &tenants, &op.tenant)?;
-            Ok(Some(view(id, &op, head, pending)))
+            Ok(view(id, &op, head, pending))
         })
         .await
     }
@@ -1001,12 +1015,7 @@ impl Store for RedbStore {
         caller: &str,
         id: OperationId,
     ) -> Result<Option<Vec<WriteResult>>, StoreError> {
-        let caller = caller.to_owned();
-        self.read(move |txn| {
-            let ops = txn.open_table(OPS).map_err(err)?;
-            let Some(op) = load_own(&ops, id, &caller)? else {
-                return Ok(None);
-            };
+        self.read_own(caller, id, move |txn, op| {
             let writes = txn.open_table(WRITES).map_err(err)?;
             let key = id.as_u128();
             let mut out = Vec::with_capacity(op.total as usize);
@@ -1018,7 +1027,7 @@ impl Store for RedbStore {
                     outcome: (row.state == ENDED).then(|| outcome_of(&row)),
                 });
             }
-            Ok(Some(out))
+            Ok(out)
         })
         .await
     }

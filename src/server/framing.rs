@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::{Body as HttpBody, SizeHint};
 use tonic::{Status, metadata::MetadataValue};
 
 use crate::convert::FieldViolation;
@@ -163,10 +163,7 @@ where
     type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> super::Polled {
         if self.failed {
             return Poll::Ready(None);
         }

@@ -594,10 +594,7 @@ impl HttpBody for GateBody {
     type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> super::Polled {
         if !self.pending.is_empty() {
             let n = self.pending.len().min(CHUNK);
             let chunk = self.pending.split_to(n);

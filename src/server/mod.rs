@@ -44,6 +44,11 @@ use tokio::{
 use crate::metrics as m;
 
 /// Wraps an accepted TCP stream, e.g. in TLS; runs within the handshake timeout.
+/// What a gRPC body of this server yields when polled: a frame, or the
+/// status that ends the call.
+pub(crate) type Polled =
+    std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>>;
+
 pub type Handshake = Arc<
     dyn Fn(TcpStream) -> Pin<Box<dyn Future<Output = stdio::Result<BoxIo>> + Send>> + Send + Sync,
 >;

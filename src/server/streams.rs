@@ -273,10 +273,7 @@ impl HttpBody for Watched {
     type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> super::Polled {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };

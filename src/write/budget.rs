@@ -15,7 +15,7 @@ use std::{
     collections::{HashMap, VecDeque},
     fmt,
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::{Arc, LazyLock, Mutex},
     time::Duration,
 };
 
@@ -290,13 +290,25 @@ impl Drop for Permit {
     }
 }
 
+/// A budget script: `now` (ms on the Redis clock) is set before `$body`.
+macro_rules! script {
+    ($body:literal) => {
+        LazyLock::new(|| {
+            redis::Script::new(concat!(
+                "local t = redis.call('TIME')\n",
+                "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)",
+                $body
+            ))
+        })
+    };
+}
+
 /// The sliding window over a tenant's sorted set of writes (score: time in
 /// ms on the Redis clock; member: a zero-padded sequence number, then a
 /// unique suffix). Returns {1, wait_ms, member} for a reserved slot, {0,
 /// wait_ms} when the wait would exceed ARGV[3].
-const RESERVE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+static RESERVE: LazyLock<redis::Script> = script!(
+    r"
 local span = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
@@ -321,13 +333,13 @@ local member = string.format('%020d', seq) .. ARGV[4]
 redis.call('ZADD', KEYS[1], slot, member)
 redis.call('PEXPIRE', KEYS[1], span * 2 + wait)
 return {1, wait, member}
-";
+"
+);
 
 /// How long write ARGV[1] must still wait: the writes reserved before it
 /// (smaller members) may have finished later than planned.
-const RECHECK: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+static RECHECK: LazyLock<redis::Script> = script!(
+    r"
 local span = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local e = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - span), '+inf', 'WITHSCORES')
@@ -343,36 +355,38 @@ end
 local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
 if pause > at then at = pause end
 return at - now
-";
+"
+);
 
 /// Write ARGV[1] got its answer now: move its time there.
-const FINISH: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+static FINISH: LazyLock<redis::Script> = script!(
+    r"
 redis.call('ZADD', KEYS[1], 'XX', 'GT', now, ARGV[1])
 return 1
-";
+"
+);
 
 /// Sets the pause to now + ARGV[1] ms unless a later one is set.
-const PAUSE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+static PAUSE: LazyLock<redis::Script> = script!(
+    r"
 local until_ms = now + tonumber(ARGV[1])
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 if until_ms > cur then
-  redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 1000)
+  redis.call('SET', KEYS[2], until_ms, 'PX', tonumber(ARGV[1]) + 1000)
 end
 return 1
-";
+"
+);
 
-/// The sorted set, pause and sequence keys of a tenant's budget.
-fn keys(counts: Counts, tenant: &str) -> (String, String, String) {
+/// The sorted set, pause and sequence keys of a tenant's budget: KEYS[1],
+/// KEYS[2] and KEYS[3] of every script above.
+fn keys(counts: Counts, tenant: &str) -> [String; 3] {
     let prefix = counts.key_prefix();
-    (
+    [
         format!("{prefix}budget:{tenant}"),
         format!("{prefix}pause:{tenant}"),
         format!("{prefix}budgetseq:{tenant}"),
-    )
+    ]
 }
 
 impl Budget {
@@ -476,24 +490,15 @@ impl Budget {
         tenant: &str,
         deadline: Instant,
     ) -> Option<Result<(Place, Instant), Duration>> {
-        let redis = self.redis.as_ref()?;
-        let (zset, pause, seq) = keys(self.counts, tenant);
-        let span = self.span();
         let max_wait = deadline.saturating_duration_since(Instant::now());
         let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let script = redis::Script::new(RESERVE);
-        let (granted, wait_ms, member): (i64, i64, Option<String>) = redis
-            .script(
-                self.counts.label(),
-                script
-                    .key(zset)
-                    .key(pause)
-                    .key(seq)
-                    .arg(span.as_millis() as u64)
+        let (granted, wait_ms, member): (i64, i64, Option<String>) = self
+            .shared(tenant, &RESERVE, |call| {
+                call.arg(self.span().as_millis() as u64)
                     .arg(self.spec.limit)
                     .arg(max_wait.as_millis() as u64)
-                    .arg(suffix),
-            )
+                    .arg(suffix);
+            })
             .await?;
         let wait = Duration::from_millis(wait_ms.max(0) as u64);
         Some(match (granted, member) {
@@ -503,31 +508,38 @@ impl Budget {
     }
 
     async fn recheck_shared(&self, tenant: &str, member: &str) -> Option<Instant> {
-        let redis = self.redis.as_ref()?;
-        let (zset, pause, _) = keys(self.counts, tenant);
-        let span = self.span();
-        let script = redis::Script::new(RECHECK);
-        let wait_ms: i64 = redis
-            .script(
-                self.counts.label(),
-                script
-                    .key(zset)
-                    .key(pause)
-                    .arg(member)
-                    .arg(span.as_millis() as u64)
-                    .arg(self.spec.limit),
-            )
+        let wait_ms: i64 = self
+            .shared(tenant, &RECHECK, |call| {
+                call.arg(member)
+                    .arg(self.span().as_millis() as u64)
+                    .arg(self.spec.limit);
+            })
             .await?;
         Some(Instant::now() + Duration::from_millis(wait_ms.max(0) as u64))
     }
 
     async fn finish_shared(&self, tenant: &str, member: String) {
-        let Some(redis) = &self.redis else { return };
-        let (zset, _, _) = keys(self.counts, tenant);
-        let script = redis::Script::new(FINISH);
-        redis
-            .script::<i64>(self.counts.label(), script.key(zset).arg(member))
-            .await;
+        self.shared::<i64>(tenant, &FINISH, |call| {
+            call.arg(member);
+        })
+        .await;
+    }
+
+    /// Runs one of the scripts above on the tenant's keys; `None` when
+    /// Redis is not configured or cannot be used.
+    async fn shared<T: redis::FromRedisValue>(
+        &self,
+        tenant: &str,
+        script: &redis::Script,
+        args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Option<T> {
+        let redis = self.redis.as_ref()?;
+        let mut call = script.prepare_invoke();
+        for key in keys(self.counts, tenant) {
+            call.key(key);
+        }
+        args(&mut call);
+        redis.script(self.counts.label(), &call).await
     }
 
     /// Pauses every request of `tenant` this budget counts for `delay`
@@ -539,16 +551,10 @@ impl Budget {
             let w = windows.entry(tenant.to_owned()).or_default();
             w.paused_until = Some(w.paused_until.map_or(until, |p| p.max(until)));
         }
-        if let Some(redis) = &self.redis {
-            let (_, pause, _) = keys(self.counts, tenant);
-            let script = redis::Script::new(PAUSE);
-            redis
-                .script::<i64>(
-                    self.counts.label(),
-                    script.key(pause).arg(delay.as_millis() as u64),
-                )
-                .await;
-        }
+        self.shared::<i64>(tenant, &PAUSE, |call| {
+            call.arg(delay.as_millis() as u64);
+        })
+        .await;
     }
 }
 
@@ -662,16 +668,20 @@ mod tests {
     fn the_read_budget_keeps_keys_of_its_own() {
         assert_eq!(
             keys(Counts::Writes, "t"),
-            (
-                "runstate:budget:t".to_owned(),
-                "runstate:pause:t".to_owned(),
-                "runstate:budgetseq:t".to_owned()
-            )
+            [
+                "runstate:budget:t",
+                "runstate:pause:t",
+                "runstate:budgetseq:t"
+            ]
         );
-        let (zset, pause, seq) = keys(Counts::Requests, "t");
-        assert_eq!(zset, "runstate:readbudget:t");
-        assert_eq!(pause, "runstate:readpause:t");
-        assert_eq!(seq, "runstate:readbudgetseq:t");
+        assert_eq!(
+            keys(Counts::Requests, "t"),
+            [
+                "runstate:readbudget:t",
+                "runstate:readpause:t",
+                "runstate:readbudgetseq:t"
+            ]
+        );
     }
 
     #[tokio::test]
