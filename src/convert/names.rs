@@ -262,6 +262,30 @@ impl ScriptName {
     }
 }
 
+/// `Display` (`{parent}/{word}/{id}`) and [`ResourcePath`] (the same with
+/// the parent's Graph path and the id percent-encoded) of a name under a
+/// parent.
+macro_rules! child_name {
+    ($name:ty, $parent:ident, $word:expr) => {
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}/{}/{}", self.$parent, $word, self.id)
+            }
+        }
+
+        impl ResourcePath for $name {
+            fn graph_path(&self) -> String {
+                format!(
+                    "{}/{}/{}",
+                    self.$parent.graph_path(),
+                    $word,
+                    self.id.encoded()
+                )
+            }
+        }
+    };
+}
+
 impl fmt::Display for ScriptName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.kind.collection(), self.id)
@@ -292,21 +316,7 @@ impl UserStateName {
     }
 }
 
-impl fmt::Display for UserStateName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{USER_STATES}/{}", self.script, self.id)
-    }
-}
-
-impl ResourcePath for UserStateName {
-    fn graph_path(&self) -> String {
-        format!(
-            "{}/{USER_STATES}/{}",
-            self.script.graph_path(),
-            self.id.encoded()
-        )
-    }
-}
+child_name!(UserStateName, script, USER_STATES);
 
 impl DeviceStateParent {
     const SHAPE: &'static str =
@@ -370,21 +380,7 @@ impl DeviceStateName {
     }
 }
 
-impl fmt::Display for DeviceStateName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{DEVICE_STATES}/{}", self.parent, self.id)
-    }
-}
-
-impl ResourcePath for DeviceStateName {
-    fn graph_path(&self) -> String {
-        format!(
-            "{}/{DEVICE_STATES}/{}",
-            self.parent.graph_path(),
-            self.id.encoded()
-        )
-    }
-}
+child_name!(DeviceStateName, parent, DEVICE_STATES);
 
 impl ComplianceStateName {
     const SHAPE: &'static str = "deviceComplianceScripts/{script}/deviceRunStates/{state}";
@@ -400,21 +396,7 @@ impl ComplianceStateName {
     }
 }
 
-impl fmt::Display for ComplianceStateName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{DEVICE_STATES}/{}", self.script, self.id)
-    }
-}
-
-impl ResourcePath for ComplianceStateName {
-    fn graph_path(&self) -> String {
-        format!(
-            "{}/{DEVICE_STATES}/{}",
-            self.script.graph_path(),
-            self.id.encoded()
-        )
-    }
-}
+child_name!(ComplianceStateName, script, DEVICE_STATES);
 
 /// Parent of user states (a script).
 impl Parent for ScriptName {
@@ -558,6 +540,13 @@ mod tests {
         );
     }
 
+    /// Every name in `names` is refused by `parse`.
+    fn refused<T: fmt::Debug>(parse: impl Fn(&str) -> Result<T, String>, names: &[&str]) {
+        for n in names {
+            assert!(parse(n).is_err(), "{n}");
+        }
+    }
+
     #[test]
     fn parses_compliance_names() {
         let n = ComplianceStateName::parse("deviceComplianceScripts/c/deviceRunStates/d").unwrap();
@@ -571,61 +560,63 @@ mod tests {
 
     #[test]
     fn refuses_bad_shapes() {
-        let users = [
-            "",
-            "deviceManagementScripts/s/userRunStates",
-            "deviceManagementScripts/s/userRunStates/",
-            "deviceManagementScripts/s/userRunStates/u/",
-            "/deviceManagementScripts/s/userRunStates/u",
-            "deviceComplianceScripts/s/userRunStates/u",
-            "deviceHealthScripts/s/userRunStates/u",
-            "deviceManagementScripts/s/deviceRunStates/u",
-            "deviceManagementScripts/../userRunStates/u",
-            "deviceManagementScripts/s/userRunStates/..",
-            "deviceManagementScripts/s/userRunStates/.",
-            "deviceManagementScripts//userRunStates/u",
-            "deviceManagementScripts/s/userRunStates/u?x=1",
-            "deviceManagementScripts/s/userRunStates/u%2F..",
-            "DeviceManagementScripts/s/userRunStates/u",
-            "deviceManagementScripts/s/userRunStates/u/deviceRunStates/d",
-        ];
-        for n in users {
-            assert!(UserStateName::parse(n).is_err(), "{n}");
-        }
-        let parents = [
-            "deviceComplianceScripts/s",
-            "deviceManagementScripts",
-            "deviceManagementScripts/s/userRunStates",
-            "deviceManagementScripts/s/deviceRunStates/d",
-            "deviceManagementScripts/s/x/u",
-        ];
-        for n in parents {
-            assert!(DeviceStateParent::parse(n).is_err(), "{n}");
-        }
-        let devices = [
-            "deviceManagementScripts/s/deviceRunStates",
-            "deviceManagementScripts/s/userRunStates/d",
-            "deviceManagementScripts/s/userRunStates/u/userRunStates/d",
-            "deviceManagementScripts/s/deviceRunStates/u/deviceRunStates/d",
-            "deviceComplianceScripts/s/deviceRunStates/d",
-        ];
-        for n in devices {
-            assert!(DeviceStateName::parse(n).is_err(), "{n}");
-        }
-        for n in [
-            "deviceManagementScripts/s/deviceRunStates/d",
-            "deviceComplianceScripts/s/userRunStates/d",
-            "deviceComplianceScripts/s",
-        ] {
-            assert!(ComplianceStateName::parse(n).is_err(), "{n}");
-        }
-        for n in [
-            "deviceManagementScripts/s",
-            "deviceComplianceScripts",
-            "deviceComplianceScripts/..",
-        ] {
-            assert!(ComplianceScriptName::parse(n).is_err(), "{n}");
-        }
+        refused(
+            UserStateName::parse,
+            &[
+                "",
+                "deviceManagementScripts/s/userRunStates",
+                "deviceManagementScripts/s/userRunStates/",
+                "deviceManagementScripts/s/userRunStates/u/",
+                "/deviceManagementScripts/s/userRunStates/u",
+                "deviceComplianceScripts/s/userRunStates/u",
+                "deviceHealthScripts/s/userRunStates/u",
+                "deviceManagementScripts/s/deviceRunStates/u",
+                "deviceManagementScripts/../userRunStates/u",
+                "deviceManagementScripts/s/userRunStates/..",
+                "deviceManagementScripts/s/userRunStates/.",
+                "deviceManagementScripts//userRunStates/u",
+                "deviceManagementScripts/s/userRunStates/u?x=1",
+                "deviceManagementScripts/s/userRunStates/u%2F..",
+                "DeviceManagementScripts/s/userRunStates/u",
+                "deviceManagementScripts/s/userRunStates/u/deviceRunStates/d",
+            ],
+        );
+        refused(
+            DeviceStateParent::parse,
+            &[
+                "deviceComplianceScripts/s",
+                "deviceManagementScripts",
+                "deviceManagementScripts/s/userRunStates",
+                "deviceManagementScripts/s/deviceRunStates/d",
+                "deviceManagementScripts/s/x/u",
+            ],
+        );
+        refused(
+            DeviceStateName::parse,
+            &[
+                "deviceManagementScripts/s/deviceRunStates",
+                "deviceManagementScripts/s/userRunStates/d",
+                "deviceManagementScripts/s/userRunStates/u/userRunStates/d",
+                "deviceManagementScripts/s/deviceRunStates/u/deviceRunStates/d",
+                "deviceComplianceScripts/s/deviceRunStates/d",
+            ],
+        );
+        refused(
+            ComplianceStateName::parse,
+            &[
+                "deviceManagementScripts/s/deviceRunStates/d",
+                "deviceComplianceScripts/s/userRunStates/d",
+                "deviceComplianceScripts/s",
+            ],
+        );
+        refused(
+            ComplianceScriptName::parse,
+            &[
+                "deviceManagementScripts/s",
+                "deviceComplianceScripts",
+                "deviceComplianceScripts/..",
+            ],
+        );
         assert!(UserStateName::parse(&"a/".repeat(5000)).is_err());
     }
 }
