@@ -33,7 +33,7 @@ use tokio::{
     time::{Instant, Sleep, sleep, timeout},
 };
 
-use crate::{metrics as m, server};
+use crate::server;
 
 /// The admin listener's limits (see SECURITY.md).
 #[derive(Debug, Clone)]
@@ -133,27 +133,15 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut stop = pin!(stop);
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot accept an admin connection");
-                sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "admin_max_connections")
-                .increment(1);
-            drop(stream);
-            continue;
-        };
+    while let Some((stream, _, slot)) = server::accept(
+        &listener,
+        &slots,
+        &mut tasks,
+        &mut stop,
+        "admin_max_connections",
+    )
+    .await
+    {
         let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout));
         let conn = builder.serve_connection(io, service.clone());
         let mut stop = stop_rx.clone();

@@ -43,6 +43,42 @@ use tokio::{
 
 use crate::metrics as m;
 
+/// The next connection that has a slot, or `None` once `stop` is ready;
+/// reaps the finished connection tasks in `tasks` first. A failed accept (out of descriptors, usually) backs off instead of
+/// spinning; a connection past the limit is closed at once and counted
+/// under `reason`.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    stop: &mut Pin<&mut impl Future<Output = ()>>,
+    reason: &'static str,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    while tasks.try_join_next().is_some() {}
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.as_mut() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a connection");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match Arc::clone(slots).try_acquire_owned() {
+            Ok(slot) => return Some((stream, peer, slot)),
+            Err(_) => {
+                metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+                tracing::debug!(%peer, reason, "connection refused: no slot left");
+            }
+        }
+    }
+}
+
 /// Wraps an accepted TCP stream, e.g. in TLS; runs within the handshake timeout.
 /// What a gRPC body of this server yields when polled: a frame, or the
 /// status that ends the call.
@@ -192,28 +228,15 @@ pub async fn serve(
     let mut tasks = JoinSet::new();
 
     let mut shutdown = pin!(shutdown);
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors, usually: back off instead of spinning.
-                tracing::warn!(error = %e, "cannot accept a connection");
-                sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
-            tracing::debug!(%peer, "connection refused: --max-connections reached");
-            drop(stream);
-            continue;
-        };
+    while let Some((stream, peer, permit)) = accept(
+        &listener,
+        &connections,
+        &mut tasks,
+        &mut shutdown,
+        "max_connections",
+    )
+    .await
+    {
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             shared: Arc::clone(&shared),
