@@ -20,7 +20,7 @@ use prost::Message;
 use runstate_emulator::Fault;
 use runstate_gateway::pb::{
     CreateScriptDeviceStateRequest, GetScriptDeviceStateRequest, ScriptDeviceState,
-    run_state_service_client::RunStateServiceClient,
+    UpdateScriptDeviceStateRequest, run_state_service_client::RunStateServiceClient,
 };
 use tokio::{io::AsyncReadExt, net::TcpStream, time::timeout};
 use tonic::Code;
@@ -373,10 +373,25 @@ async fn bodies_over_the_upstream_limit_are_refused_before_graph() {
     let nul = "\0".repeat(250 * 1024);
     let err = app
         .client
-        .create_script_device_state(create_device_state(nul))
+        .create_script_device_state(create_device_state(nul.clone()))
         .await
         .unwrap_err();
-    helpers::assert_violation(&err, "result_message");
+    helpers::assert_violation(&err, "script_device_state.result_message");
+    let err = app
+        .client
+        .update_script_device_state(UpdateScriptDeviceStateRequest {
+            script_device_state: Some(ScriptDeviceState {
+                name: "deviceManagementScripts/s/deviceRunStates/d".into(),
+                result_message: Some(nul),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["result_message".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    helpers::assert_violation(&err, "script_device_state.result_message");
     assert_eq!(app.graph.request_count(), 0, "nothing reached Graph");
 
     // And Graph's own 413 is the caller's fault too.

@@ -21,8 +21,7 @@ use crate::convert::{
     names::{Id, Parent},
     resources::Resource,
 };
-use crate::graph::GraphError;
-use crate::write::{CreateError, NewState, Via};
+use crate::write::{NewState, Via};
 
 /// Most creates in one Batch request.
 pub const MAX_BATCH_REQUESTS: usize = 1000;
@@ -241,16 +240,12 @@ impl RunStateApi {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                r.map(|(resource, _)| resource).map_err(|e| match e {
-                    // Named as the item's other violations are.
-                    CreateError::Graph(GraphError::BodyTooLarge { field, size }) => {
-                        let mut path = format!("requests[{i}].{}", R::FIELD);
-                        if !field.is_empty() {
-                            path = format!("{path}.{}", status::snake_case(&field));
-                        }
-                        status::body_too_large(path, size)
-                    }
-                    e => self.create_status(e, &format!("requests[{i}].request_id")),
+                r.map(|(resource, _)| resource).map_err(|e| {
+                    self.create_status(
+                        e,
+                        &format!("requests[{i}].request_id"),
+                        &format!("requests[{i}].{}", R::FIELD),
+                    )
                 })
             })
             .collect())

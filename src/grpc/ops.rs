@@ -221,15 +221,20 @@ impl RunStateApi {
             .await;
         match results.pop() {
             Some(Ok((resource, graph_request_id))) => Ok(respond(resource, graph_request_id)),
-            Some(Err(e)) => Err(self.create_status(e, "request_id")),
+            Some(Err(e)) => Err(self.create_status(e, "request_id", R::FIELD)),
             None => Err(internal("the create has no result")),
         }
     }
 
     /// The status of a failed create; `request_id_field` names the field
-    /// of a reused request id.
-    pub(super) fn create_status(&self, error: CreateError, request_id_field: &str) -> Status {
-        create_status(error, request_id_field, self.engine.host())
+    /// of a reused request id, `resource_field` the field holding the state.
+    pub(super) fn create_status(
+        &self,
+        error: CreateError,
+        request_id_field: &str,
+        resource_field: &str,
+    ) -> Status {
+        create_status(error, request_id_field, resource_field, self.engine.host())
     }
 
     /// PATCH `{name}` with the masked fields; returns the stored resource.
@@ -251,7 +256,7 @@ impl RunStateApi {
                 .engine
                 .update::<_, R::Graph>(path.clone(), &body, &call)
                 .await
-                .map_err(|e| self.graph_status(e))?;
+                .map_err(|e| status::from_write(e, R::FIELD, self.engine.host()))?;
             let (value, request_id) = match patched.value {
                 Some(value) => (value, patched.request_id),
                 // 204: Graph stored it but sent nothing back, so read it.
@@ -303,9 +308,14 @@ impl RunStateApi {
 }
 
 /// The status of a failed create (see [`RunStateApi::create_status`]).
-pub(crate) fn create_status(error: CreateError, request_id_field: &str, host: &str) -> Status {
+pub(crate) fn create_status(
+    error: CreateError,
+    request_id_field: &str,
+    resource_field: &str,
+    host: &str,
+) -> Status {
     match error {
-        CreateError::Graph(e) => status::from_graph(e, host),
+        CreateError::Graph(e) => status::from_write(e, resource_field, host),
         CreateError::RequestIdReused => status::invalid_argument(vec![FieldViolation::new(
             request_id_field,
             "was already used with a different request",

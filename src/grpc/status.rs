@@ -81,6 +81,15 @@ pub fn invalid_argument(mut violations: Vec<FieldViolation>) -> Status {
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// The status for a failed write of the request's field `resource`: a
+/// body over Graph's limit names the field within it.
+pub fn from_write(error: GraphError, resource: &str, host: &str) -> Status {
+    match error {
+        GraphError::BodyTooLarge { field, size } => body_too_large(resource, &field, size),
+        e => from_graph(e, host),
+    }
+}
+
 /// The status for a failed Graph call.
 pub fn from_graph(error: GraphError, host: &str) -> Status {
     match error {
@@ -109,7 +118,7 @@ pub fn from_graph(error: GraphError, host: &str) -> Status {
                 details,
             )
         }
-        GraphError::BodyTooLarge { field, size } => body_too_large(snake_case(&field), size),
+        GraphError::BodyTooLarge { field, size } => body_too_large("", &field, size),
         GraphError::OutcomeUnknown(cause) => outcome_unknown(&cause.to_string(), host),
         GraphError::WriteBudget { retry_after } => {
             budget_exhausted("WRITE_BUDGET_EXHAUSTED", "write", retry_after, host)
@@ -145,10 +154,17 @@ pub fn state_store_unavailable(host: &str) -> Status {
     )
 }
 
-/// INVALID_ARGUMENT for a body over Graph's limit, blaming `field`.
-pub fn body_too_large(field: String, size: usize) -> Status {
+/// INVALID_ARGUMENT for a body over Graph's limit, blaming `field` (Graph's
+/// JSON name; empty for the whole body) of the request's field `resource`
+/// (empty when unknown).
+pub fn body_too_large(resource: &str, field: &str, size: usize) -> Status {
+    let path = [resource.to_owned(), snake_case(field)]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(".");
     invalid_argument(vec![FieldViolation::new(
-        field,
+        path,
         format!(
             "makes the request {size} bytes once encoded as JSON for Graph, over the {} byte limit",
             crate::graph::MAX_REQUEST_BODY_BYTES

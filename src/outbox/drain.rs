@@ -340,7 +340,7 @@ impl Drain {
                         name: resource.name().to_owned(),
                     }),
                     Err(CreateError::Graph(e)) if never_sent(&e) => Finish::Requeue,
-                    Err(e) => failed(&crate::grpc::create_status(e, "request_id", host)),
+                    Err(e) => failed(&crate::grpc::create_status(e, "request_id", R::FIELD, host)),
                 };
                 (i, end)
             })
