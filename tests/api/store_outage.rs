@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use runstate_emulator::{Emulator, RunningEmulator};
+
 use super::replicas::{Gateway, RedisServer, create, emulator, gateway, posts};
 
 type Answer = Result<ComplianceScriptDeviceState, Status>;
@@ -128,6 +130,35 @@ async fn assert_once_each(
     assert_eq!(counts.values().sum::<usize>(), ids.len(), "no other entity");
 }
 
+/// An emulator that ignores client ids (with `latency` on every answer) and
+/// two replicas sharing `redis`, started with `--state-store-outage
+/// refuse` when `refuse` and `extra` flags.
+async fn replicas(
+    redis: &RedisServer,
+    latency: Duration,
+    refuse: bool,
+    extra: &[&str],
+) -> (Emulator, RunningEmulator, [Gateway; 2]) {
+    let (graph, running) = emulator().await;
+    graph.set_latency(latency);
+    let store = redis.url();
+    let mut flags = vec![
+        "--state-store",
+        &store,
+        "--graph-client-ids",
+        "ignore",
+        "--replicas",
+        "2",
+    ];
+    if refuse {
+        flags.extend(["--state-store-outage", "refuse"]);
+    }
+    flags.extend(extra);
+    let url = running.base_url();
+    let gateways = [gateway(&url, &flags).await, gateway(&url, &flags).await];
+    (graph, running, gateways)
+}
+
 fn new_ids(n: usize) -> Vec<String> {
     (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect()
 }
@@ -137,24 +168,14 @@ async fn refusing_through_a_redis_stop_and_kill_writes_each_request_id_once() {
     let Some(mut redis) = RedisServer::start_persistent() else {
         return;
     };
-    let (graph, running) = emulator().await;
     // Slow answers keep the first copies at Graph when Redis goes away.
-    graph.set_latency(Duration::from_millis(300));
-    let url = running.base_url();
-    let store = redis.url();
-    let flags = [
-        "--state-store",
-        &store,
-        "--state-store-outage",
-        "refuse",
-        "--graph-client-ids",
-        "ignore",
-        "--write-budget",
-        "off",
-        "--replicas",
-        "2",
-    ];
-    let gateways = [gateway(&url, &flags).await, gateway(&url, &flags).await];
+    let (graph, _running, gateways) = replicas(
+        &redis,
+        Duration::from_millis(300),
+        true,
+        &["--write-budget", "off"],
+    )
+    .await;
     let mut answers = HashMap::new();
 
     // SIGSTOP while the first copies are at Graph; every id again while
@@ -192,24 +213,16 @@ async fn right_after_a_redis_restart_each_request_id_is_written_once() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let (graph, running) = emulator().await;
-    // Slow answers make the two copies of each call overlap.
-    graph.set_latency(Duration::from_millis(150));
-    let url = running.base_url();
-    let store = redis.url();
-    // The default outage mode: serving locally, a replica that counted
-    // Redis down would write a second entity.
-    let flags = [
-        "--state-store",
-        &store,
-        "--graph-client-ids",
-        "ignore",
-        "--write-budget",
-        "off",
-        "--replicas",
-        "2",
-    ];
-    let gateways = [gateway(&url, &flags).await, gateway(&url, &flags).await];
+    // Slow answers make the two copies of each call overlap. The default
+    // outage mode: serving locally, a replica that counted Redis down
+    // would write a second entity.
+    let (graph, _running, gateways) = replicas(
+        &redis,
+        Duration::from_millis(150),
+        false,
+        &["--write-budget", "off"],
+    )
+    .await;
     let mut answers = HashMap::new();
     // Each replica holds a connection to Redis...
     let warm = new_ids(1);
@@ -232,20 +245,7 @@ async fn a_create_that_applied_nothing_frees_its_request_id_for_every_replica() 
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (graph, running) = emulator().await;
-    let url = running.base_url();
-    let store = redis.url();
-    let flags = [
-        "--state-store",
-        &store,
-        "--state-store-outage",
-        "refuse",
-        "--graph-client-ids",
-        "ignore",
-        "--replicas",
-        "2",
-    ];
-    let gateways = [gateway(&url, &flags).await, gateway(&url, &flags).await];
+    let (graph, _running, gateways) = replicas(&redis, Duration::ZERO, true, &[]).await;
     // The first create fails for good, applying nothing.
     graph.inject(runstate_emulator::Fault::status(404).times(1));
     let id = uuid::Uuid::new_v4().to_string();
@@ -374,23 +374,9 @@ async fn refusing_a_claim_whose_replica_died_answers_outcome_unknown_not_a_secon
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (graph, running) = emulator().await;
     // The first create is still at Graph when its replica dies.
-    graph.set_latency(Duration::from_secs(2));
-    let url = running.base_url();
-    let store = redis.url();
-    let flags = [
-        "--state-store",
-        &store,
-        "--state-store-outage",
-        "refuse",
-        "--graph-client-ids",
-        "ignore",
-        "--replicas",
-        "2",
-    ];
-    let dying = gateway(&url, &flags).await;
-    let other = gateway(&url, &flags).await;
+    let (graph, _running, [dying, other]) =
+        replicas(&redis, Duration::from_secs(2), true, &[]).await;
     let id = uuid::Uuid::new_v4().to_string();
     let mut first = create(&id, "x");
     first.set_timeout(Duration::from_secs(1));
