@@ -72,12 +72,16 @@ async fn unbudgeted() -> TestApp {
     spawn_app_with(&["--graph-token", TOKEN, "--write-budget", "off"]).await
 }
 
-#[tokio::test]
-async fn a_429_without_retry_after_falls_back_to_the_backoff() {
-    let mut app = unbudgeted().await;
-    app.graph
-        .set_write_limit(Some((1, Duration::from_millis(1500))));
-    app.graph.set_retry_after(RetryAfter::None);
+/// With Graph taking one write per `window` and answering 429s with
+/// `retry_after`, a create fills the window and a second one must wait:
+/// the second's attempts as Graph received them.
+async fn second_of_a_full_window(
+    mut app: TestApp,
+    window: Duration,
+    retry_after: RetryAfter,
+) -> (TestApp, Vec<Recorded>) {
+    app.graph.set_write_limit(Some((1, window)));
+    app.graph.set_retry_after(retry_after);
     app.client
         .create_compliance_script_device_state(create("first"))
         .await
@@ -86,10 +90,21 @@ async fn a_429_without_retry_after_falls_back_to_the_backoff() {
         .create_compliance_script_device_state(create("second"))
         .await
         .expect("retried until the window had room");
-    let attempts = &posts(&app.graph)[1..];
+    let attempts = posts(&app.graph).split_off(1);
+    (app, attempts)
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_falls_back_to_the_backoff() {
+    let (app, attempts) = second_of_a_full_window(
+        unbudgeted().await,
+        Duration::from_millis(1500),
+        RetryAfter::None,
+    )
+    .await;
     assert!(attempts.len() >= 2, "the second create met a 429 first");
     assert_eq!(app.graph.throttled_count() as usize, attempts.len() - 1);
-    for (k, gap) in gaps(attempts).into_iter().enumerate() {
+    for (k, gap) in gaps(&attempts).into_iter().enumerate() {
         assert!(gap >= least_backoff(k), "retry {k} after {gap:?}");
     }
     assert_eq!(stored(&app.graph_url).await.len(), 2);
@@ -97,30 +112,23 @@ async fn a_429_without_retry_after_falls_back_to_the_backoff() {
 
 #[tokio::test]
 async fn a_decimal_retry_after_is_honoured_rounded_up() {
-    let mut app = unbudgeted().await;
     // The window frees 1.2 s after the first write; the 429 says `1.2` (or
     // less), which the gateway waits as 2 s.
-    app.graph
-        .set_write_limit(Some((1, Duration::from_millis(1200))));
-    app.graph.set_retry_after(RetryAfter::Decimal);
-    app.client
-        .create_compliance_script_device_state(create("first"))
-        .await
-        .unwrap();
-    app.client
-        .create_compliance_script_device_state(create("second"))
-        .await
-        .unwrap();
-    let attempts = &posts(&app.graph)[1..];
+    let (app, attempts) = second_of_a_full_window(
+        unbudgeted().await,
+        Duration::from_millis(1200),
+        RetryAfter::Decimal,
+    )
+    .await;
     assert_eq!(attempts.len(), 2, "one 429, then the retry succeeded");
-    let gap = gaps(attempts)[0];
+    let gap = gaps(&attempts)[0];
     assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
     assert_eq!(app.graph.throttled_count(), 1);
 }
 
 #[tokio::test]
 async fn a_zero_retry_after_does_not_spin() {
-    let mut app = spawn_app_with(&[
+    let app = spawn_app_with(&[
         "--graph-token",
         TOKEN,
         "--write-budget",
@@ -129,24 +137,15 @@ async fn a_zero_retry_after_does_not_spin() {
         "3",
     ])
     .await;
-    app.graph.set_write_limit(Some((1, Duration::from_secs(2))));
-    app.graph.set_retry_after(RetryAfter::Zero);
-    app.client
-        .create_compliance_script_device_state(create("first"))
-        .await
-        .unwrap();
-    app.client
-        .create_compliance_script_device_state(create("second"))
-        .await
-        .unwrap();
-    let attempts = &posts(&app.graph)[1..];
+    let (_app, attempts) =
+        second_of_a_full_window(app, Duration::from_secs(2), RetryAfter::Zero).await;
     // A gateway taking 0 at its word would send hundreds here.
     assert!(
         (2..=MOST_THROTTLED_ATTEMPTS).contains(&attempts.len()),
         "{} attempts",
         attempts.len()
     );
-    for (k, gap) in gaps(attempts).into_iter().enumerate() {
+    for (k, gap) in gaps(&attempts).into_iter().enumerate() {
         assert!(gap >= least_backoff(k), "retry {k} after {gap:?}");
     }
 }
