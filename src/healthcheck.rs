@@ -15,7 +15,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::config::parse_duration;
+use crate::config::{Refusal, parse_duration};
 
 /// The gateway's default listen address, checked when nothing else is given.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
@@ -188,7 +188,7 @@ async fn check_grpc(addr: &str, args: &HealthcheckArgs) -> Outcome {
     }
 }
 
-async fn connect(addr: &str, args: &HealthcheckArgs) -> Result<Channel, String> {
+async fn connect(addr: &str, args: &HealthcheckArgs) -> Result<Channel, Refusal> {
     let tls = args.tls_ca.is_some();
     let scheme = if tls { "https" } else { "http" };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -201,10 +201,10 @@ async fn connect(addr: &str, args: &HealthcheckArgs) -> Result<Channel, String> 
     endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {addr}: {}", chain(&e)))
+        .map_err(|e| Refusal(format!("cannot connect to {addr}: {}", chain(&e))))
 }
 
-fn tls_config(args: &HealthcheckArgs) -> Result<ClientTlsConfig, String> {
+fn tls_config(args: &HealthcheckArgs) -> Result<ClientTlsConfig, Refusal> {
     let read = |flag: &str, path: &PathBuf| {
         std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
     };

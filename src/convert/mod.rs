@@ -1,6 +1,14 @@
 //! Translation between the gRPC API and Graph: resource names, enums,
 //! timestamps, update masks and whole resources. Pure functions only.
 
+/// An [`Invalid`] with a `format!`ted description.
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        $crate::convert::Invalid(format!($($arg)*))
+    };
+}
+pub(crate) use invalid;
+
 pub mod datetime;
 pub mod mask;
 pub mod names;
@@ -15,6 +23,30 @@ pub mod schema;
 #[cfg(test)]
 #[path = "../../build/csdl.rs"]
 mod csdl;
+
+/// Why a field's value is refused: the description of its
+/// [`FieldViolation`], e.g. "must not be empty".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(why: String) -> Self {
+        Invalid(why)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(why: &str) -> Self {
+        Invalid(why.to_owned())
+    }
+}
+
+impl From<Invalid> for String {
+    fn from(why: Invalid) -> Self {
+        why.0
+    }
+}
 
 /// A problem with one field of a request, reported as a `BadRequest` field
 /// violation.

@@ -9,7 +9,10 @@ use std::fmt;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::schema::{self, DEVICE_STATES, USER_STATES};
+use super::{
+    Invalid,
+    schema::{self, DEVICE_STATES, USER_STATES},
+};
 
 /// Everything but RFC 3986 unreserved characters is encoded in a segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -88,12 +91,12 @@ pub struct Id(String);
 
 impl Id {
     /// Checks an id: 1 to 256 characters from `[A-Za-z0-9._:@-]`, not `.` or `..`.
-    pub fn parse(id: &str) -> Result<Id, String> {
+    pub fn parse(id: &str) -> Result<Id, Invalid> {
         if id.is_empty() {
             return Err("must not be empty".into());
         }
         if id.len() > MAX_ID_LEN {
-            return Err(format!("must be at most {MAX_ID_LEN} characters"));
+            return Err(invalid!("must be at most {MAX_ID_LEN} characters"));
         }
         if id == "." || id == ".." {
             return Err("must not be `.` or `..`".into());
@@ -102,7 +105,7 @@ impl Id {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || "._:@-".contains(*c)))
         {
-            return Err(format!(
+            return Err(invalid!(
                 "must use only A-Z, a-z, 0-9 and `._:@-` (found {bad:?})"
             ));
         }
@@ -187,11 +190,11 @@ pub trait Parent: ResourcePath {
     }
 }
 
-fn id_at(segments: &[&str], at: usize, what: &str) -> Result<Id, String> {
-    Id::parse(segments[at]).map_err(|why| format!("the {what} id {why}"))
+fn id_at(segments: &[&str], at: usize, what: &str) -> Result<Id, Invalid> {
+    Id::parse(segments[at]).map_err(|why| invalid!("the {what} id {why}"))
 }
 
-fn script_at(segments: &[&str], kinds: Kinds, shape: &str) -> Result<ScriptName, String> {
+fn script_at(segments: &[&str], kinds: Kinds, shape: &str) -> Result<ScriptName, Invalid> {
     let kind = ScriptKind::from_collection(segments[0])
         .filter(|k| kinds(*k))
         .ok_or_else(|| {
@@ -219,28 +222,28 @@ fn kinds_text(kinds: Kinds) -> String {
     }
 }
 
-fn expect_word(segments: &[&str], at: usize, word: &str, shape: &str) -> Result<(), String> {
+fn expect_word(segments: &[&str], at: usize, word: &str, shape: &str) -> Result<(), Invalid> {
     if segments[at] == word {
         Ok(())
     } else {
-        Err(format!(
+        Err(invalid!(
             "must look like `{shape}`; segment {} must be `{word}`",
             at + 1
         ))
     }
 }
 
-fn split<'a>(name: &'a str, shape: &str, lens: &[usize]) -> Result<Vec<&'a str>, String> {
+fn split<'a>(name: &'a str, shape: &str, lens: &[usize]) -> Result<Vec<&'a str>, Invalid> {
     if name.is_empty() {
-        return Err(format!("is required and must look like `{shape}`"));
+        return Err(invalid!("is required and must look like `{shape}`"));
     }
     // Bounds the work done on hostile input before splitting.
     if name.len() > 6 * (MAX_ID_LEN + 40) {
-        return Err(format!("is too long; it must look like `{shape}`"));
+        return Err(invalid!("is too long; it must look like `{shape}`"));
     }
     let segments: Vec<&str> = name.split('/').collect();
     if !lens.contains(&segments.len()) {
-        return Err(format!("must look like `{shape}`"));
+        return Err(invalid!("must look like `{shape}`"));
     }
     Ok(segments)
 }
@@ -249,13 +252,13 @@ impl ScriptName {
     const SHAPE: &'static str = "{scripts}/{script}";
 
     /// Parses a script of a kind that holds user states.
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, Invalid> {
         let s = split(name, Self::SHAPE, &[2])?;
         script_at(&s, ScriptKind::has_user_states, Self::SHAPE)
     }
 
     /// Parses `deviceComplianceScripts/{script}`.
-    pub fn parse_compliance(name: &str) -> Result<Self, String> {
+    pub fn parse_compliance(name: &str) -> Result<Self, Invalid> {
         const SHAPE: &str = "deviceComplianceScripts/{script}";
         let s = split(name, SHAPE, &[2])?;
         script_at(&s, ScriptKind::has_compliance_states, SHAPE)
@@ -301,12 +304,12 @@ impl ResourcePath for ScriptName {
 impl UserStateName {
     const SHAPE: &'static str = "{scripts}/{script}/userRunStates/{state}";
 
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, Invalid> {
         let s = split(name, Self::SHAPE, &[4])?;
         Self::from_segments(&s, ScriptKind::has_user_states)
     }
 
-    fn from_segments(s: &[&str], kinds: Kinds) -> Result<Self, String> {
+    fn from_segments(s: &[&str], kinds: Kinds) -> Result<Self, Invalid> {
         let script = script_at(s, kinds, Self::SHAPE)?;
         expect_word(s, 2, USER_STATES, Self::SHAPE)?;
         Ok(UserStateName {
@@ -322,7 +325,7 @@ impl DeviceStateParent {
     const SHAPE: &'static str =
         "{scripts}/{script}` or `{scripts}/{script}/userRunStates/{user_state}";
 
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, Invalid> {
         let s = split(name, Self::SHAPE, &[2, 4])?;
         if s.len() == 2 {
             Ok(Self::Script(script_at(
@@ -360,7 +363,7 @@ impl ResourcePath for DeviceStateParent {
 impl DeviceStateName {
     const SHAPE: &'static str = "{scripts}/{script}/deviceRunStates/{state}` or `{scripts}/{script}/userRunStates/{user_state}/deviceRunStates/{state}";
 
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, Invalid> {
         let s = split(name, Self::SHAPE, &[4, 6])?;
         let parent = if s.len() == 4 {
             DeviceStateParent::Script(script_at(&s, ScriptKind::has_device_states, Self::SHAPE)?)
@@ -385,7 +388,7 @@ child_name!(DeviceStateName, parent, DEVICE_STATES);
 impl ComplianceStateName {
     const SHAPE: &'static str = "deviceComplianceScripts/{script}/deviceRunStates/{state}";
 
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, Invalid> {
         let s = split(name, Self::SHAPE, &[4])?;
         let script = script_at(&s, ScriptKind::has_compliance_states, Self::SHAPE)?;
         expect_word(&s, 2, DEVICE_STATES, Self::SHAPE)?;
@@ -413,7 +416,7 @@ impl Parent for DeviceStateParent {
 pub struct ComplianceScriptName(pub ScriptName);
 
 impl ComplianceScriptName {
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, Invalid> {
         ScriptName::parse_compliance(name).map(Self)
     }
 }
@@ -541,7 +544,7 @@ mod tests {
     }
 
     /// Every name in `names` is refused by `parse`.
-    fn refused<T: fmt::Debug>(parse: impl Fn(&str) -> Result<T, String>, names: &[&str]) {
+    fn refused<T: fmt::Debug>(parse: impl Fn(&str) -> Result<T, Invalid>, names: &[&str]) {
         for n in names {
             assert!(parse(n).is_err(), "{n}");
         }

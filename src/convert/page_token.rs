@@ -12,6 +12,8 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
+use super::Invalid;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Format version, the first byte of a token.
@@ -55,9 +57,9 @@ impl Binding<'_> {
 
 impl PageTokens {
     /// A fresh random key: tokens are valid in this process only.
-    pub fn random() -> Result<Self, String> {
+    pub fn random() -> Result<Self, getrandom::Error> {
         let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| format!("no random key for page tokens: {e}"))?;
+        getrandom::fill(&mut key)?;
         Ok(Self { key })
     }
 
@@ -85,7 +87,7 @@ impl PageTokens {
         binding: &Binding<'_>,
         next_link: &str,
         root: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, BadNextLink> {
         let query = next_query(next_link, root)?;
         let tag = self.mac(binding, query).finalize().into_bytes();
         let mut raw = Vec::with_capacity(1 + MAC_LEN + query.len());
@@ -96,7 +98,7 @@ impl PageTokens {
     }
 
     /// Opens a token for this binding, giving the query of the next page.
-    pub fn open(&self, binding: &Binding<'_>, token: &str) -> Result<String, String> {
+    pub fn open(&self, binding: &Binding<'_>, token: &str) -> Result<String, Invalid> {
         const INVALID: &str = "is not a page token of this list (it is altered, truncated, expired by a restart, or from another query); start again without one";
         if token.len() > MAX_TOKEN_LEN {
             return Err(INVALID.into());
@@ -114,11 +116,16 @@ impl PageTokens {
     }
 }
 
+/// Why Graph's `@odata.nextLink` cannot be followed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Graph's @odata.nextLink {0}")]
+pub struct BadNextLink(&'static str);
+
 /// The query of a next link that lies under `root`.
-fn next_query<'a>(next_link: &'a str, root: &str) -> Result<&'a str, String> {
-    let link = reqwest::Url::parse(next_link)
-        .map_err(|_| "Graph's @odata.nextLink is not a URL".to_owned())?;
-    let base = reqwest::Url::parse(root).map_err(|_| "the Graph base URL is not a URL")?;
+fn next_query<'a>(next_link: &'a str, root: &str) -> Result<&'a str, BadNextLink> {
+    let link = reqwest::Url::parse(next_link).map_err(|_| BadNextLink("is not a URL"))?;
+    let base = reqwest::Url::parse(root)
+        .map_err(|_| BadNextLink("is checked against no valid base URL"))?;
     let same_origin = link.scheme() == base.scheme()
         && link.host_str().map(str::to_ascii_lowercase)
             == base.host_str().map(str::to_ascii_lowercase)
@@ -129,14 +136,12 @@ fn next_query<'a>(next_link: &'a str, root: &str) -> Result<&'a str, String> {
             .to_ascii_lowercase()
             .starts_with(&base.path().to_ascii_lowercase())
     {
-        return Err("Graph's @odata.nextLink points outside the configured Graph URL".into());
+        return Err(BadNextLink("points outside the configured Graph URL"));
     }
     if link.fragment().is_some() {
-        return Err("Graph's @odata.nextLink has a fragment".into());
+        return Err(BadNextLink("has a fragment"));
     }
-    let at = next_link
-        .find('?')
-        .ok_or("Graph's @odata.nextLink has no query")?;
+    let at = next_link.find('?').ok_or(BadNextLink("has no query"))?;
     let query = &next_link[at + 1..];
     if query.is_empty()
         || query.len() > MAX_TOKEN_LEN / 2
@@ -144,7 +149,7 @@ fn next_query<'a>(next_link: &'a str, root: &str) -> Result<&'a str, String> {
             .chars()
             .any(|c| c.is_control() || c == ' ' || c == '#')
     {
-        return Err("Graph's @odata.nextLink has an unusable query".into());
+        return Err(BadNextLink("has an unusable query"));
     }
     Ok(query)
 }

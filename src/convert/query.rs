@@ -4,7 +4,7 @@
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use prost_types::FieldMask;
 
-use super::{FieldViolation, mask::Writable, run_state};
+use super::{FieldViolation, Invalid, mask::Writable, run_state};
 use crate::pb::RunState;
 
 /// Page size when the request gives none.
@@ -15,7 +15,7 @@ pub const MAX_PAGE_SIZE: u32 = 999;
 const MAX_FILTER_LEN: usize = 512;
 
 /// The `$top` for a requested page size.
-pub fn page_size(requested: i32) -> Result<u32, String> {
+pub fn page_size(requested: i32) -> Result<u32, Invalid> {
     match requested {
         n if n < 0 => Err("must not be negative".into()),
         0 => Ok(DEFAULT_PAGE_SIZE),
@@ -59,20 +59,20 @@ impl Filterable {
 ///
 /// The accepted subset of AIP-160 is one equality, `field = value`, on the
 /// field `on` names (by its proto or Graph name). Anything else is refused.
-pub fn filter(text: &str, on: Filterable) -> Result<Option<String>, String> {
+pub fn filter(text: &str, on: Filterable) -> Result<Option<String>, Invalid> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
     }
     let shape = || {
-        format!(
+        invalid!(
             "supports only `{}` (one equality on `{}`)",
             on.example(),
             on.names().0
         )
     };
     if text.len() > MAX_FILTER_LEN {
-        return Err(format!("is too long; it {}", shape()));
+        return Err(invalid!("is too long; it {}", shape()));
     }
     let Some((field, value)) = text.split_once('=') else {
         return Err(shape());
@@ -87,7 +87,7 @@ pub fn filter(text: &str, on: Filterable) -> Result<Option<String>, String> {
             let name = RunState::from_str_name(value)
                 .and_then(run_state::to_graph)
                 .ok_or_else(|| {
-                    format!(
+                    invalid!(
                         "`{}` is not a RunState member other than RUN_STATE_UNSPECIFIED; the filter {}",
                         value.chars().take(64).collect::<String>(),
                         shape()

@@ -16,7 +16,7 @@ use super::{
     status,
 };
 use crate::convert::{
-    FieldViolation,
+    FieldViolation, Invalid, invalid,
     mask::Selection,
     names::{Id, Parent},
     resources::Resource,
@@ -45,9 +45,7 @@ pub(crate) fn prepare<P: Parent, R: Resource>(
         check(
             errors,
             &format!("{prefix}request_id"),
-            uuid::Uuid::try_parse(c.request_id).map_err(|_| {
-                "must be a UUID, e.g. 3f1c2a9e-5b7d-4c1e-9a2b-8d4e6f0a1b2c".to_owned()
-            }),
+            super::ops::request_id(c.request_id),
         )
     };
     let body =
@@ -116,10 +114,10 @@ fn item_prints<M: Message + Clone, R>(
 }
 
 /// The common parent of a batch applied to one item's parent text.
-fn item_parent<'a>(common: &'a str, own: &'a str) -> Result<&'a str, String> {
+fn item_parent<'a>(common: &'a str, own: &'a str) -> Result<&'a str, Invalid> {
     match (common.is_empty(), own.is_empty()) {
         (false, true) => Ok(common),
-        (false, false) if own != common => Err(format!(
+        (false, false) if own != common => Err(invalid!(
             "must be empty or equal to the batch's parent `{common}`"
         )),
         _ => Ok(own),
@@ -131,7 +129,7 @@ impl RunStateApi {
     fn prepare_batch<'a, P: Parent, R: Resource>(
         &self,
         common_parent: &str,
-        parse: fn(&str) -> Result<P, String>,
+        parse: fn(&str) -> Result<P, Invalid>,
         creates: impl ExactSizeIterator<Item = Create<'a, P, R>>,
     ) -> Result<Vec<NewState<R>>, Status> {
         let mut errors = Vec::new();
@@ -203,7 +201,7 @@ impl RunStateApi {
         metadata: MetadataMap,
         common: &str,
         mut requests: Vec<M>,
-        parse: fn(&str) -> Result<P, String>,
+        parse: fn(&str) -> Result<P, Invalid>,
         fields: fn(&mut M) -> ItemFields<'_, R>,
         id_field: &'static str,
     ) -> Result<Vec<Result<R, Status>>, Status> {

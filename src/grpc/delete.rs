@@ -4,7 +4,7 @@ use http::StatusCode;
 use tonic::{Response, Status, metadata::MetadataMap};
 
 use super::{RunStateApi, ops::respond, status};
-use crate::convert::{FieldViolation, names::ResourcePath};
+use crate::convert::{FieldViolation, Invalid, names::ResourcePath};
 use crate::graph::GraphError;
 
 impl RunStateApi {
@@ -13,7 +13,7 @@ impl RunStateApi {
         &self,
         metadata: &MetadataMap,
         name: &str,
-        parse: fn(&str) -> Result<N, String>,
+        parse: fn(&str) -> Result<N, Invalid>,
         allow_missing: bool,
     ) -> Result<Response<()>, Status> {
         let name = parse(name)

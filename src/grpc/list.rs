@@ -6,7 +6,7 @@ use tonic::{Status, metadata::MetadataMap};
 
 use super::{RunStateApi, status};
 use crate::convert::{
-    FieldViolation,
+    FieldViolation, Invalid,
     names::{Id, Parent},
     page_token::Binding,
     query::{self, Filterable},
@@ -17,7 +17,7 @@ use crate::convert::{
 pub(super) struct List<'a, P> {
     /// Names the RPC a page token is bound to.
     pub rpc: &'static str,
-    pub parent: Result<P, String>,
+    pub parent: Result<P, Invalid>,
     pub page_size: i32,
     pub page_token: &'a str,
     pub filter: &'a str,
@@ -29,7 +29,7 @@ pub(super) struct List<'a, P> {
 pub(super) fn check<T>(
     errors: &mut Vec<FieldViolation>,
     field: &str,
-    result: Result<T, String>,
+    result: Result<T, Invalid>,
 ) -> Option<T> {
     result
         .map_err(|why| errors.push(FieldViolation::new(field, why)))
@@ -100,7 +100,7 @@ impl RunStateApi {
                 Some(link) => self
                     .page_tokens
                     .seal(&binding, &link, self.engine.root())
-                    .map_err(Status::internal)?,
+                    .map_err(|e| Status::internal(e.to_string()))?,
                 None => String::new(),
             };
             Ok(Listed {

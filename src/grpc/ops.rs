@@ -17,7 +17,7 @@ use tonic::{
 
 use super::{RunStateApi, context, status};
 use crate::convert::{
-    FieldViolation,
+    FieldViolation, Invalid,
     mask::{self, Selection},
     names::{Id, Parent, ResourcePath},
     resources::Resource,
@@ -27,7 +27,7 @@ use crate::write::{CreateError, NewState, Via};
 
 /// The fields of a create request, before validation.
 pub(crate) struct Create<'a, P, R> {
-    pub parent: Result<P, String>,
+    pub parent: Result<P, Invalid>,
     pub resource: Option<R>,
     /// The name of the request's `*_id` field.
     pub id_field: &'static str,
@@ -84,7 +84,7 @@ fn applied_but_unread(status: Status, what: &str) -> Status {
 struct Violations(Vec<FieldViolation>);
 
 impl Violations {
-    fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+    fn check<T>(&mut self, field: &str, result: Result<T, Invalid>) -> Option<T> {
         result
             .map_err(|why| self.0.push(FieldViolation::new(field, why)))
             .ok()
@@ -105,12 +105,7 @@ impl Violations {
         if text.is_empty() {
             return None;
         }
-        self.check(
-            "request_id",
-            uuid::Uuid::try_parse(text).map_err(|_| {
-                "must be a UUID, e.g. 3f1c2a9e-5b7d-4c1e-9a2b-8d4e6f0a1b2c".to_owned()
-            }),
-        )
+        self.check("request_id", request_id(text))
     }
 
     fn finish(self) -> Result<(), Status> {
@@ -242,7 +237,7 @@ impl RunStateApi {
         &self,
         metadata: impl Borrow<MetadataMap>,
         resource: Option<R>,
-        parse: fn(&str) -> Result<N, String>,
+        parse: fn(&str) -> Result<N, Invalid>,
         update_mask: Option<FieldMask>,
     ) -> Result<Response<R>, Status> {
         let (name, body) =
@@ -281,7 +276,7 @@ impl RunStateApi {
         &self,
         metadata: impl Borrow<MetadataMap>,
         name: &str,
-        parse: fn(&str) -> Result<N, String>,
+        parse: fn(&str) -> Result<N, Invalid>,
     ) -> Result<Response<R>, Status> {
         let mut v = Violations::default();
         let name = v.check("name", parse(name));
@@ -305,6 +300,12 @@ impl RunStateApi {
         })
         .await
     }
+}
+
+/// A `request_id`: a UUID.
+pub(super) fn request_id(text: &str) -> Result<uuid::Uuid, Invalid> {
+    uuid::Uuid::try_parse(text)
+        .map_err(|_| "must be a UUID, e.g. 3f1c2a9e-5b7d-4c1e-9a2b-8d4e6f0a1b2c".into())
 }
 
 /// The status of a failed create (see [`RunStateApi::create_status`]).
@@ -332,7 +333,7 @@ pub(crate) fn create_status(
 /// masked fields, translated into Graph's body.
 pub(crate) fn prepare_update<N: ResourcePath, R: Resource>(
     resource: Option<R>,
-    parse: fn(&str) -> Result<N, String>,
+    parse: fn(&str) -> Result<N, Invalid>,
     update_mask: Option<FieldMask>,
 ) -> Result<(N, R::Graph), Vec<FieldViolation>> {
     let mut v = Violations::default();

@@ -17,7 +17,7 @@ use super::{
     status,
 };
 use crate::convert::{
-    FieldViolation,
+    FieldViolation, Invalid,
     names::{
         ComplianceScriptName, ComplianceStateName, DeviceStateName, DeviceStateParent,
         ResourcePath, ScriptName, UserStateName,
@@ -123,7 +123,7 @@ macro_rules! create_plan {
 
 fn update_plan<N: ResourcePath, R: Resource>(
     resource: Option<R>,
-    parse: fn(&str) -> Result<N, String>,
+    parse: fn(&str) -> Result<N, Invalid>,
     mask: Option<prost_types::FieldMask>,
     prefix: &str,
     errors: &mut Vec<FieldViolation>,
@@ -156,7 +156,7 @@ fn update_plan<N: ResourcePath, R: Resource>(
 
 fn delete_plan<N: ResourcePath>(
     name: &str,
-    parse: fn(&str) -> Result<N, String>,
+    parse: fn(&str) -> Result<N, Invalid>,
     allow_missing: bool,
     prefix: &str,
     errors: &mut Vec<FieldViolation>,

@@ -58,7 +58,7 @@ pub enum StoreOutage {
 impl StoreSpec {
     /// Opens the store; Redis is connected lazily, so an unreachable Redis
     /// does not stop the gateway from starting.
-    pub fn open(&self) -> Result<Option<Arc<redis::Redis>>, String> {
+    pub fn open(&self) -> Result<Option<Arc<redis::Redis>>, crate::config::Refusal> {
         match self {
             StoreSpec::Memory => Ok(None),
             StoreSpec::Redis(url) => redis::Redis::open(url).map(Arc::new).map(Some),

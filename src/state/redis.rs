@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use crate::config::Refusal;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
@@ -48,15 +49,16 @@ pub fn redacted(url: &str) -> String {
 }
 
 impl Redis {
-    pub fn open(url: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?;
+    pub fn open(url: &str) -> Result<Self, Refusal> {
+        let client =
+            redis::Client::open(url).map_err(|e| Refusal(format!("not a Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot set up Redis: {e}"))?;
+            .map_err(|e| Refusal(format!("cannot set up Redis: {e}")))?;
         Ok(Self {
             conn,
             down_until: Mutex::new(None),
