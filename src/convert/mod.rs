@@ -30,12 +30,6 @@ mod csdl;
 #[error("{0}")]
 pub struct Invalid(pub String);
 
-impl From<String> for Invalid {
-    fn from(why: String) -> Self {
-        Invalid(why)
-    }
-}
-
 impl From<&str> for Invalid {
     fn from(why: &str) -> Self {
         Invalid(why.to_owned())

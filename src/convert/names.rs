@@ -198,7 +198,7 @@ fn script_at(segments: &[&str], kinds: Kinds, shape: &str) -> Result<ScriptName,
     let kind = ScriptKind::from_collection(segments[0])
         .filter(|k| kinds(*k))
         .ok_or_else(|| {
-            format!(
+            invalid!(
                 "must look like `{shape}`; the first segment is not {}",
                 kinds_text(kinds)
             )
