@@ -13,8 +13,14 @@
 
 pub(crate) mod coalesce;
 pub(crate) mod drain;
+pub mod postgres;
 pub mod redb;
 pub mod store;
+#[cfg(test)]
+mod store_tests;
+#[cfg(test)]
+#[path = "../../tests/support/postgres.rs"]
+mod test_postgres;
 
 use std::{
     collections::HashMap,
