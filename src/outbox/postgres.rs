@@ -263,7 +263,7 @@ macro_rules! call {
                 #[allow(unused_mut)]
                 let mut $c = match $self.pool.get().await {
                     Ok(c) => c,
-                    Err(e) => break Err(Fail::Pool(e.to_string())),
+                    Err(e) => break Err(Fail::Pool(pool_error(&e))),
                 };
                 let result: Result<_, Fail> = $body.await;
                 match result {
@@ -397,7 +397,7 @@ impl PgStore {
                 }
                 let why = match e.as_db_error() {
                     Some(db) => format!("{}: {}", db.code().code(), db.message()),
-                    None => e.to_string(),
+                    None => chain(&e),
                 };
                 Err(StoreError::Unavailable(format!("{}: {why}", self.shown)))
             }
@@ -405,14 +405,26 @@ impl PgStore {
     }
 }
 
+/// A pool error with its causes ("error connecting to server: Connection
+/// refused"); a server's error by its message.
 fn pool_error(e: &deadpool_postgres::PoolError) -> String {
     match e {
         deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
             Some(db) => db.message().to_owned(),
-            None => e.to_string(),
+            None => chain(e),
         },
-        other => other.to_string(),
+        other => chain(other),
     }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 /// TLS for `sslmode=prefer|require`: rustls with the roots compiled in.
