@@ -398,7 +398,10 @@ async fn a_corrupt_outbox_file_stops_startup_naming_it() {
         .port();
     let pg = std::process::Command::new(program)
         .args(["--listen", "127.0.0.1:0", "--graph-token", "t"])
-        .env("RUNSTATE_OUTBOX", format!("postgres://gw:hunter2@127.0.0.1:{port}/db"))
+        .env(
+            "RUNSTATE_OUTBOX",
+            format!("postgres://gw:hunter2@127.0.0.1:{port}/db"),
+        )
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
