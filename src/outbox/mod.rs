@@ -42,7 +42,7 @@ pub enum OutboxSpec {
     /// An embedded redb file.
     File(PathBuf),
     /// A PostgreSQL database, shared by replicas.
-    Postgres(postgres::PgUrl),
+    Postgres(Box<postgres::PgUrl>),
 }
 
 /// Shows a PostgreSQL URL without its password.
@@ -64,7 +64,7 @@ impl FromStr for OutboxSpec {
             return Err("give the path of the outbox file or a postgres:// URL".into());
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            return s.parse().map(OutboxSpec::Postgres);
+            return s.parse().map(|url| OutboxSpec::Postgres(Box::new(url)));
         }
         if s.contains("://") {
             return Err(format!(

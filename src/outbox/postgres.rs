@@ -206,6 +206,9 @@ enum Fail {
     Db(tokio_postgres::Error),
     Pool(String),
     Store(StoreError),
+    /// A row read earlier in the transaction went away meanwhile: run it
+    /// again.
+    Conflict,
 }
 
 impl From<tokio_postgres::Error> for Fail {
@@ -223,6 +226,7 @@ impl From<StoreError> for Fail {
 impl Fail {
     fn retryable(&self) -> bool {
         match self {
+            Fail::Conflict => true,
             Fail::Db(e) => e.code().is_some_and(|c| {
                 *c == SqlState::T_R_SERIALIZATION_FAILURE
                     || *c == SqlState::T_R_DEADLOCK_DETECTED
@@ -387,6 +391,10 @@ impl PgStore {
                 self.reachable.store(true, Ordering::Relaxed);
                 Err(e)
             }
+            Err(Fail::Conflict) => Err(StoreError::Unavailable(format!(
+                "{}: concurrent changes kept conflicting",
+                self.shown
+            ))),
             Err(Fail::Pool(why)) => {
                 self.reachable.store(false, Ordering::Relaxed);
                 Err(StoreError::Unavailable(format!("{}: {why}", self.shown)))
@@ -819,7 +827,9 @@ async fn submit_once(
                     w_first_op.push(None);
                     w_first_idx.push(None);
                 }
-                Some(None) if first.0 != id => {
+                // Following: a write of an earlier operation still under
+                // way, or an earlier copy in this submission.
+                Some(None) | None if (first.0 == id) != first_ends.contains_key(&first) => {
                     w_state.push(FOLLOWING);
                     w_kind.push(0);
                     w_name.push(None);
@@ -827,20 +837,9 @@ async fn submit_once(
                     w_first_op.push(Some(first.0));
                     w_first_idx.push(Some(first.1));
                 }
-                None if first.0 == id => {
-                    w_state.push(FOLLOWING);
-                    w_kind.push(0);
-                    w_name.push(None);
-                    w_status.push(None);
-                    w_first_op.push(Some(first.0));
-                    w_first_idx.push(Some(first.1));
-                }
-                _ => {
-                    return Err(StoreError::Corrupt(
-                        "a request id's first write is missing".into(),
-                    )
-                    .into());
-                }
+                // Its operation was removed (retention) after the request
+                // id was read: run again, when the id is free.
+                _ => return Err(Fail::Conflict),
             }
             continue;
         }

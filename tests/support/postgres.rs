@@ -13,7 +13,7 @@
 use std::{
     io::Read,
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -280,10 +280,6 @@ impl PgServer {
             let _ = f.read_to_string(&mut text);
         }
         text
-    }
-
-    pub fn scratch(&self) -> &Path {
-        &self.scratch
     }
 }
 
