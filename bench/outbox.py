@@ -15,6 +15,11 @@ load program is `examples/bench_outbox.rs`.
 (d) resume: 50,000 pending, SIGKILL, start again on the same file: time to
     listen and time to the first delivery.
 
+`--store postgres` runs the same rows with `--outbox postgres://…`: a private
+PostgreSQL server (Debian's `postgresql` package, fsync on, run as the
+`postgres` user when run as root) in a scratch directory, one database per
+phase; the RSS row is the gateway's alone.
+
 Prints a Markdown section; `--append` adds it to bench/RESULTS.md. Loopback
 only; every phase is bounded in time. Build first:
 `cargo build --profile dist --bin runstate-gateway --example bench_outbox`
@@ -62,6 +67,59 @@ def rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+class PgServer:
+    """A private PostgreSQL server on a free loopback port, trust auth."""
+
+    def __init__(self):
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                       key=lambda p: int(p.parent.parent.name))
+        if not found:
+            raise SystemExit("--store postgres needs PostgreSQL: apt-get install postgresql")
+        self.bin = found[-1].parent
+        self.dir = Path(tempfile.mkdtemp(prefix="runstate-bench-pg-"))
+        (self.dir / "socket").mkdir()
+        self.as_user = []
+        if os.geteuid() == 0:
+            # PostgreSQL refuses to run as root.
+            self.as_user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+            subprocess.run(["chown", "-R", "postgres:postgres", str(self.dir)], check=True)
+        subprocess.run(self.as_user + [str(self.bin / "initdb"), "-D", str(self.dir / "data"),
+                                       "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                                       "--locale=C", "--no-instructions"],
+                       check=True, capture_output=True, cwd=self.dir)
+        self.port = free_port()
+        log = open(self.dir / "log", "a")
+        self.proc = subprocess.Popen(
+            self.as_user + [str(self.bin / "postgres"), "-D", str(self.dir / "data"),
+                            "-p", str(self.port), "-k", str(self.dir / "socket"),
+                            "-c", "listen_addresses=127.0.0.1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir)
+        wait_port(self.port, self.proc, "postgres")
+        started = time.time()
+        while subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p",
+                              str(self.port)], capture_output=True).returncode != 0:
+            if time.time() - started > 30:
+                raise SystemExit("postgres did not get ready")
+            time.sleep(0.1)
+
+    def database(self, name: str) -> str:
+        """A new database; its URL."""
+        subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
+                        "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+                        "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}?sslmode=disable"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Bench:
@@ -127,13 +185,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="dist")
     ap.add_argument("--append", action="store_true")
+    ap.add_argument("--store", choices=["redb", "postgres"], default="redb",
+                    help="the outbox: a redb file in the scratch directory, or a private PostgreSQL")
     a = ap.parse_args()
     b = Bench(a.profile)
+    pg = PgServer() if a.store == "postgres" else None
+
+    def outbox(name: str):
+        return pg.database(name) if pg else b.dir / f"{name}.redb"
+
     rows = []
     try:
         # (a) and (b): every write held back by the budget.
         _, emu = b.emulator()
-        gw, port, _ = b.gateway(emu, b.dir / "a.redb", "1/3600s")
+        gw, port, _ = b.gateway(emu, outbox("a"), "1/3600s")
         target = f"http://127.0.0.1:{port}"
         idle = rss_kb(gw.pid)
         first = b.run("submit", target, 10_000, 1)
@@ -151,7 +216,7 @@ def main():
 
         # (d) resume after SIGKILL with 50,000 pending.
         _, emu = b.emulator()
-        path = b.dir / "d.redb"
+        path = outbox("d")
         gw, port, _ = b.gateway(emu, path, "1/3600s")
         target = f"http://127.0.0.1:{port}"
         names = [b.run("submit", target, 10_000, 1 + i * 10_000)["name"] for i in range(5)]
@@ -161,13 +226,16 @@ def main():
         started = time.time()
         gw, port, listen = b.gateway(emu, path, "off")
         first = b.run("first", f"http://127.0.0.1:{port}", names[0])
-        rows.append(("resume after SIGKILL with 50,000 pending: listening / first delivery",
+        resume = "resume after SIGKILL with 50,000 pending: listening / first delivery"
+        if pg:
+            resume += " (a new lease holder: after the killed one's 30 s lease)"
+        rows.append((resume,
                      f"{listen * 1000:.0f} ms / {(time.time() - started) * 1000:.0f} ms"))
         b.stop_all()
 
         # (c) drain 1,000 within Intune's limit.
         _, emu = b.emulator(write_limit="200/20s")
-        gw, port, _ = b.gateway(emu, b.dir / "c.redb", "200/20s")
+        gw, port, _ = b.gateway(emu, outbox("c"), "200/20s")
         target = f"http://127.0.0.1:{port}"
         op = b.run("submit", target, 1000, 1)
         done = b.run("wait", target, op["name"], timeout=900)
@@ -182,10 +250,13 @@ def main():
                      f"(100 s), {secs / 80:.2f}x the 80 s sliding-window floor"))
     finally:
         b.stop_all()
+        if pg:
+            pg.stop()
         shutil.rmtree(b.dir, ignore_errors=True)
 
     cpu = os.cpu_count()
-    text = [f"## Outbox ({datetime.date.today()}, {cpu} CPUs, profile {a.profile})", "",
+    store = "redb" if not pg else "PostgreSQL on loopback, fsync on"
+    text = [f"## Outbox ({datetime.date.today()}, {cpu} CPUs, profile {a.profile}, store {store})", "",
             "| row | result |", "|---|---|"]
     text += [f"| {k} | {v} |" for k, v in rows]
     text = "\n".join(text) + "\n"

@@ -15,6 +15,7 @@ use crate::grpc::{RunStateApi, context};
 use crate::outbox::{
     Outbox, OutboxSpec,
     drain::{Drain, Fallback},
+    postgres::PgStore,
     redb::{OpenError, RedbStore},
 };
 use crate::pb::{
@@ -67,6 +68,8 @@ struct OutboxSetup {
     busy: Option<PathBuf>,
     /// The temporary directory of `--emulator`'s file, removed at the end.
     temporary: Option<PathBuf>,
+    /// A PostgreSQL store, probed while the gateway runs (`/readyz`).
+    server: Option<Arc<PgStore>>,
 }
 
 impl Application {
@@ -157,7 +160,7 @@ impl Application {
         let mut api = RunStateApi::new(engine, token, args.calls.request_timeout)
             .with_auth(auth)
             .with_stream_window(args.calls.stream_max_in_flight as usize);
-        let outbox = open_outbox(args)?;
+        let outbox = open_outbox(args).await?;
         if let Some(setup) = &outbox {
             api = api.with_outbox(Arc::clone(&setup.outbox));
         }
@@ -252,6 +255,9 @@ impl Application {
                     Arc::clone(&setup.outbox),
                     path,
                 ))));
+            }
+            if let Some(store) = setup.server.clone() {
+                tasks.push(AbortOnDrop(tokio::spawn(probe(store))));
             }
             let api = self.api.clone();
             let fallback: Fallback = Arc::new(move || {
@@ -357,10 +363,36 @@ impl Application {
 /// Opens the outbox's store: `--outbox`, or with `--emulator` a file in a
 /// temporary directory. A corrupt or unreadable file refuses startup naming
 /// it; a file another process holds is opened once it is free (the gateway
-/// is not ready until then).
-fn open_outbox(args: &ServeArgs) -> anyhow::Result<Option<OutboxSetup>> {
+/// is not ready until then). A PostgreSQL server that cannot be reached or
+/// whose schema cannot be migrated refuses startup naming its host (never
+/// the password).
+async fn open_outbox(args: &ServeArgs) -> anyhow::Result<Option<OutboxSetup>> {
+    let new_outbox = |place: String| {
+        Arc::new(Outbox::new(
+            args.outbox.outbox_max_pending.0,
+            args.outbox.operation_retention,
+            args.budget.write_budget.0,
+            place,
+        ))
+    };
     let (path, temporary) = match &args.outbox.outbox {
         Some(OutboxSpec::File(path)) => (path.clone(), None),
+        Some(OutboxSpec::Postgres(url)) => {
+            let store = PgStore::open(url).await.map_err(|e| {
+                Refusal::error(format!("--outbox: cannot open the PostgreSQL outbox {e}"))
+            })?;
+            tracing::info!(url = %url.shown(), "outbox store open");
+            let store = Arc::new(store);
+            let outbox = new_outbox(url.shown().to_owned());
+            outbox.watch(store.reachable());
+            outbox.open_with(Arc::clone(&store) as Arc<dyn crate::outbox::store::Store>);
+            return Ok(Some(OutboxSetup {
+                outbox,
+                busy: None,
+                temporary: None,
+                server: Some(store),
+            }));
+        }
         None if args.graph.emulator => {
             let dir = std::env::temp_dir().join(format!(
                 "runstate-gateway-outbox-{}-{}",
@@ -371,12 +403,7 @@ fn open_outbox(args: &ServeArgs) -> anyhow::Result<Option<OutboxSetup>> {
         }
         None => return Ok(None),
     };
-    let outbox = Arc::new(Outbox::new(
-        args.outbox.outbox_max_pending.0,
-        args.outbox.operation_retention,
-        args.budget.write_budget.0,
-        path.display().to_string(),
-    ));
+    let outbox = new_outbox(path.display().to_string());
     let busy = match RedbStore::open(&path) {
         Ok(store) => {
             tracing::info!(path = %path.display(), "outbox store open");
@@ -397,7 +424,26 @@ fn open_outbox(args: &ServeArgs) -> anyhow::Result<Option<OutboxSetup>> {
         outbox,
         busy,
         temporary,
+        server: None,
     }))
+}
+
+/// Asks the PostgreSQL store's server every few seconds whether it answers,
+/// so `/readyz` turns not ready while it does not (store calls note it too).
+async fn probe(store: Arc<PgStore>) {
+    let mut was = true;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let up = store.probe().await;
+        if up != was {
+            if up {
+                tracing::info!(url = %store.shown(), "the outbox store answers again");
+            } else {
+                tracing::error!(url = %store.shown(), "the outbox store does not answer; not ready until it does");
+            }
+            was = up;
+        }
+    }
 }
 
 /// Opens the outbox file once the process holding it lets it go.

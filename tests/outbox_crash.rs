@@ -8,6 +8,9 @@
 #[allow(dead_code)]
 #[path = "support/binary.rs"]
 mod binary;
+#[allow(dead_code)]
+#[path = "support/postgres.rs"]
+mod pg_server;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -26,13 +29,17 @@ use runstate_gateway::pb::{
 use tonic_types::StatusExt;
 
 use binary::{Gateway, spawn_args};
+use pg_server::PgServer;
 
 const PARENT: &str = "deviceManagementScripts/s1";
 const WRITES: u32 = 300;
 
 /// Where a test's outbox lives (the scenarios take it as a parameter).
+/// With PostgreSQL the restarted gateway is a new lease holder: it takes
+/// the tenant over once the killed one's lease expires.
 enum Store {
     Redb(std::path::PathBuf),
+    Postgres(PgServer),
 }
 
 impl Store {
@@ -43,9 +50,16 @@ impl Store {
         )))
     }
 
+    /// `None` (after saying why) where PostgreSQL is not installed and
+    /// `REQUIRE_POSTGRES` is not `1`.
+    fn postgres() -> Option<Self> {
+        PgServer::start().map(Store::Postgres)
+    }
+
     fn flag(&self) -> String {
         match self {
             Store::Redb(path) => path.display().to_string(),
+            Store::Postgres(server) => server.url(),
         }
     }
 }
@@ -58,6 +72,7 @@ impl Drop for Store {
                     let _ = std::fs::remove_dir_all(dir);
                 }
             }
+            Store::Postgres(_) => {}
         }
     }
 }
@@ -339,6 +354,20 @@ async fn redb_sigkill_mid_drain_in_the_ignore_world() {
 }
 
 #[tokio::test]
+async fn postgres_sigkill_mid_drain_in_the_honour_world() {
+    if let Some(store) = Store::postgres() {
+        killed_mid_drain(store, "honour").await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_sigkill_mid_drain_in_the_ignore_world() {
+    if let Some(store) = Store::postgres() {
+        killed_mid_drain(store, "ignore").await;
+    }
+}
+
+#[tokio::test]
 async fn a_corrupt_outbox_file_stops_startup_naming_it() {
     let store = Store::redb();
     let path = store.flag();
@@ -360,10 +389,25 @@ async fn a_corrupt_outbox_file_stops_startup_naming_it() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&path), "{stderr}");
+    // A PostgreSQL server that does not answer stops startup too, naming
+    // its host and never the URL's password.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let pg = std::process::Command::new(program)
-        .args(["--outbox", "postgres://u@localhost/db"])
+        .args(["--listen", "127.0.0.1:0", "--graph-token", "t"])
+        .env(
+            "RUNSTATE_OUTBOX",
+            format!("postgres://gw:hunter2@127.0.0.1:{port}/db"),
+        )
+        .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    assert_eq!(pg.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&pg.stderr).contains("PostgreSQL"));
+    assert_eq!(pg.status.code(), Some(2), "{pg:?}");
+    let stderr = String::from_utf8_lossy(&pg.stderr);
+    assert!(stderr.contains("PostgreSQL"), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
 }

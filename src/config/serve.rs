@@ -45,9 +45,16 @@ pub struct ServeArgs {
 #[command(next_help_heading = "Outbox")]
 pub struct OutboxArgs {
     /// Where SubmitRunStates keeps accepted writes until they are delivered: the path of an
-    /// embedded database file (created if missing). Without it SubmitRunStates answers
+    /// embedded database file (created if missing; one process), or a postgres:// URL
+    /// (PostgreSQL, shared by replicas; the gateway creates its tables; prefer the env
+    /// variable when the URL holds a password). Without it SubmitRunStates answers
     /// FAILED_PRECONDITION, except with --emulator, which uses a file in a temporary directory.
-    #[arg(long, env = "RUNSTATE_OUTBOX", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "RUNSTATE_OUTBOX",
+        value_name = "PATH|URL",
+        hide_env_values = true
+    )]
     pub outbox: Option<crate::outbox::OutboxSpec>,
 
     /// Most writes and payload bytes one tenant may have waiting in the outbox, as

@@ -4,7 +4,7 @@
 //!
 //! - [`store`]: the store abstraction every backend implements (what is
 //!   durable when, and how writes are claimed and finished); [`redb`] is
-//!   the embedded one.
+//!   the embedded one, [`postgres`] the one replicas share.
 //! - [`drain`]: per tenant, claims the oldest writes and sends them through
 //!   the write engine (budget, 429 pause, exactly-once creates), then
 //!   records each outcome; [`coalesce`] merges updates of one entity.
@@ -13,8 +13,14 @@
 
 pub(crate) mod coalesce;
 pub(crate) mod drain;
+pub mod postgres;
 pub mod redb;
 pub mod store;
+#[cfg(test)]
+mod store_tests;
+#[cfg(test)]
+#[path = "../../tests/support/postgres.rs"]
+mod test_postgres;
 
 use std::{
     collections::HashMap,
@@ -35,12 +41,16 @@ use store::{Limits, Store};
 pub enum OutboxSpec {
     /// An embedded redb file.
     File(PathBuf),
+    /// A PostgreSQL database, shared by replicas.
+    Postgres(Box<postgres::PgUrl>),
 }
 
+/// Shows a PostgreSQL URL without its password.
 impl fmt::Debug for OutboxSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OutboxSpec::File(path) => write!(f, "{}", path.display()),
+            OutboxSpec::Postgres(url) => write!(f, "{}", url.shown()),
         }
     }
 }
@@ -51,17 +61,14 @@ impl FromStr for OutboxSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("give the path of the outbox file".into());
+            return Err("give the path of the outbox file or a postgres:// URL".into());
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            return Err(
-                "a PostgreSQL outbox is not supported by this build yet; give the path of a file (the embedded store)"
-                    .into(),
-            );
+            return s.parse().map(|url| OutboxSpec::Postgres(Box::new(url)));
         }
         if s.contains("://") {
             return Err(format!(
-                "{:?}: give the path of a file (the embedded store)",
+                "{:?}: give the path of a file (the embedded store) or a postgres:// URL (PostgreSQL)",
                 s.split("://").next().unwrap_or_default()
             ));
         }
@@ -157,8 +164,11 @@ pub struct Outbox {
     pub wake: tokio::sync::Notify,
     /// Wakes WaitOperation calls when writes end.
     pub progress: tokio::sync::Notify,
-    /// Where the store is, for logs and refusals (a file's path).
+    /// Where the store is, for logs and refusals (a file's path, or a
+    /// URL without its password).
     pub place: String,
+    /// Whether a store on a server answers (always, for a file).
+    reachable: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Outbox {
@@ -177,6 +187,7 @@ impl Outbox {
             wake: tokio::sync::Notify::new(),
             progress: tokio::sync::Notify::new(),
             place,
+            reachable: std::sync::OnceLock::new(),
         }
     }
 
@@ -186,9 +197,19 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Whether the store is open (`/readyz` waits for it).
+    /// Follows a store server's reachability (`/readyz` reads it).
+    pub fn watch(&self, reachable: Arc<std::sync::atomic::AtomicBool>) {
+        let _ = self.reachable.set(reachable);
+    }
+
+    /// Whether the store is open and, on a server, answering (`/readyz`
+    /// waits for it).
     pub fn is_open(&self) -> bool {
         self.store.get().is_some()
+            && self
+                .reachable
+                .get()
+                .is_none_or(|r| r.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The store, or UNAVAILABLE while it cannot be opened.
@@ -228,8 +249,14 @@ mod tests {
             "/var/lib/x.redb".parse::<OutboxSpec>(),
             Ok(OutboxSpec::File("/var/lib/x.redb".into()))
         );
-        let pg = "postgres://u@h/db".parse::<OutboxSpec>().unwrap_err();
-        assert!(pg.contains("PostgreSQL"), "{pg}");
+        let pg = "postgresql://u:pw@h:5433/db".parse::<OutboxSpec>().unwrap();
+        assert!(matches!(pg, OutboxSpec::Postgres(_)));
+        assert_eq!(format!("{pg:?}"), "postgres://u@h:5433/db");
+        let bad = "postgres://u:pw@h/db?bogus=1"
+            .parse::<OutboxSpec>()
+            .unwrap_err();
+        assert!(bad.contains("PostgreSQL") && !bad.contains("pw"), "{bad}");
+        assert!("mysql://u@h/db".parse::<OutboxSpec>().is_err());
         assert!("".parse::<OutboxSpec>().is_err());
         assert_eq!(
             "100000,64MiB".parse::<MaxPending>(),

@@ -323,7 +323,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Grants or renews the right to drain `tenant` for `ttl`; `None` while
     /// a live holder elsewhere has it. Read-only apart from the lease
-    /// itself. An embedded store (one process) always grants it.
+    /// itself. An embedded store (one process) always grants it; a shared
+    /// one grants it to one holder at a time, with a new epoch when it
+    /// passes on (expiry on the store's own clock).
     async fn lease(&self, tenant: &str, ttl: Duration) -> Result<Option<Lease>, StoreError>;
 
     /// Takes the tenant's next group of pending writes, oldest first, from

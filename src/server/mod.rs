@@ -133,7 +133,7 @@ impl State {
             return Some("draining\n");
         }
         match self.outbox.get() {
-            Some(o) if !o.is_open() => Some("the outbox store is not open\n"),
+            Some(o) if !o.is_open() => Some("the outbox store is not open or does not answer\n"),
             _ => None,
         }
     }

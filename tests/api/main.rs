@@ -14,6 +14,9 @@ mod helpers;
 mod idempotency;
 mod lifecycle;
 mod outbox;
+#[allow(dead_code)]
+#[path = "../support/postgres.rs"]
+mod pg_server;
 mod readme;
 mod replicas;
 mod retries;

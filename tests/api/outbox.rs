@@ -21,11 +21,14 @@ use runstate_gateway::pb::{
 use tonic::{Code, Request, transport::Channel};
 
 use crate::helpers::{Dir, TestApp, assert_violation, mask, spawn_app_with, with_token};
+use crate::pg_server::PgServer;
 
 /// Where a test's outbox lives.
 pub enum Store {
     /// The embedded redb file, in a scratch directory.
     Redb(Dir),
+    /// A private PostgreSQL server.
+    Postgres(PgServer),
 }
 
 impl Store {
@@ -33,10 +36,17 @@ impl Store {
         Store::Redb(Dir::new())
     }
 
+    /// A PostgreSQL server of its own, or `None` (after saying why) where
+    /// PostgreSQL is not installed and `REQUIRE_POSTGRES` is not `1`.
+    pub fn postgres() -> Option<Self> {
+        PgServer::start().map(Store::Postgres)
+    }
+
     /// The `--outbox` value.
     pub fn flag(&self) -> String {
         match self {
             Store::Redb(dir) => dir.0.join("outbox.redb").display().to_string(),
+            Store::Postgres(server) => server.url(),
         }
     }
 }
@@ -568,6 +578,16 @@ macro_rules! stores {
                 #[tokio::test]
                 async fn $scenario() {
                     super::$scenario(super::Store::redb()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    if let Some(store) = super::Store::postgres() {
+                        super::$scenario(store).await
+                    }
                 }
             )*
         }
