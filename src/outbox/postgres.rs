@@ -250,10 +250,7 @@ pub struct PgStore {
 
 impl fmt::Debug for PgStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgStore")
-            .field("url", &self.shown)
-            .field("holder", &self.holder)
-            .finish()
+        write!(f, "PgStore({}, holder {})", self.shown, self.holder)
     }
 }
 
@@ -549,6 +546,15 @@ async fn queue_head(
 async fn view_of(c: &impl GenericClient, op: &OpRow) -> Result<Operation, Fail> {
     let (head, pending) = queue_head(c, &op.tenant).await?;
     Ok(op.view(head, pending))
+}
+
+/// Commits `tx`, which changed the operation `id`; returns its view as
+/// committed.
+async fn commit_view(tx: Tx<'_>, id: OperationId) -> Result<Operation, Fail> {
+    let op = load_op(&*tx, id).await?;
+    let view = view_of(&*tx, &op).await?;
+    tx.commit().await?;
+    Ok(view)
 }
 
 /// The operation `id` if `caller` submitted it (no one else sees it).
@@ -934,10 +940,7 @@ async fn submit_once(
         )
         .await?;
     }
-    let op = load_op(&*tx, id).await?;
-    let view = view_of(&*tx, &op).await?;
-    tx.commit().await?;
-    Ok(Ok(view))
+    Ok(Ok(commit_view(tx, id).await?))
 }
 
 async fn lease_once(
@@ -1156,10 +1159,7 @@ async fn cancel_once(
             .collect();
         end(&tx, ends, now).await?;
     }
-    let op = load_op(&*tx, id).await?;
-    let view = view_of(&*tx, &op).await?;
-    tx.commit().await?;
-    Ok(Some(view))
+    Ok(Some(commit_view(tx, id).await?))
 }
 
 async fn delete_once(
@@ -1174,16 +1174,7 @@ async fn delete_once(
     if op.done_ms.is_none() {
         return Ok(Deleted::NotDone);
     }
-    tx.execute(
-        "DELETE FROM runstate_outbox_request_ids WHERE op = $1",
-        &[&id],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM runstate_outbox_operations WHERE id = $1",
-        &[&id],
-    )
-    .await?;
+    remove_ops(&tx, &[id]).await?;
     tx.commit().await?;
     Ok(Deleted::Deleted)
 }
@@ -1206,19 +1197,26 @@ async fn purge_once(
         .map(|r| r.get(0))
         .collect();
     if !old.is_empty() {
-        tx.execute(
-            "DELETE FROM runstate_outbox_request_ids WHERE op = ANY($1)",
-            &[&old],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM runstate_outbox_operations WHERE id = ANY($1)",
-            &[&old],
-        )
-        .await?;
+        remove_ops(&tx, &old).await?;
     }
     tx.commit().await?;
     Ok(old.len())
+}
+
+/// Removes finished operations with their writes and request ids (which
+/// may then be submitted again).
+async fn remove_ops(tx: &Tx<'_>, ids: &[Uuid]) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "DELETE FROM runstate_outbox_request_ids WHERE op = ANY($1)",
+        &[&ids],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM runstate_outbox_operations WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn list_once(c: &impl GenericClient, caller: &str, query: &ListQuery) -> Result<Page, Fail> {

@@ -131,6 +131,14 @@ fn delivered(claimed: &[Claimed]) -> Vec<Finished> {
         .collect()
 }
 
+/// Records every claimed write as delivered.
+async fn deliver(store: &dyn Store, lease: &Lease, claimed: &[Claimed]) {
+    store
+        .finish(lease, delivered(claimed), SystemTime::now())
+        .await
+        .unwrap();
+}
+
 async fn claimed_writes_read_as_in_flight_after_a_restart(backend: Backend) {
     let store = backend.open().await;
     let op = store.submit(submission(3), LIMITS).await.unwrap().unwrap();
@@ -144,10 +152,7 @@ async fn claimed_writes_read_as_in_flight_after_a_restart(backend: Backend) {
     let (lease, again) = lease_and_claim(&*store, 20).await;
     let flags: Vec<bool> = again.iter().map(|c| c.was_in_flight).collect();
     assert_eq!(flags, vec![true, true, false]);
-    store
-        .finish(&lease, delivered(&again), SystemTime::now())
-        .await
-        .unwrap();
+    deliver(&*store, &lease, &again).await;
     let got = store.get("c", op.id).await.unwrap().unwrap();
     assert!(got.done());
     assert_eq!(got.counts.delivered, 3);
@@ -330,10 +335,7 @@ async fn cancel_ends_only_pending_writes(backend: Backend) {
             .is_none()
     );
     assert_eq!(store.delete("c", op.id).await.unwrap(), Deleted::NotDone);
-    store
-        .finish(&lease, delivered(&claimed), SystemTime::now())
-        .await
-        .unwrap();
+    deliver(&*store, &lease, &claimed).await;
     let done = store.get("c", op.id).await.unwrap().unwrap();
     assert!(done.done());
     assert_eq!((done.counts.delivered, done.counts.cancelled), (1, 3));
@@ -458,9 +460,7 @@ async fn postgres_lease_passes_on_and_fences_the_old_holder() {
         .unwrap();
     let flags: Vec<(u32, bool)> = again.iter().map(|c| (c.index, c.was_in_flight)).collect();
     assert_eq!(flags, vec![(0, true), (1, false)]);
-    b.finish(&lease_b, delivered(&again), SystemTime::now())
-        .await
-        .unwrap();
+    deliver(&b, &lease_b, &again).await;
     assert!(b.tenants().await.unwrap().is_empty());
 }
 
