@@ -1279,6 +1279,18 @@ impl Store for PgStore {
         call!(self, |c| lease_once(&mut c, tenant, holder, ttl))
     }
 
+    async fn release(&self) -> Result<(), StoreError> {
+        let holder = self.holder;
+        call!(self, |c| async move {
+            c.execute(
+                "DELETE FROM runstate_outbox_leases WHERE holder = $1",
+                &[&holder],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
     async fn claim(
         &self,
         lease: &Lease,

@@ -328,6 +328,12 @@ pub trait Store: Send + Sync + 'static {
     /// passes on (expiry on the store's own clock).
     async fn lease(&self, tenant: &str, ttl: Duration) -> Result<Option<Lease>, StoreError>;
 
+    /// Gives up every drain lease this process holds, at shutdown once its
+    /// drain has stopped, so another replica takes its tenants over at once
+    /// instead of when the leases expire. Writes still marked in flight
+    /// under them read as such to the next holder.
+    async fn release(&self) -> Result<(), StoreError>;
+
     /// Takes the tenant's next group of pending writes, oldest first, from
     /// the callers `callers` admits (cut by [`group_len`] with
     /// `max_requests`), and marks them in flight under `lease`, durably,

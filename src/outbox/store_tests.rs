@@ -424,6 +424,34 @@ stores!(
     in_flight_writes_block_their_entity,
 );
 
+/// A holder that releases its leases (a graceful shutdown) hands the tenant
+/// over at once, under a new epoch; the write it had in flight reads as such.
+#[tokio::test]
+async fn postgres_a_released_lease_passes_on_at_once() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let (a, b) = (pg(&server).await, pg(&server).await);
+    a.submit(submission(2), LIMITS).await.unwrap().unwrap();
+    let (lease_a, claimed) = lease_and_claim(&a, 1).await;
+    assert_eq!(claimed.len(), 1);
+    assert!(b.lease("t", TTL).await.unwrap().is_none());
+    a.release().await.unwrap();
+    let lease_b = b.lease("t", TTL).await.unwrap().expect("free at once");
+    assert!(lease_b.epoch > lease_a.epoch);
+    let again = b
+        .claim(&lease_b, &Callers::Any, 20, SystemTime::now())
+        .await
+        .unwrap();
+    let flags: Vec<(u32, bool)> = again.iter().map(|c| (c.index, c.was_in_flight)).collect();
+    assert_eq!(flags, vec![(0, true), (1, false)]);
+    assert!(matches!(
+        a.finish(&lease_a, delivered(&claimed), SystemTime::now())
+            .await,
+        Err(StoreError::LeaseLost)
+    ));
+}
+
 /// Two replicas on one database: one holds the lease; the other takes it
 /// once it expires, with a new epoch, and the first is fenced off.
 #[tokio::test]
