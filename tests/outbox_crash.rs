@@ -28,7 +28,9 @@ use tonic_types::StatusExt;
 use binary::{Gateway, spawn_args};
 
 const PARENT: &str = "deviceManagementScripts/s1";
-const WRITES: u32 = 300;
+/// Enough that writes are still queued, not only in flight, at the kill:
+/// the drain has two groups (160 writes) in flight at once.
+const WRITES: u32 = 600;
 
 /// Where a test's outbox lives (the scenarios take it as a parameter).
 enum Store {

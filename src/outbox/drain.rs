@@ -50,7 +50,7 @@ const GROUP_DEADLINE: Duration = Duration::from_secs(30);
 const IDLE_AFTER_REQUEUE: Duration = Duration::from_secs(2);
 /// Groups of a tenant in flight at once, at most (fewer where the budget's
 /// limit is lower).
-const GROUPS_IN_FLIGHT: usize = 4;
+const GROUPS_IN_FLIGHT: usize = 2;
 /// How long a drain lease lasts without renewal.
 const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often the drain looks for work when not woken.
@@ -68,8 +68,8 @@ pub struct Drain {
     /// Requests (states) per claimed group: the `$batch` concurrency × 20,
     /// at most the budget's limit (a group must fit in one window).
     max_requests: usize,
-    /// Requests of a tenant's groups in flight at once: a few groups, at
-    /// most the budget's limit (so a claimed write waits at most about one
+    /// Requests of a tenant's groups in flight at once: [`GROUPS_IN_FLIGHT`]
+    /// groups, at most the budget's limit (so a claimed write waits at most about one
     /// window, well within [`GROUP_DEADLINE`]).
     in_flight: usize,
 }

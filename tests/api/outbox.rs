@@ -622,7 +622,8 @@ async fn one_entitys_writes_never_overlap_while_groups_do(store: Store) {
     writes.extend((1..=N).map(|k| delete_device(300 + k, &name(k))));
     let op = o.submit(writes).await.unwrap();
     let done = o.wait(&op.name).await;
-    let expected: Vec<Result<String, Code>> = (0..4).flat_map(|_| (1..=N).map(|k| Ok(name(k)))).collect();
+    let expected: Vec<Result<String, Code>> =
+        (0..4).flat_map(|_| (1..=N).map(|k| Ok(name(k)))).collect();
     assert_eq!(outcomes(&done), expected);
 
     let requests = entity_requests(&o.app);
@@ -637,7 +638,10 @@ async fn one_entitys_writes_never_overlap_while_groups_do(store: Store) {
         .windows(2)
         .filter(|p| p[1].duration_since(p[0]) < LATENCY)
         .count();
-    eprintln!("{} $batch requests, {overlapping} sent while another was in flight", batches.len());
+    eprintln!(
+        "{} $batch requests, {overlapping} sent while another was in flight",
+        batches.len()
+    );
     for k in 1..=N {
         let id = rid(k);
         let mine: Vec<_> = requests.iter().filter(|r| r.2 == id).collect();
@@ -645,12 +649,20 @@ async fn one_entitys_writes_never_overlap_while_groups_do(store: Store) {
         // Created, updated (the two updates perhaps coalesced), deleted: in
         // the order submitted.
         assert!(
-            methods == ["POST", "PATCH", "PATCH", "DELETE"] || methods == ["POST", "PATCH", "DELETE"],
+            methods == ["POST", "PATCH", "PATCH", "DELETE"]
+                || methods == ["POST", "PATCH", "DELETE"],
             "entity {k}: {methods:?}"
         );
-        let patched: Vec<i64> = mine.iter().filter(|r| r.1 == "PATCH").filter_map(|r| r.3).collect();
+        let patched: Vec<i64> = mine
+            .iter()
+            .filter(|r| r.1 == "PATCH")
+            .filter_map(|r| r.3)
+            .collect();
         assert_eq!(patched.last(), Some(&i64::from(200 + k)), "entity {k}");
-        assert!(patched.windows(2).all(|p| p[0] < p[1]), "entity {k}: {patched:?}");
+        assert!(
+            patched.windows(2).all(|p| p[0] < p[1]),
+            "entity {k}: {patched:?}"
+        );
         // Each went only once the one before was answered.
         for pair in mine.windows(2) {
             let gap = pair[1].0.duration_since(pair[0].0);
