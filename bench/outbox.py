@@ -20,7 +20,8 @@ PostgreSQL server (Debian's `postgresql` package, fsync on, run as the
 `postgres` user when run as root) in a scratch directory, one database per
 phase; the RSS row is the gateway's alone.
 
-Prints a Markdown section; `--append` adds it to bench/RESULTS.md. Loopback
+`--rows drain` (or `accept`, `resume`, comma-separated) runs only those
+phases. Prints a Markdown section; `--append` adds it to bench/RESULTS.md. Loopback
 only; every phase is bounded in time. Build first:
 `cargo build --profile dist --bin runstate-gateway --example bench_outbox`
 (or pass `--profile release` after a release build).
@@ -181,13 +182,78 @@ class Bench:
         self.procs = []
 
 
+def accept(b: Bench, rows: list, outbox, pg):
+    """(a) and (b): every write held back by the budget."""
+    _, emu = b.emulator()
+    gw, port, _ = b.gateway(emu, outbox("a"), "1/3600s")
+    target = f"http://127.0.0.1:{port}"
+    idle = rss_kb(gw.pid)
+    first = b.run("submit", target, 10_000, 1)
+    rows.append(("accept 10,000 writes in one SubmitRunStates (fsync before the answer)",
+                 f"{first['ms']:.0f} ms"))
+    took = []
+    for i in range(1, 10):
+        took.append(b.run("submit", target, 10_000, 1 + i * 10_000)["ms"])
+    time.sleep(3)
+    rows.append(("RSS with 100,000 writes pending (idle before)",
+                 f"{rss_kb(gw.pid) / 1024:.1f} MiB ({idle / 1024:.1f} MiB)"))
+    rows.append(("accept, the next nine calls of 10,000 (min / max)",
+                 f"{min(took):.0f} / {max(took):.0f} ms"))
+    b.stop_all()
+
+
+def resume(b: Bench, rows: list, outbox, pg):
+    """(d) resume after SIGKILL with 50,000 pending."""
+    _, emu = b.emulator()
+    path = outbox("d")
+    gw, port, _ = b.gateway(emu, path, "1/3600s")
+    target = f"http://127.0.0.1:{port}"
+    names = [b.run("submit", target, 10_000, 1 + i * 10_000)["name"] for i in range(5)]
+    os.kill(gw.pid, signal.SIGKILL)
+    gw.wait()
+    b.procs.remove(gw)
+    started = time.time()
+    gw, port, listen = b.gateway(emu, path, "off")
+    b.run("first", f"http://127.0.0.1:{port}", names[0])
+    label = "resume after SIGKILL with 50,000 pending: listening / first delivery"
+    if pg:
+        label += " (a new lease holder: after the killed one's 30 s lease)"
+    rows.append((label, f"{listen * 1000:.0f} ms / {(time.time() - started) * 1000:.0f} ms"))
+    b.stop_all()
+
+
+def drain(b: Bench, rows: list, outbox, pg):
+    """(c) drain 1,000 within Intune's limit."""
+    _, emu = b.emulator(write_limit="200/20s")
+    gw, port, _ = b.gateway(emu, outbox("c"), "200/20s")
+    target = f"http://127.0.0.1:{port}"
+    op = b.run("submit", target, 1000, 1)
+    done = b.run("wait", target, op["name"], timeout=900)
+    with urllib.request.urlopen(f"http://127.0.0.1:{emu}/_emulator/settings", timeout=5) as r:
+        s = json.load(r)
+    # The last 200 may start once 4 windows have passed (80 s); five
+    # whole windows are 100 s.
+    secs = done['ms'] / 1000
+    rows.append(("drain 1,000 (emulator --write-limit 200/20s, budget 200/20s)",
+                 f"{secs:.1f} s, {done['delivered']} delivered, "
+                 f"{s['answered_429']} answered 429; {secs / 100:.2f}x five windows "
+                 f"(100 s), {secs / 80:.2f}x the 80 s sliding-window floor"))
+    b.stop_all()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="dist")
     ap.add_argument("--append", action="store_true")
     ap.add_argument("--store", choices=["redb", "postgres"], default="redb",
                     help="the outbox: a redb file in the scratch directory, or a private PostgreSQL")
+    ap.add_argument("--rows", default="accept,resume,drain",
+                    help="phases to run, comma-separated: accept (rows a and b), resume, drain")
     a = ap.parse_args()
+    phases = {r.strip() for r in a.rows.split(",") if r.strip()}
+    unknown = phases - {"accept", "resume", "drain"}
+    if unknown:
+        ap.error(f"unknown rows: {', '.join(sorted(unknown))}")
     b = Bench(a.profile)
     pg = PgServer() if a.store == "postgres" else None
 
@@ -196,58 +262,9 @@ def main():
 
     rows = []
     try:
-        # (a) and (b): every write held back by the budget.
-        _, emu = b.emulator()
-        gw, port, _ = b.gateway(emu, outbox("a"), "1/3600s")
-        target = f"http://127.0.0.1:{port}"
-        idle = rss_kb(gw.pid)
-        first = b.run("submit", target, 10_000, 1)
-        rows.append(("accept 10,000 writes in one SubmitRunStates (fsync before the answer)",
-                     f"{first['ms']:.0f} ms"))
-        took = []
-        for i in range(1, 10):
-            took.append(b.run("submit", target, 10_000, 1 + i * 10_000)["ms"])
-        time.sleep(3)
-        rows.append(("RSS with 100,000 writes pending (idle before)",
-                     f"{rss_kb(gw.pid) / 1024:.1f} MiB ({idle / 1024:.1f} MiB)"))
-        rows.append(("accept, the next nine calls of 10,000 (min / max)",
-                     f"{min(took):.0f} / {max(took):.0f} ms"))
-        b.stop_all()
-
-        # (d) resume after SIGKILL with 50,000 pending.
-        _, emu = b.emulator()
-        path = outbox("d")
-        gw, port, _ = b.gateway(emu, path, "1/3600s")
-        target = f"http://127.0.0.1:{port}"
-        names = [b.run("submit", target, 10_000, 1 + i * 10_000)["name"] for i in range(5)]
-        os.kill(gw.pid, signal.SIGKILL)
-        gw.wait()
-        b.procs.remove(gw)
-        started = time.time()
-        gw, port, listen = b.gateway(emu, path, "off")
-        first = b.run("first", f"http://127.0.0.1:{port}", names[0])
-        resume = "resume after SIGKILL with 50,000 pending: listening / first delivery"
-        if pg:
-            resume += " (a new lease holder: after the killed one's 30 s lease)"
-        rows.append((resume,
-                     f"{listen * 1000:.0f} ms / {(time.time() - started) * 1000:.0f} ms"))
-        b.stop_all()
-
-        # (c) drain 1,000 within Intune's limit.
-        _, emu = b.emulator(write_limit="200/20s")
-        gw, port, _ = b.gateway(emu, outbox("c"), "200/20s")
-        target = f"http://127.0.0.1:{port}"
-        op = b.run("submit", target, 1000, 1)
-        done = b.run("wait", target, op["name"], timeout=900)
-        with urllib.request.urlopen(f"http://127.0.0.1:{emu}/_emulator/settings", timeout=5) as r:
-            s = json.load(r)
-        # The last 200 may start once 4 windows have passed (80 s); five
-        # whole windows are 100 s.
-        secs = done['ms'] / 1000
-        rows.append(("drain 1,000 (emulator --write-limit 200/20s, budget 200/20s)",
-                     f"{secs:.1f} s, {done['delivered']} delivered, "
-                     f"{s['answered_429']} answered 429; {secs / 100:.2f}x five windows "
-                     f"(100 s), {secs / 80:.2f}x the 80 s sliding-window floor"))
+        for name, phase in (("accept", accept), ("resume", resume), ("drain", drain)):
+            if name in phases:
+                phase(b, rows, outbox, pg)
     finally:
         b.stop_all()
         if pg:

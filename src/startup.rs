@@ -529,6 +529,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         b.worker_threads(workers);
         b
     };
+    crate::memory::configure();
     builder.on_thread_park(crate::memory::on_park);
     Ok(builder.enable_all().build()?)
 }

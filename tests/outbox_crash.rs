@@ -32,7 +32,9 @@ use binary::{Gateway, spawn_args};
 use pg_server::PgServer;
 
 const PARENT: &str = "deviceManagementScripts/s1";
-const WRITES: u32 = 300;
+/// Enough that writes are still queued, not only in flight, at the kill:
+/// the drain has two groups (160 writes) in flight at once.
+const WRITES: u32 = 600;
 
 /// Where a test's outbox lives (the scenarios take it as a parameter).
 /// With PostgreSQL the restarted gateway is a new lease holder: it takes

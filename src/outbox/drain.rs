@@ -19,12 +19,12 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use prost::Message;
-use tokio::time::Instant;
+use tokio::{task::JoinSet, time::Instant};
 
 use super::{
     Outbox,
     coalesce::coalesce,
-    store::{Callers, Claimed, Finish, Finished, Outcome, TenantQueue},
+    store::{Callers, Claimed, Finish, Finished, Lease, Outcome, Store, StoreError, TenantQueue},
 };
 use crate::convert::resources::Resource;
 use crate::graph::{Call, GraphError};
@@ -48,6 +48,9 @@ pub type Fallback =
 const GROUP_DEADLINE: Duration = Duration::from_secs(30);
 /// The pause after a group none of whose writes could be sent.
 const IDLE_AFTER_REQUEUE: Duration = Duration::from_secs(2);
+/// Groups of a tenant in flight at once, at most (fewer where the budget's
+/// limit is lower).
+const GROUPS_IN_FLIGHT: usize = 2;
 /// How long a drain lease lasts without renewal.
 const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often the drain looks for work when not woken.
@@ -65,6 +68,10 @@ pub struct Drain {
     /// Requests (states) per claimed group: the `$batch` concurrency × 20,
     /// at most the budget's limit (a group must fit in one window).
     max_requests: usize,
+    /// Requests of a tenant's groups in flight at once: [`GROUPS_IN_FLIGHT`]
+    /// groups, at most the budget's limit (so a claimed write waits at most about one
+    /// window, well within [`GROUP_DEADLINE`]).
+    in_flight: usize,
 }
 
 impl Drain {
@@ -75,14 +82,18 @@ impl Drain {
         batch_concurrency: usize,
     ) -> Self {
         let mut max_requests = crate::graph::MAX_BATCH * batch_concurrency.max(1);
+        let mut in_flight = max_requests * GROUPS_IN_FLIGHT;
         if let Some(budget) = outbox.budget {
-            max_requests = max_requests.min(budget.limit.max(1) as usize);
+            let limit = budget.limit.max(1) as usize;
+            max_requests = max_requests.min(limit);
+            in_flight = in_flight.min(limit);
         }
         Self {
             outbox,
             engine,
             fallback,
             max_requests,
+            in_flight,
         }
     }
 
@@ -160,57 +171,123 @@ impl Drain {
     }
 
     /// Drains one tenant while it holds the lease and has sendable writes.
+    /// Groups overlap: the next group is claimed while earlier ones are in
+    /// flight (up to `in_flight` requests), so the budget's next window is
+    /// already waited for when it opens. The store keeps one entity's
+    /// writes in order: a claim skips writes in flight under the lease and
+    /// stops at a later write to one of their entities.
     async fn tenant(self: Arc<Self>, tenant: String) {
         let Ok(store) = self.outbox.store().map(Arc::clone) else {
             return;
         };
+        // Each group is sent in a task of its own (so it moves on while
+        // this loop claims and records), with its lease and request count.
+        let mut flying: JoinSet<Vec<Finished>> = JoinSet::new();
+        let mut groups: HashMap<tokio::task::Id, (Lease, usize)> = HashMap::new();
+        let mut requests = 0;
+        // Whether a claim may find more now, and whether to stop claiming
+        // (the store failed or the lease is gone) once the flying groups
+        // are recorded.
+        let mut more = true;
+        let mut stop = false;
+        // No claims before this, after a group none of whose writes could
+        // be sent (the budget or Graph said wait).
+        let mut hold: Option<Instant> = None;
         loop {
-            let lease = match store.lease(&tenant, LEASE_TTL).await {
-                Ok(Some(lease)) => lease,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot take the outbox drain lease");
-                    return;
-                }
-            };
-            let callers = self.callers().await;
-            let claimed = match store
-                .claim(&lease, &callers, self.max_requests, SystemTime::now())
-                .await
-            {
-                Ok(c) if c.is_empty() => return,
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim outbox writes");
-                    return;
-                }
-            };
-            let finished = self.deliver(claimed).await;
-            let stalled = finished.iter().all(|f| f.finish == Finish::Requeue);
-            let mut tries = 0;
-            loop {
-                match store
-                    .finish(&lease, finished.clone(), SystemTime::now())
+            let held = hold.is_some_and(|h| h > Instant::now());
+            if more && !stop && !held && requests < self.in_flight {
+                let epoch = groups.values().next().map(|(lease, _)| lease.epoch);
+                match self
+                    .claim(&*store, &tenant, self.in_flight - requests, epoch)
                     .await
                 {
-                    Ok(()) => break,
-                    Err(e) if tries < 5 => {
-                        tries += 1;
-                        tracing::warn!(error = %e, "cannot record outbox outcomes; retrying");
-                        tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+                    Next::Group(lease, claimed) => {
+                        let n = count_requests(&claimed);
+                        requests += n;
+                        let drain = Arc::clone(&self);
+                        let task = flying.spawn(async move { drain.deliver(claimed).await });
+                        groups.insert(task.id(), (lease, n));
+                        continue;
                     }
-                    Err(e) => {
-                        // They stay in flight: the next process reads them
-                        // as such.
-                        tracing::error!(error = %e, "outbox outcomes lost; their writes stay marked in flight");
-                        return;
-                    }
+                    Next::Empty => more = false,
+                    Next::Stop => stop = true,
                 }
             }
+            let claiming = more && !stop;
+            let next = match (flying.is_empty(), hold.filter(|_| claiming)) {
+                (true, Some(h)) if h > Instant::now() => {
+                    tokio::time::sleep_until(h).await;
+                    continue;
+                }
+                (true, _) if claiming => continue,
+                (true, _) => return,
+                (false, Some(h)) if h > Instant::now() => tokio::select! {
+                    done = flying.join_next_with_id() => done,
+                    _ = tokio::time::sleep_until(h) => continue,
+                },
+                (false, _) => flying.join_next_with_id().await,
+            };
+            let (id, finished) = match next {
+                Some(Ok((id, finished))) => (id, Some(finished)),
+                Some(Err(e)) => (e.id(), None),
+                None => continue,
+            };
+            let Some((lease, n)) = groups.remove(&id) else {
+                continue;
+            };
+            requests -= n;
+            // Later writes to its entities may be claimed now.
+            more = true;
+            let Some(finished) = finished else {
+                // Its writes stay in flight: the next process reads them as
+                // such.
+                tracing::error!("an outbox group's task failed; its writes stay marked in flight");
+                stop = true;
+                continue;
+            };
+            if finished.iter().all(|f| f.finish == Finish::Requeue) {
+                hold = Some(Instant::now() + IDLE_AFTER_REQUEUE);
+            }
+            if !record(&*store, &lease, finished).await {
+                stop = true;
+            }
             self.outbox.progress.notify_waiters();
-            if stalled {
-                // Nothing could be sent (the budget or Graph said wait).
-                tokio::time::sleep(IDLE_AFTER_REQUEUE).await;
+        }
+    }
+
+    /// Renews the lease and claims the tenant's next group of at most
+    /// `max_requests` requests. While groups claimed under `flying` (an
+    /// epoch) are in flight, a lease of another epoch claims nothing: its
+    /// claim would take their writes as left over from a dead holder.
+    async fn claim(
+        &self,
+        store: &dyn Store,
+        tenant: &str,
+        max_requests: usize,
+        flying: Option<u64>,
+    ) -> Next {
+        let lease = match store.lease(tenant, LEASE_TTL).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return Next::Stop,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the outbox drain lease");
+                return Next::Stop;
+            }
+        };
+        if flying.is_some_and(|e| e != lease.epoch) {
+            return Next::Empty;
+        }
+        let callers = self.callers().await;
+        let max_requests = max_requests.min(self.max_requests);
+        match store
+            .claim(&lease, &callers, max_requests, SystemTime::now())
+            .await
+        {
+            Ok(c) if c.is_empty() => Next::Empty,
+            Ok(c) => Next::Group(lease, c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim outbox writes");
+                Next::Stop
             }
         }
     }
@@ -399,6 +476,49 @@ impl Drain {
             out.extend(m.writes.into_iter().map(|i| (i, end.clone())));
         }
         out
+    }
+}
+
+/// What a claim found.
+enum Next {
+    Group(Lease, Vec<Claimed>),
+    /// Nothing to send now (perhaps only later writes to entities in flight).
+    Empty,
+    /// The lease is gone or the store failed: claim no more.
+    Stop,
+}
+
+/// Requests a claimed group sends at most: one per entity (a group holds
+/// two writes to one entity only when they are updates, which coalesce).
+fn count_requests(claimed: &[Claimed]) -> usize {
+    claimed
+        .iter()
+        .map(|c| c.entity.as_str())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// Records a group's ends, retrying a failing store a few times; false when
+/// they could not be recorded (they stay in flight: the next process reads
+/// them as such).
+async fn record(store: &dyn Store, lease: &Lease, finished: Vec<Finished>) -> bool {
+    let mut tries = 0;
+    loop {
+        match store
+            .finish(lease, finished.clone(), SystemTime::now())
+            .await
+        {
+            Ok(()) => return true,
+            Err(e) if tries < 5 && !matches!(e, StoreError::LeaseLost) => {
+                tries += 1;
+                tracing::warn!(error = %e, "cannot record outbox outcomes; retrying");
+                tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox outcomes lost; their writes stay marked in flight");
+                return false;
+            }
+        }
     }
 }
 

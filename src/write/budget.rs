@@ -140,6 +140,43 @@ impl Window {
         Ok((seq, slot))
     }
 
+    /// Reserves `n` writes that go together (one `$batch`): all at the
+    /// earliest slot where the window has room for every one of them, so a
+    /// batch never holds a slot of one window while it waits for the next.
+    /// Returns their sequences and the slot; `Err(slot)` as for
+    /// [`Window::reserve`]. `n` is at most `limit`.
+    fn reserve_many(
+        &mut self,
+        now: Instant,
+        latest: Instant,
+        limit: u32,
+        window: Duration,
+        n: usize,
+    ) -> Result<(Vec<u64>, Instant), Instant> {
+        let span = window + margin(window);
+        self.trim(now, span);
+        let mut slot = now;
+        if let Some(last) = self.writes.iter().map(|(_, t)| *t).max() {
+            slot = slot.max(last);
+        }
+        // The last of them may go once at most `limit - n` earlier writes
+        // are left in its window.
+        let room = (limit as usize).saturating_sub(n) + 1;
+        if let Some(at) = earliest(self.writes.iter().map(|(_, t)| *t), room, span) {
+            slot = slot.max(at);
+        }
+        if let Some(p) = self.paused_until {
+            slot = slot.max(p);
+        }
+        if slot > latest {
+            return Err(slot);
+        }
+        let seqs: Vec<u64> = (0..n as u64).map(|i| self.next_seq + i).collect();
+        self.next_seq += n as u64;
+        self.writes.extend(seqs.iter().map(|&seq| (seq, slot)));
+        Ok((seqs, slot))
+    }
+
     /// When write `seq` may go now that earlier writes may have finished
     /// later than planned.
     fn recheck(&mut self, seq: u64, now: Instant, limit: u32, window: Duration) -> Instant {
@@ -470,6 +507,77 @@ impl Budget {
         Ok(permit)
     }
 
+    /// Permits for `n` requests that go together (one `$batch`): they wait
+    /// for one slot with room for all of them, so a batch never takes a
+    /// slot in one window and goes in the next. With Redis (or more than
+    /// the limit at once) they are taken one by one.
+    pub async fn acquire_many(
+        self: &Arc<Self>,
+        tenant: &str,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<Vec<Permit>, Duration> {
+        if n <= 1 || self.redis.is_some() || n > self.local_limit as usize {
+            let mut permits = Vec::with_capacity(n);
+            for _ in 0..n {
+                permits.push(self.acquire(tenant, deadline).await?);
+            }
+            return Ok(permits);
+        }
+        let started = Instant::now();
+        let reserved = {
+            let now = Instant::now();
+            let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            if windows.len() >= MAX_TENANTS && !windows.contains_key(tenant) {
+                windows.retain(|_, w| !w.idle(now, self.spec.window));
+            }
+            windows
+                .entry(tenant.to_owned())
+                .or_default()
+                .reserve_many(now, deadline, self.local_limit, self.spec.window, n)
+                .map_err(|slot| slot - now)
+        };
+        let (seqs, at) = match reserved {
+            Ok(r) => r,
+            Err(wait) => {
+                metrics::counter!(self.counts.rejected_metric()).increment(1);
+                return Err(wait);
+            }
+        };
+        let last = seqs.last().copied().unwrap_or_default();
+        let permits: Vec<Permit> = seqs
+            .into_iter()
+            .map(|seq| Permit {
+                budget: self.clone(),
+                tenant: tenant.to_owned(),
+                place: Place::Local(seq),
+            })
+            .collect();
+        tokio::time::sleep_until(at).await;
+        // As for one permit: earlier writes may have come back late. The
+        // last of them has every other one before it.
+        for _ in 0..8 {
+            let at = {
+                let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
+                let w = windows.entry(tenant.to_owned()).or_default();
+                w.recheck(last, Instant::now(), self.local_limit, self.spec.window)
+            };
+            if at <= Instant::now() {
+                break;
+            }
+            if at > deadline {
+                metrics::counter!(self.counts.rejected_metric()).increment(1);
+                return Err(at - Instant::now());
+            }
+            tokio::time::sleep_until(at).await;
+        }
+        let waited = started.elapsed().as_secs_f64();
+        for _ in 0..n {
+            metrics::histogram!(self.counts.wait_metric()).record(waited);
+        }
+        Ok(permits)
+    }
+
     fn reserve_local(&self, tenant: &str, deadline: Instant) -> Result<(Place, Instant), Duration> {
         let now = Instant::now();
         let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
@@ -615,6 +723,34 @@ mod tests {
                 .iter()
                 .all(|s| *s - now < Duration::from_secs(3))
         );
+    }
+
+    #[test]
+    fn a_batch_waits_for_a_window_with_room_for_all_of_it() {
+        let now = Instant::now();
+        let mut w = Window::default();
+        let window = Duration::from_secs(5);
+        let span = window + margin(window);
+        let far = now + Duration::from_secs(3600);
+        // 30 of 50 taken: one batch of 20 fits now, the next one waits for
+        // the window to pass rather than taking the 0 left and 20 later.
+        for _ in 0..30 {
+            w.reserve(now, far, 50, window).unwrap();
+        }
+        let (first, at) = w.reserve_many(now, far, 50, window, 20).unwrap();
+        assert_eq!((first.len(), at), (20, now));
+        let (second, at) = w.reserve_many(now, far, 50, window, 20).unwrap();
+        assert_eq!((second.len(), at), (20, now + span));
+        // Every write is counted once, at the time it goes.
+        let times: Vec<Instant> = w.writes.iter().map(|(_, t)| *t).collect();
+        assert_eq!(max_in_any_window(&times, span), 50);
+        assert_eq!(times.iter().filter(|t| **t == now + span).count(), 20);
+        // Too late for the deadline: refused, nothing reserved.
+        let err = w
+            .reserve_many(now, now + Duration::from_secs(1), 50, window, 20)
+            .unwrap_err();
+        assert!(err > now + Duration::from_secs(1));
+        assert_eq!(w.writes.len(), 70);
     }
 
     #[test]

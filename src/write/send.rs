@@ -189,16 +189,15 @@ impl Engine {
             let (Some(budget), Some(tenant)) = (budget, tenant) else {
                 continue;
             };
-            for _ in 0..n {
-                match budget.acquire(tenant, call.deadline).await {
-                    Ok(p) => permits.push(p),
-                    Err(retry_after) => {
-                        let refused = || match budget.counts() {
-                            Counts::Writes => GraphError::WriteBudget { retry_after },
-                            Counts::Requests => GraphError::ReadBudget { retry_after },
-                        };
-                        return all(group, &refused, false);
-                    }
+            // A batch's permits come together (one slot with room for all).
+            match budget.acquire_many(tenant, n, call.deadline).await {
+                Ok(taken) => permits.extend(taken),
+                Err(retry_after) => {
+                    let refused = || match budget.counts() {
+                        Counts::Writes => GraphError::WriteBudget { retry_after },
+                        Counts::Requests => GraphError::ReadBudget { retry_after },
+                    };
+                    return all(group, &refused, false);
                 }
             }
         }

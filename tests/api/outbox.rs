@@ -571,6 +571,122 @@ async fn a_user_state_create_reaches_graph(store: Store) {
     );
 }
 
+fn delete_device(n: u32, name: &str) -> RunStateWrite {
+    RunStateWrite {
+        request_id: rid(n),
+        write: Some(Write::DeleteScriptDeviceState(
+            DeleteScriptDeviceStateRequest {
+                name: name.into(),
+                allow_missing: false,
+            },
+        )),
+    }
+}
+
+/// Each Graph request (alone or a `$batch` item) as (arrival, method,
+/// entity id, errorCode sent), in arrival order.
+fn entity_requests(app: &TestApp) -> Vec<(std::time::Instant, String, String, Option<i64>)> {
+    let mut out = Vec::new();
+    for r in app.requests() {
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let items = if r.path.ends_with("$batch") {
+            assert!(body["requests"].is_array(), "a $batch body was cut: {r:?}");
+            body["requests"].as_array().cloned().unwrap_or_default()
+        } else {
+            vec![serde_json::json!({"method": r.method, "url": r.path, "body": body})]
+        };
+        for item in items {
+            let method = item["method"].as_str().unwrap_or_default().to_owned();
+            let url = item["url"].as_str().unwrap_or_default();
+            let id = if method == "POST" {
+                item["body"]["id"].as_str().unwrap_or_default().to_owned()
+            } else {
+                url.rsplit('/').next().unwrap_or_default().to_owned()
+            };
+            out.push((r.received, method, id, item["body"]["errorCode"].as_i64()));
+        }
+    }
+    out.sort_by_key(|r| r.0);
+    out
+}
+
+async fn one_entitys_writes_never_overlap_while_groups_do(store: Store) {
+    // Groups of at most 20 requests, several in flight at once; every
+    // answer takes LATENCY, so a request sent before the previous one to
+    // its entity was answered arrives less than LATENCY after it.
+    const LATENCY: Duration = Duration::from_millis(400);
+    const N: u32 = 24;
+    let mut o = spawn(&store, &["--batch-concurrency", "1"]).await;
+    o.app.graph.set_latency(LATENCY);
+    let name = |k: u32| format!("{SCRIPT}/deviceRunStates/{}", rid(k));
+    let code = |n: u32| ScriptDeviceState {
+        error_code: n as i32,
+        ..Default::default()
+    };
+    let mut writes: Vec<RunStateWrite> = (1..=N).map(|k| create_device(k, SCRIPT)).collect();
+    for round in [100, 200] {
+        writes.extend(
+            (1..=N).map(|k| update_device(round + k, &name(k), code(round + k), &["error_code"])),
+        );
+    }
+    writes.extend((1..=N).map(|k| delete_device(300 + k, &name(k))));
+    let op = o.submit(writes).await.unwrap();
+    let done = o.wait(&op.name).await;
+    let expected: Vec<Result<String, Code>> =
+        (0..4).flat_map(|_| (1..=N).map(|k| Ok(name(k)))).collect();
+    assert_eq!(outcomes(&done), expected);
+
+    let requests = entity_requests(&o.app);
+    let batches: Vec<std::time::Instant> = o
+        .app
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("$batch"))
+        .map(|r| r.received)
+        .collect();
+    let overlapping = batches
+        .windows(2)
+        .filter(|p| p[1].duration_since(p[0]) < LATENCY)
+        .count();
+    eprintln!(
+        "{} $batch requests, {overlapping} sent while another was in flight",
+        batches.len()
+    );
+    for k in 1..=N {
+        let id = rid(k);
+        let mine: Vec<_> = requests.iter().filter(|r| r.2 == id).collect();
+        let methods: Vec<&str> = mine.iter().map(|r| r.1.as_str()).collect();
+        // Created, updated (the two updates perhaps coalesced), deleted: in
+        // the order submitted.
+        assert!(
+            methods == ["POST", "PATCH", "PATCH", "DELETE"]
+                || methods == ["POST", "PATCH", "DELETE"],
+            "entity {k}: {methods:?}"
+        );
+        let patched: Vec<i64> = mine
+            .iter()
+            .filter(|r| r.1 == "PATCH")
+            .filter_map(|r| r.3)
+            .collect();
+        assert_eq!(patched.last(), Some(&i64::from(200 + k)), "entity {k}");
+        assert!(
+            patched.windows(2).all(|p| p[0] < p[1]),
+            "entity {k}: {patched:?}"
+        );
+        // Each went only once the one before was answered.
+        for pair in mine.windows(2) {
+            let gap = pair[1].0.duration_since(pair[0].0);
+            assert!(
+                gap >= LATENCY,
+                "entity {k}: {} sent {gap:?} after {}, before its answer",
+                pair[1].1,
+                pair[0].1
+            );
+        }
+    }
+    o.app.graph.set_latency(Duration::ZERO);
+}
+
 macro_rules! stores {
     ($($scenario:ident),* $(,)?) => {
         mod redb {
@@ -603,6 +719,7 @@ stores!(
     cancel_ends_unsent_writes_as_cancelled,
     updates_of_one_state_coalesce,
     a_user_state_create_reaches_graph,
+    one_entitys_writes_never_overlap_while_groups_do,
 );
 
 #[tokio::test]
