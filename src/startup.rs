@@ -3,7 +3,7 @@
 //! socket (and the admin socket), so tests can bind port 0 and read the
 //! ports; (4) the gRPC services, served by [`crate::server`] until shutdown.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -248,6 +248,7 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let mut tasks = Vec::new();
+        let mut drain = None;
         if let Some(setup) = &self.outbox {
             let _ = state.outbox.set(Arc::clone(&setup.outbox));
             if let Some(path) = setup.busy.clone() {
@@ -264,13 +265,14 @@ impl Application {
                 let api = api.clone();
                 Box::pin(async move { api.own_token().await })
             });
-            let drain = Drain::new(
+            let d = Arc::new(Drain::new(
                 Arc::clone(&setup.outbox),
                 self.api.engine().clone(),
                 fallback,
                 self.args.calls.batch_concurrency as usize,
-            );
-            tasks.push(AbortOnDrop(tokio::spawn(Arc::new(drain).run())));
+            ));
+            let task = AbortOnDrop(tokio::spawn(Arc::clone(&d).run()));
+            drain = Some((d, task, Arc::clone(&setup.outbox)));
         }
         let operations = OperationsServer::new(self.api.clone())
             .max_decoding_message_size(self.args.limits.max_request_bytes)
@@ -346,6 +348,9 @@ impl Application {
         let _ = admin_stop.send(());
         if let Some(admin) = admin {
             let _ = admin.await;
+        }
+        if let Some((d, task, outbox)) = drain {
+            stop_drain(&d, task, &outbox, self.args.calls.shutdown_grace).await;
         }
         drop(tasks);
         if let Some(dir) = self.outbox.and_then(|s| s.temporary) {
@@ -540,5 +545,24 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Stops the outbox drain at shutdown: no new group is claimed, groups in
+/// flight get up to `grace` to be recorded (the rest stay marked in flight),
+/// then this process's drain leases are released so another replica goes
+/// on at once.
+async fn stop_drain(drain: &Drain, mut task: AbortOnDrop, outbox: &Outbox, grace: Duration) {
+    drain.stop();
+    if tokio::time::timeout(grace, &mut task.0).await.is_err() {
+        tracing::warn!("shutdown grace over: outbox writes still in flight stay marked so");
+    }
+    drop(task);
+    if let Ok(store) = outbox.store() {
+        match tokio::time::timeout(Duration::from_secs(5), store.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot release the outbox drain leases"),
+            Err(_) => tracing::warn!("releasing the outbox drain leases timed out"),
+        }
     }
 }

@@ -53,6 +53,9 @@ const IDLE_AFTER_REQUEUE: Duration = Duration::from_secs(2);
 const GROUPS_IN_FLIGHT: usize = 2;
 /// How long a drain lease lasts without renewal.
 const LEASE_TTL: Duration = Duration::from_secs(30);
+/// How often a tenant's lease is renewed while its groups are in flight
+/// (a claim renews it too).
+const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// How often the drain looks for work when not woken.
 const TICK: Duration = Duration::from_secs(1);
 /// How often finished operations past retention are removed.
@@ -72,6 +75,20 @@ pub struct Drain {
     /// groups, at most the budget's limit (so a claimed write waits at most about one
     /// window, well within [`GROUP_DEADLINE`]).
     in_flight: usize,
+    /// Set by [`Drain::stop`]: claim nothing more, record what is in flight.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// The tenants' drain tasks, aborted when dropped.
+#[derive(Default)]
+struct TenantTasks(HashMap<String, tokio::task::JoinHandle<()>>);
+
+impl Drop for TenantTasks {
+    fn drop(&mut self) {
+        for task in self.0.values() {
+            task.abort();
+        }
+    }
 }
 
 impl Drain {
@@ -94,16 +111,26 @@ impl Drain {
             fallback,
             max_requests,
             in_flight,
+            stopping: tokio::sync::watch::Sender::new(false),
         }
     }
 
-    /// Runs until dropped (aborted): starts a task for each tenant with
-    /// pending writes, keeps the metrics and removes expired operations.
+    /// Stops the drain: no group is claimed any more; [`Drain::run`] returns
+    /// once the groups in flight are recorded.
+    pub(crate) fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Runs until [`Drain::stop`] (or until aborted, which aborts the
+    /// tenants' tasks too): starts a task for each tenant with pending
+    /// writes, keeps the metrics and removes expired operations.
     pub async fn run(self: Arc<Self>) {
-        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut running = TenantTasks::default();
         let mut labelled: HashSet<String> = HashSet::new();
         let mut purged = Instant::now() - PURGE_EVERY;
-        loop {
+        let mut stopping = self.stopping.subscribe();
+        while !*stopping.borrow_and_update() {
+            let running = &mut running.0;
             running.retain(|_, task| !task.is_finished());
             let tenants = match self.outbox.store() {
                 Ok(store) => store.tenants().await,
@@ -131,7 +158,11 @@ impl Drain {
             tokio::select! {
                 _ = self.outbox.wake.notified() => {}
                 _ = tokio::time::sleep(TICK) => {}
+                _ = stopping.changed() => {}
             }
+        }
+        for (_, task) in std::mem::take(&mut running.0) {
+            let _ = task.await;
         }
     }
 
@@ -193,10 +224,18 @@ impl Drain {
         // No claims before this, after a group none of whose writes could
         // be sent (the budget or Graph said wait).
         let mut hold: Option<Instant> = None;
+        let mut stopping = self.stopping.subscribe();
+        // The lease is renewed by each claim, and every RENEW_EVERY while
+        // groups are in flight.
+        let mut renewed = Instant::now();
         loop {
+            if *stopping.borrow_and_update() {
+                stop = true;
+            }
             let held = hold.is_some_and(|h| h > Instant::now());
+            let epoch = groups.values().next().map(|(lease, _)| lease.epoch);
             if more && !stop && !held && requests < self.in_flight {
-                let epoch = groups.values().next().map(|(lease, _)| lease.epoch);
+                renewed = Instant::now();
                 match self
                     .claim(&*store, &tenant, self.in_flight - requests, epoch)
                     .await
@@ -214,18 +253,31 @@ impl Drain {
                 }
             }
             let claiming = more && !stop;
-            let next = match (flying.is_empty(), hold.filter(|_| claiming)) {
-                (true, Some(h)) if h > Instant::now() => {
-                    tokio::time::sleep_until(h).await;
+            let hold_until = hold.filter(|h| claiming && *h > Instant::now());
+            if flying.is_empty() {
+                match hold_until {
+                    Some(h) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(h) => {}
+                            _ = stopping.changed() => {}
+                        }
+                        continue;
+                    }
+                    None if claiming => continue,
+                    None => return,
+                }
+            }
+            let next = tokio::select! {
+                done = flying.join_next_with_id() => done,
+                _ = tokio::time::sleep_until(hold_until.unwrap_or(renewed)), if hold_until.is_some() => continue,
+                _ = tokio::time::sleep_until(renewed + RENEW_EVERY) => {
+                    renewed = Instant::now();
+                    if !renew(&*store, &tenant, epoch).await {
+                        stop = true;
+                    }
                     continue;
                 }
-                (true, _) if claiming => continue,
-                (true, _) => return,
-                (false, Some(h)) if h > Instant::now() => tokio::select! {
-                    done = flying.join_next_with_id() => done,
-                    _ = tokio::time::sleep_until(h) => continue,
-                },
-                (false, _) => flying.join_next_with_id().await,
+                _ = stopping.changed(), if !stop => continue,
             };
             let (id, finished) = match next {
                 Some(Ok((id, finished))) => (id, Some(finished)),
@@ -524,6 +576,23 @@ async fn record(store: &dyn Store, lease: &Lease, finished: Vec<Finished>) -> bo
 
 /// Errors of a write that was certainly not applied and may be sent later
 /// (never sent, or refused by Graph's throttling): it goes back to the queue.
+/// Renews the tenant's lease while groups claimed under `epoch` are in
+/// flight; false once it passed to another holder (their outcomes will be
+/// refused) or cannot be renewed.
+async fn renew(store: &dyn Store, tenant: &str, epoch: Option<u64>) -> bool {
+    match store.lease(tenant, LEASE_TTL).await {
+        Ok(Some(lease)) if epoch.is_none_or(|e| e == lease.epoch) => true,
+        Ok(_) => {
+            tracing::warn!("the outbox drain lease passed to another holder");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot renew the outbox drain lease");
+            false
+        }
+    }
+}
+
 fn never_sent(e: &GraphError) -> bool {
     match e {
         GraphError::Unsent | GraphError::WriteBudget { .. } => true,
