@@ -424,38 +424,11 @@ stores!(
     in_flight_writes_block_their_entity,
 );
 
-/// A holder that releases its leases (a graceful shutdown) hands the tenant
-/// over at once, under a new epoch; the write it had in flight reads as such.
-#[tokio::test]
-async fn postgres_a_released_lease_passes_on_at_once() {
-    let Some(server) = PgServer::start() else {
-        return;
-    };
-    let (a, b) = (pg(&server).await, pg(&server).await);
-    a.submit(submission(2), LIMITS).await.unwrap().unwrap();
-    let (lease_a, claimed) = lease_and_claim(&a, 1).await;
-    assert_eq!(claimed.len(), 1);
-    assert!(b.lease("t", TTL).await.unwrap().is_none());
-    a.release().await.unwrap();
-    let lease_b = b.lease("t", TTL).await.unwrap().expect("free at once");
-    assert!(lease_b.epoch > lease_a.epoch);
-    let again = b
-        .claim(&lease_b, &Callers::Any, 20, SystemTime::now())
-        .await
-        .unwrap();
-    let flags: Vec<(u32, bool)> = again.iter().map(|c| (c.index, c.was_in_flight)).collect();
-    assert_eq!(flags, vec![(0, true), (1, false)]);
-    assert!(matches!(
-        a.finish(&lease_a, delivered(&claimed), SystemTime::now())
-            .await,
-        Err(StoreError::LeaseLost)
-    ));
-}
-
 /// Two replicas on one database: one holds the lease; the other takes it
-/// once it expires, with a new epoch, and the first is fenced off.
-#[tokio::test]
-async fn postgres_lease_passes_on_and_fences_the_old_holder() {
+/// with a new epoch once the first releases it (a graceful shutdown) or
+/// once it expires, and the first is fenced off; the write it had in flight
+/// reads as such.
+async fn lease_passes_on_and_fences_the_old_holder(released: bool) {
     let Some(server) = PgServer::start() else {
         return;
     };
@@ -467,9 +440,14 @@ async fn postgres_lease_passes_on_and_fences_the_old_holder() {
         b.lease("t", TTL).await.unwrap().is_none(),
         "a live holder has it"
     );
-    // A renews while alive, keeping its epoch.
-    assert_eq!(a.lease("t", TTL).await.unwrap(), Some(lease_a.clone()));
-    let lease_b = lease(&b).await;
+    let lease_b = if released {
+        a.release().await.unwrap();
+        b.lease("t", TTL).await.unwrap().expect("free at once")
+    } else {
+        // A renews while alive, keeping its epoch.
+        assert_eq!(a.lease("t", TTL).await.unwrap(), Some(lease_a.clone()));
+        lease(&b).await
+    };
     assert!(lease_b.epoch > lease_a.epoch);
     assert!(matches!(
         a.finish(&lease_a, delivered(&claimed), SystemTime::now())
@@ -490,6 +468,16 @@ async fn postgres_lease_passes_on_and_fences_the_old_holder() {
     assert_eq!(flags, vec![(0, true), (1, false)]);
     deliver(&b, &lease_b, &again).await;
     assert!(b.tenants().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn postgres_an_expired_lease_passes_on() {
+    lease_passes_on_and_fences_the_old_holder(false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_released_lease_passes_on_at_once() {
+    lease_passes_on_and_fences_the_old_holder(true).await;
 }
 
 /// Replicas submitting at once never pass the tenant's limits together,

@@ -480,15 +480,25 @@ impl Budget {
             place,
         };
         tokio::time::sleep_until(at).await;
-        // Writes before this one may have come back later than planned: wait
-        // on until the window really has room (a few rounds at most).
+        self.recheck_until(tenant, &permit.place, deadline).await?;
+        metrics::histogram!(self.counts.wait_metric()).record(started.elapsed().as_secs_f64());
+        Ok(permit)
+    }
+
+    /// Waits on until the window really has room for the request reserved
+    /// at `place`: requests before it may have come back later than planned
+    /// (a few rounds at most). `Err(wait)` once that would pass `deadline`.
+    async fn recheck_until(
+        &self,
+        tenant: &str,
+        place: &Place,
+        deadline: Instant,
+    ) -> Result<(), Duration> {
         for _ in 0..8 {
-            let at = match &permit.place {
-                Place::Local(seq) => {
-                    let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
-                    let w = windows.entry(tenant.to_owned()).or_default();
-                    w.recheck(*seq, Instant::now(), self.local_limit, self.spec.window)
-                }
+            let at = match place {
+                Place::Local(seq) => self.with_window(tenant, |w, now| {
+                    w.recheck(*seq, now, self.local_limit, self.spec.window)
+                }),
                 Place::Shared(member) => match self.recheck_shared(tenant, member).await {
                     Some(at) => at,
                     None => break,
@@ -503,8 +513,7 @@ impl Budget {
             }
             tokio::time::sleep_until(at).await;
         }
-        metrics::histogram!(self.counts.wait_metric()).record(started.elapsed().as_secs_f64());
-        Ok(permit)
+        Ok(())
     }
 
     /// Permits for `n` requests that go together (one `$batch`): they wait
@@ -525,18 +534,10 @@ impl Budget {
             return Ok(permits);
         }
         let started = Instant::now();
-        let reserved = {
-            let now = Instant::now();
-            let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
-            if windows.len() >= MAX_TENANTS && !windows.contains_key(tenant) {
-                windows.retain(|_, w| !w.idle(now, self.spec.window));
-            }
-            windows
-                .entry(tenant.to_owned())
-                .or_default()
-                .reserve_many(now, deadline, self.local_limit, self.spec.window, n)
+        let reserved = self.with_window(tenant, |w, now| {
+            w.reserve_many(now, deadline, self.local_limit, self.spec.window, n)
                 .map_err(|slot| slot - now)
-        };
+        });
         let (seqs, at) = match reserved {
             Ok(r) => r,
             Err(wait) => {
@@ -554,23 +555,9 @@ impl Budget {
             })
             .collect();
         tokio::time::sleep_until(at).await;
-        // As for one permit: earlier writes may have come back late. The
-        // last of them has every other one before it.
-        for _ in 0..8 {
-            let at = {
-                let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
-                let w = windows.entry(tenant.to_owned()).or_default();
-                w.recheck(last, Instant::now(), self.local_limit, self.spec.window)
-            };
-            if at <= Instant::now() {
-                break;
-            }
-            if at > deadline {
-                metrics::counter!(self.counts.rejected_metric()).increment(1);
-                return Err(at - Instant::now());
-            }
-            tokio::time::sleep_until(at).await;
-        }
+        // The last of them has every other one before it.
+        self.recheck_until(tenant, &Place::Local(last), deadline)
+            .await?;
         let waited = started.elapsed().as_secs_f64();
         for _ in 0..n {
             metrics::histogram!(self.counts.wait_metric()).record(waited);
@@ -579,17 +566,22 @@ impl Budget {
     }
 
     fn reserve_local(&self, tenant: &str, deadline: Instant) -> Result<(Place, Instant), Duration> {
+        self.with_window(tenant, |w, now| {
+            w.reserve(now, deadline, self.local_limit, self.spec.window)
+                .map(|(seq, at)| (Place::Local(seq), at))
+                .map_err(|slot| slot - now)
+        })
+    }
+
+    /// Runs `f` on the tenant's local window, now; past [`MAX_TENANTS`]
+    /// windows, idle ones are dropped first.
+    fn with_window<R>(&self, tenant: &str, f: impl FnOnce(&mut Window, Instant) -> R) -> R {
         let now = Instant::now();
         let mut windows = self.local.lock().unwrap_or_else(|p| p.into_inner());
         if windows.len() >= MAX_TENANTS && !windows.contains_key(tenant) {
             windows.retain(|_, w| !w.idle(now, self.spec.window));
         }
-        windows
-            .entry(tenant.to_owned())
-            .or_default()
-            .reserve(now, deadline, self.local_limit, self.spec.window)
-            .map(|(seq, at)| (Place::Local(seq), at))
-            .map_err(|slot| slot - now)
+        f(windows.entry(tenant.to_owned()).or_default(), now)
     }
 
     /// The slot from Redis; `None` when Redis cannot be used.
