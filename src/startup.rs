@@ -234,7 +234,10 @@ impl Application {
             .set_serving::<RunStateServiceServer<RunStateApi>>()
             .await;
 
-        let reflection = || {
+        // Built on the first reflection call: their decoded descriptor sets
+        // are a few hundred KB (the sets are compiled in; tests/ops.rs and the
+        // README test list and describe the services through them).
+        fn reflection() -> tonic_reflection::server::Builder<'static> {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -243,9 +246,9 @@ impl Application {
                 .register_encoded_file_descriptor_set(
                     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
                 )
-        };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        }
+        let reflection_v1 = server::Lazy::new(|| reflection().build_v1().ok());
+        let reflection_v1alpha = server::Lazy::new(|| reflection().build_v1alpha().ok());
 
         let mut tasks = Vec::new();
         let mut drain = None;

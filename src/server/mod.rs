@@ -33,7 +33,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 pub use io::BoxIo;
-pub use routes::Routes;
+pub use routes::{Lazy, Routes};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Notify, Semaphore, watch},

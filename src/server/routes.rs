@@ -2,7 +2,12 @@
 //! a path that names no service is answered UNIMPLEMENTED, as tonic's router
 //! does (whose `router` feature would bring in axum).
 
-use std::{collections::HashMap, convert::Infallible, pin::Pin, sync::Arc};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
 
 use http::{Request, Response};
 use tonic::{Status, body::Body, server::NamedService};
@@ -30,6 +35,66 @@ impl Routes {
     {
         Arc::make_mut(&mut self.services).insert(S::NAME, BoxCloneSyncService::new(service));
         self
+    }
+}
+
+/// A service built on its first call: reflection's decoded descriptor sets
+/// (a few hundred KB) are not kept by a gateway nobody asks. `build`
+/// answering `None` makes every call INTERNAL.
+pub struct Lazy<S> {
+    service: Arc<OnceLock<Option<S>>>,
+    build: Arc<dyn Fn() -> Option<S> + Send + Sync>,
+}
+
+impl<S> Lazy<S> {
+    pub fn new(build: impl Fn() -> Option<S> + Send + Sync + 'static) -> Self {
+        Self {
+            service: Arc::default(),
+            build: Arc::new(build),
+        }
+    }
+}
+
+impl<S> Clone for Lazy<S> {
+    fn clone(&self) -> Self {
+        Self {
+            service: Arc::clone(&self.service),
+            build: Arc::clone(&self.build),
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for Lazy<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<Request<Body>> for Lazy<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> RouteFuture {
+        match self.service.get_or_init(|| (self.build)()) {
+            Some(service) => Box::pin(service.clone().oneshot(request)),
+            None => Box::pin(std::future::ready(Ok(Status::internal(
+                "this service could not be built",
+            )
+            .into_http::<Body>()))),
+        }
     }
 }
 
@@ -126,5 +191,24 @@ mod tests {
         ] {
             assert_eq!(answer(&routes, path).await.0, "12", "{path}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_lazy_service_is_built_once_on_its_first_call() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let built = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&built);
+        let lazy = Lazy::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Some(Named)
+        });
+        let routes = Routes::default().add_service(lazy);
+        assert_eq!(built.load(Ordering::SeqCst), 0);
+        for _ in 0..2 {
+            assert_eq!(answer(&routes, "/a.v1.Named/Get").await.0, "0");
+        }
+        assert_eq!(built.load(Ordering::SeqCst), 1);
+        let broken = Routes::default().add_service(Lazy::<Named>::new(|| None));
+        assert_eq!(answer(&broken, "/a.v1.Named/Get").await.0, "13");
     }
 }
