@@ -51,32 +51,16 @@ pub struct HealthcheckArgs {
 
     /// PEM client certificate presented to a gateway that requires mutual TLS; needs
     /// --tls-key and --tls-ca.
-    #[arg(
-        long,
-        env = "RUNSTATE_HEALTHCHECK_TLS_CERT",
-        value_name = "FILE",
-        requires = "tls_key",
-        requires = "tls_ca"
-    )]
+    #[arg(long, env = "RUNSTATE_HEALTHCHECK_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert.
-    #[arg(
-        long,
-        env = "RUNSTATE_HEALTHCHECK_TLS_KEY",
-        value_name = "FILE",
-        requires = "tls_cert"
-    )]
+    #[arg(long, env = "RUNSTATE_HEALTHCHECK_TLS_KEY", value_name = "FILE", requires_all = ["tls_cert"])]
     pub tls_key: Option<PathBuf>,
 
     /// Name the gateway's certificate must carry, when it differs from the host in
     /// --addr (e.g. the certificate names gateway.example but --addr is 127.0.0.1:50051).
-    #[arg(
-        long,
-        env = "RUNSTATE_HEALTHCHECK_TLS_SERVER_NAME",
-        value_name = "NAME",
-        requires = "tls_ca"
-    )]
+    #[arg(long, env = "RUNSTATE_HEALTHCHECK_TLS_SERVER_NAME", value_name = "NAME", requires_all = ["tls_ca"])]
     pub tls_server_name: Option<String>,
 }
 

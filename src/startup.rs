@@ -247,8 +247,6 @@ impl Application {
                     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
                 )
         }
-        let reflection_v1 = server::Lazy::new(|| reflection().build_v1().ok());
-        let reflection_v1alpha = server::Lazy::new(|| reflection().build_v1alpha().ok());
 
         let mut tasks = Vec::new();
         let mut drain = None;
@@ -286,8 +284,8 @@ impl Application {
 
         let routes = Routes::default()
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_lazy(move || reflection().build_v1().ok())
+            .add_lazy(move || reflection().build_v1alpha().ok())
             .add_service(operations)
             .add_service(service.clone());
 

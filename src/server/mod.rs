@@ -33,7 +33,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 pub use io::BoxIo;
-pub use routes::{Lazy, Routes};
+pub use routes::Routes;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Notify, Semaphore, watch},

@@ -36,65 +36,33 @@ impl Routes {
         Arc::make_mut(&mut self.services).insert(S::NAME, BoxCloneSyncService::new(service));
         self
     }
-}
 
-/// A service built on its first call: reflection's decoded descriptor sets
-/// (a few hundred KB) are not kept by a gateway nobody asks. `build`
-/// answering `None` makes every call INTERNAL.
-pub struct Lazy<S> {
-    service: Arc<OnceLock<Option<S>>>,
-    build: Arc<dyn Fn() -> Option<S> + Send + Sync>,
-}
-
-impl<S> Lazy<S> {
-    pub fn new(build: impl Fn() -> Option<S> + Send + Sync + 'static) -> Self {
-        Self {
-            service: Arc::default(),
-            build: Arc::new(build),
-        }
-    }
-}
-
-impl<S> Clone for Lazy<S> {
-    fn clone(&self) -> Self {
-        Self {
-            service: Arc::clone(&self.service),
-            build: Arc::clone(&self.build),
-        }
-    }
-}
-
-impl<S: NamedService> NamedService for Lazy<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S> Service<Request<Body>> for Lazy<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = RouteFuture;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> RouteFuture {
-        match self.service.get_or_init(|| (self.build)()) {
-            Some(service) => Box::pin(service.clone().oneshot(request)),
-            None => Box::pin(std::future::ready(Ok(Status::internal(
-                "this service could not be built",
-            )
-            .into_http::<Body>()))),
-        }
+    /// Adds a service built on its first call: reflection's decoded
+    /// descriptor sets (a few hundred KB) are not kept by a gateway nobody
+    /// asks. `build` answering `None` makes every call INTERNAL.
+    pub fn add_lazy<S>(mut self, build: impl Fn() -> Option<S> + Send + Sync + 'static) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let built: Arc<OnceLock<Option<S>>> = Arc::default();
+        let build = Arc::new(build);
+        let route = tower::service_fn(move |request: Request<Body>| {
+            let service = built.get_or_init(|| build()).clone();
+            async move {
+                match service {
+                    Some(service) => service.oneshot(request).await,
+                    None => Ok(Status::internal("this service could not be built").into_http()),
+                }
+            }
+        });
+        Arc::make_mut(&mut self.services).insert(S::NAME, BoxCloneSyncService::new(route));
+        self
     }
 }
 
@@ -198,17 +166,16 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let built = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&built);
-        let lazy = Lazy::new(move || {
+        let routes = Routes::default().add_lazy(move || {
             counter.fetch_add(1, Ordering::SeqCst);
             Some(Named)
         });
-        let routes = Routes::default().add_service(lazy);
         assert_eq!(built.load(Ordering::SeqCst), 0);
         for _ in 0..2 {
             assert_eq!(answer(&routes, "/a.v1.Named/Get").await.0, "0");
         }
         assert_eq!(built.load(Ordering::SeqCst), 1);
-        let broken = Routes::default().add_service(Lazy::<Named>::new(|| None));
+        let broken = Routes::default().add_lazy(|| None::<Named>);
         assert_eq!(answer(&broken, "/a.v1.Named/Get").await.0, "13");
     }
 }
