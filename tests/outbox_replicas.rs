@@ -57,6 +57,21 @@ fn write(n: u32) -> RunStateWrite {
     }
 }
 
+/// An emulator that keeps client ids and takes the gateways' budget.
+fn emulator() -> Gateway {
+    spawn_args(&[
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--client-ids",
+        "honour",
+        "--write-limit",
+        BUDGET,
+        "--log-format",
+        "json",
+    ])
+}
+
 fn gateway(emulator: &Gateway, outbox: &str) -> Gateway {
     spawn_args(&[
         "--listen",
@@ -142,17 +157,7 @@ async fn two_replicas_drain_one_tenant_one_at_a_time_and_hand_over_on_sigkill() 
     let Some(server) = PgServer::start() else {
         return;
     };
-    let emulator = spawn_args(&[
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
-        "--client-ids",
-        "honour",
-        "--write-limit",
-        BUDGET,
-        "--log-format",
-        "json",
-    ]);
+    let emulator = emulator();
     let url = server.url();
     let mut replicas = vec![gateway(&emulator, &url), gateway(&emulator, &url)];
     // Any replica accepts: half the writes through each.
@@ -270,17 +275,7 @@ async fn a_replica_stopped_with_sigterm_records_its_groups_and_hands_over_its_le
     let Some(server) = PgServer::start() else {
         return;
     };
-    let emulator = spawn_args(&[
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
-        "--client-ids",
-        "honour",
-        "--write-limit",
-        BUDGET,
-        "--log-format",
-        "json",
-    ]);
+    let emulator = emulator();
     let url = server.url();
     let mut first = gateway(&emulator, &url);
     let mut client = RunStateServiceClient::connect(first.endpoint())
