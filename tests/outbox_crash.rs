@@ -8,6 +8,8 @@
 #[allow(dead_code)]
 #[path = "support/binary.rs"]
 mod binary;
+#[path = "support/outbox.rs"]
+mod outbox;
 #[allow(dead_code)]
 #[path = "support/postgres.rs"]
 mod pg_server;
@@ -16,22 +18,19 @@ use std::{collections::HashMap, time::Duration};
 
 use prost::Message;
 use runstate_gateway::pb::{
-    CreateScriptDeviceStateRequest, RunState, RunStateWrite, ScriptDeviceState,
-    SubmitRunStatesMetadata, SubmitRunStatesRequest, SubmitRunStatesResponse,
+    SubmitRunStatesRequest, SubmitRunStatesResponse,
     longrunning::{
-        GetOperationRequest, Operation, WaitOperationRequest, operation,
-        operations_client::OperationsClient,
+        GetOperationRequest, WaitOperationRequest, operation, operations_client::OperationsClient,
     },
     run_state_service_client::RunStateServiceClient,
-    run_state_write::Write,
     run_state_write_result,
 };
 use tonic_types::StatusExt;
 
 use binary::{Gateway, spawn_args};
+use outbox::{emulator_json, metadata, stored, write};
 use pg_server::PgServer;
 
-const PARENT: &str = "deviceManagementScripts/s1";
 /// Enough that writes are still queued, not only in flight, at the kill:
 /// the drain has two groups (160 writes) in flight at once.
 const WRITES: u32 = 600;
@@ -79,23 +78,6 @@ impl Drop for Store {
     }
 }
 
-fn write(n: u32) -> RunStateWrite {
-    RunStateWrite {
-        request_id: format!("00000000-0000-4000-8000-{n:012}"),
-        write: Some(Write::CreateScriptDeviceState(
-            CreateScriptDeviceStateRequest {
-                parent: PARENT.into(),
-                script_device_state: Some(ScriptDeviceState {
-                    run_state: RunState::Success as i32,
-                    error_code: n as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )),
-    }
-}
-
 fn gateway(emulator: &Gateway, store: &Store, client_ids: &str) -> Gateway {
     gateway_with(emulator, store, client_ids, &[])
 }
@@ -130,22 +112,6 @@ async fn ops(g: &Gateway) -> OperationsClient<tonic::transport::Channel> {
     OperationsClient::connect(g.endpoint()).await.unwrap()
 }
 
-fn metadata(op: &Operation) -> SubmitRunStatesMetadata {
-    SubmitRunStatesMetadata::decode(op.metadata.as_ref().unwrap().value.as_slice()).unwrap()
-}
-
-/// The emulator's record: `(method, path, body)` of every Graph request.
-async fn recorded(emulator: &Gateway) -> Vec<serde_json::Value> {
-    let root = emulator.emulator_url.trim_end_matches("/beta");
-    let text = reqwest::get(format!("{root}/_emulator/requests"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 /// How often each error code was sent in a create (alone or in a `$batch`).
 fn creates_sent(record: &[serde_json::Value]) -> HashMap<i64, usize> {
     let mut sent = HashMap::new();
@@ -168,34 +134,6 @@ fn creates_sent(record: &[serde_json::Value]) -> HashMap<i64, usize> {
         }
     }
     sent
-}
-
-/// The states Graph holds under the parent, by error code.
-async fn stored(emulator: &Gateway) -> HashMap<i64, usize> {
-    let mut out = HashMap::new();
-    let mut url = format!(
-        "{}/deviceManagement/{PARENT}/deviceRunStates",
-        emulator.emulator_url
-    );
-    loop {
-        let text = reqwest::Client::new()
-            .get(&url)
-            .bearer_auth("t")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let page: serde_json::Value = serde_json::from_str(&text).unwrap();
-        for s in page["value"].as_array().into_iter().flatten() {
-            *out.entry(s["errorCode"].as_i64().unwrap()).or_default() += 1;
-        }
-        match page["@odata.nextLink"].as_str() {
-            Some(next) => url = next.to_owned(),
-            None => return out,
-        }
-    }
 }
 
 async fn killed_mid_drain(store: Store, world: &str) {
@@ -326,7 +264,12 @@ async fn killed_mid_drain(store: Store, world: &str) {
         unknown.len(),
         graph.len()
     );
-    let sent = creates_sent(&recorded(&emulator).await);
+    let sent = creates_sent(
+        emulator_json(&emulator, "/_emulator/requests")
+            .await
+            .as_array()
+            .unwrap(),
+    );
     // Nothing doubled: no state twice in Graph.
     assert!(graph.values().all(|&n| n == 1), "doubled: {graph:?}");
     // Nothing lost: every delivered write is in Graph.

@@ -11,51 +11,30 @@
 #[allow(dead_code)]
 #[path = "support/binary.rs"]
 mod binary;
+#[path = "support/outbox.rs"]
+mod outbox;
 #[allow(dead_code)]
 #[path = "support/postgres.rs"]
 mod pg_server;
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use runstate_gateway::pb::{
-    CreateScriptDeviceStateRequest, RunState, RunStateWrite, ScriptDeviceState,
-    SubmitRunStatesMetadata, SubmitRunStatesRequest, SubmitRunStatesResponse,
+    SubmitRunStatesRequest, SubmitRunStatesResponse,
     longrunning::{
-        GetOperationRequest, Operation, WaitOperationRequest, operation,
-        operations_client::OperationsClient,
+        GetOperationRequest, WaitOperationRequest, operation, operations_client::OperationsClient,
     },
     run_state_service_client::RunStateServiceClient,
-    run_state_write::Write,
     run_state_write_result,
 };
 
 use binary::{Gateway, spawn_args};
+use outbox::{emulator_json, metadata, stored, write};
 use pg_server::PgServer;
 
-const PARENT: &str = "deviceManagementScripts/s1";
 /// The emulator's write limit and the gateways' budget.
 const BUDGET: &str = "40/2s";
-
-fn write(n: u32) -> RunStateWrite {
-    RunStateWrite {
-        request_id: format!("00000000-0000-4000-8000-{n:012}"),
-        write: Some(Write::CreateScriptDeviceState(
-            CreateScriptDeviceStateRequest {
-                parent: PARENT.into(),
-                script_device_state: Some(ScriptDeviceState {
-                    run_state: RunState::Success as i32,
-                    error_code: n as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )),
-    }
-}
 
 /// An emulator that keeps client ids and takes the gateways' budget.
 fn emulator() -> Gateway {
@@ -93,10 +72,6 @@ fn gateway(emulator: &Gateway, outbox: &str) -> Gateway {
     ])
 }
 
-fn metadata(op: &Operation) -> SubmitRunStatesMetadata {
-    SubmitRunStatesMetadata::decode(op.metadata.as_ref().unwrap().value.as_slice()).unwrap()
-}
-
 async fn get(g: &Gateway, path: &str) -> (u16, String) {
     match reqwest::get(format!("http://{}{path}", g.admin.unwrap())).await {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
@@ -111,45 +86,6 @@ async fn counter(g: &Gateway, name: &str) -> f64 {
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
-}
-
-async fn emulator_json(emulator: &Gateway, path: &str) -> serde_json::Value {
-    let root = emulator.emulator_url.trim_end_matches("/beta");
-    let text = reqwest::get(format!("{root}{path}"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-/// The states Graph holds under the parent, by error code.
-async fn stored(emulator: &Gateway) -> HashMap<i64, usize> {
-    let mut out = HashMap::new();
-    let mut url = format!(
-        "{}/deviceManagement/{PARENT}/deviceRunStates",
-        emulator.emulator_url
-    );
-    loop {
-        let text = reqwest::Client::new()
-            .get(&url)
-            .bearer_auth("t")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let page: serde_json::Value = serde_json::from_str(&text).unwrap();
-        for s in page["value"].as_array().into_iter().flatten() {
-            *out.entry(s["errorCode"].as_i64().unwrap()).or_default() += 1;
-        }
-        match page["@odata.nextLink"].as_str() {
-            Some(next) => url = next.to_owned(),
-            None => return out,
-        }
-    }
 }
 
 #[tokio::test]
