@@ -166,6 +166,19 @@ impl Outboxed {
         panic!("{name} never finished");
     }
 
+    /// The device state `name`, read with this caller's token.
+    pub async fn state(&mut self, name: &str) -> ScriptDeviceState {
+        self.app
+            .client
+            .get_script_device_state(with_token(
+                GetScriptDeviceStateRequest { name: name.into() },
+                &self.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn get(&mut self, name: &str, token: &str) -> Result<Operation, tonic::Status> {
         self.ops
             .get_operation(with_token(GetOperationRequest { name: name.into() }, token))
@@ -255,16 +268,7 @@ async fn submit_wait_get_and_list(store: Store) {
     for (n, outcome) in (1..=3).zip(outcomes(&done)) {
         let name = outcome.unwrap();
         assert_eq!(name, format!("{SCRIPT}/deviceRunStates/{}", rid(n)));
-        let got = o
-            .app
-            .client
-            .get_script_device_state(with_token(
-                GetScriptDeviceStateRequest { name: name.clone() },
-                &o.token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let got = o.state(&name).await;
         assert_eq!(got.error_code, n as i32);
     }
     let posts = o
@@ -521,16 +525,7 @@ async fn updates_of_one_state_coalesce(store: Store) {
         .count()
         + batch_items(&o.app, "PATCH");
     assert_eq!(patches, 1, "{:?}", o.app.methods());
-    let got = o
-        .app
-        .client
-        .get_script_device_state(with_token(
-            GetScriptDeviceStateRequest { name: name.clone() },
-            &o.token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = o.state(&name).await;
     assert_eq!(got.error_code, 5);
     assert_eq!(got.result_message.as_deref(), Some("second"));
     assert_eq!(got.run_state, RunState::Fail as i32);
